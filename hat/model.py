@@ -1,0 +1,129 @@
+"""HATForCausalLM: bytes -> words -> encoder -> pooled words -> backbone -> decoder -> bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hat.backbone import Backbone
+from hat.batching import IGNORE, collate_documents, document_words, layout_words
+from hat.block import AttentionMask
+from hat.config import HATConfig
+from hat.decoder import ByteDecoder
+from hat.encoder import ByteEncoder
+from hat.modeling import CausalLMOutput, PreTrainedLM, next_unit_nll, softcap
+from hat.pooling import WordPooler
+from hat.splitter import as_text, make_splitter
+
+
+class HATForCausalLM(PreTrainedLM):
+    """Hierarchical autoregressive transformer over UTF-8 bytes (TFree-HAT design).
+
+    Takes a batch from ``hat.batching`` (``input_ids``, ``word_lengths``, optional ``labels``)
+    and returns next-byte logits [B, T, 256] and, with labels, the loss in nats per byte.
+    """
+
+    config_class = HATConfig
+
+    def __init__(self, config: HATConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.splitter = make_splitter(config.splitter, config.max_word_bytes)
+        self.encoder = ByteEncoder(config.encoder)
+        self.pooler = WordPooler(config.encoder, config.backbone.dim, config.pool_qk_norm, config.pool_impl)
+        self.backbone = Backbone(config.backbone)
+        self.decoder = ByteDecoder(config.decoder, config.backbone.dim, config.decoder_guide)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        word_lengths: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **_: object,
+    ) -> CausalLMOutput:
+        cfg = self.config
+        batch, seq = input_ids.shape
+        layout = layout_words(input_ids, word_lengths)
+
+        # bytes -> encoder states                               [B, T] -> [B, T, De]
+        byte_mask = AttentionMask.packed(layout.doc_ids, cfg.encoder.window, cfg.attn_impl)
+        byte_states = self.encoder(input_ids, layout.byte_pos, byte_mask)
+
+        # encoder states -> one vector per word slot            [B*T, De] -> [B, W, D]
+        words = self.pooler(
+            byte_states.flatten(0, 1), layout.byte_pos.flatten(), layout.offsets, layout.word_end_pos.flatten()
+        ).view(batch, -1, cfg.backbone.dim)
+
+        # words -> backbone states (word i has seen words <= i) [B, W, D]
+        word_mask = AttentionMask.packed(layout.word_doc, None, cfg.attn_impl)
+        word_states = self.backbone(words, layout.word_pos, word_mask)
+
+        # bytes of word i + backbone state of word i-1 -> logits [B, T, 256]
+        if cfg.decoder.window != cfg.encoder.window:
+            byte_mask = AttentionMask.packed(layout.doc_ids, cfg.decoder.window, cfg.attn_impl)
+        hidden = self.decoder(
+            byte_states, self.decoder.guides(word_states), layout.guide_index, layout.byte_pos, byte_mask
+        )
+        logits = softcap(self.decoder.head(hidden), cfg.logit_softcap)
+        return _with_loss(logits, labels)
+
+    # ---- scoring --------------------------------------------------------------------
+    def _encode_for_scoring(self, text: str, context: str) -> tuple[list[bytes], int, int]:
+        words = document_words(context + text, self.splitter)
+        num_bytes = sum(map(len, words))
+        if num_bytes > self.config.max_seq_bytes:
+            raise ValueError(
+                f"context + text is {num_bytes} bytes, over max_seq_bytes={self.config.max_seq_bytes}; "
+                "shorten it, or score it in pieces with the earlier part as context"
+            )
+        return words, 1 + len(context.encode("utf-8")), num_bytes
+
+    def _collate_for_scoring(self, items: list[tuple[list[bytes], int, int]]) -> dict[str, torch.Tensor]:
+        return collate_documents([w for w, _, _ in items], target_from=[t for _, t, _ in items])
+
+    @torch.no_grad()
+    def byte_logprobs(self, text: str | bytes) -> torch.Tensor:
+        """Log-probability (nats) of each byte of ``text`` as a new document: [len(bytes)]."""
+        text = as_text(text)
+        if not text:
+            return torch.zeros(0)
+        words, _, _ = self._encode_for_scoring(text, "")
+        batch = {k: v.to(self.device) for k, v in collate_documents([words]).items()}
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(**batch)
+        finally:
+            self.train(was_training)
+        nll = next_unit_nll(out.logits, batch["labels"])[0]
+        return -nll[: len(text.encode("utf-8"))].cpu()
+
+    @classmethod
+    def from_name(cls, name: str) -> HATForCausalLM:
+        """A freshly initialised model of a named preset (``tiny``, ``small``, ``1b``, ...)."""
+        return cls(HATConfig.from_name(name))
+
+    @classmethod
+    def _from_config_and_dir(cls, config: HATConfig, directory: Path) -> HATForCausalLM:
+        return cls(config)
+
+
+def _with_loss(logits: torch.Tensor, labels: torch.Tensor | None, label_bytes: torch.Tensor | None = None) -> CausalLMOutput:
+    """Attach loss (mean nats per target) and the sums needed for bits per byte."""
+    if labels is None:
+        return CausalLMOutput(loss=None, logits=logits)
+    nll = next_unit_nll(logits, labels)
+    n_targets = (labels != IGNORE).sum()
+    n_bytes = n_targets if label_bytes is None else label_bytes.masked_fill(labels == IGNORE, 0).sum()
+    sum_nll = nll.sum()
+    return CausalLMOutput(
+        loss=sum_nll / n_targets.clamp_min(1), logits=logits, sum_nll=sum_nll, n_targets=n_targets,
+        n_target_bytes=n_bytes,
+    )
+
+
+# keep nn imported for type checkers of subclasses
+__all__ = ["HATForCausalLM", "nn"]

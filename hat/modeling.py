@@ -1,0 +1,174 @@
+"""What HAT and its BPE twin share: outputs, weight init, scoring, save/load."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from hat.batching import IGNORE
+from hat.splitter import as_text
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class CausalLMOutput:
+    """``loss`` is mean nats per target; ``sum_nll / ln 2 / n_target_bytes`` is bits per byte."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    sum_nll: torch.Tensor | None = None  # total nats over all targets
+    n_targets: torch.Tensor | None = None  # number of predicted positions
+    n_target_bytes: torch.Tensor | None = None  # bytes those targets spell (== n_targets for HAT)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return float(self.sum_nll) / math.log(2) / max(float(self.n_target_bytes), 1.0)
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+def next_unit_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood [B, T] in nats (0 where label == IGNORE)."""
+    nll = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
+    )
+    return nll.view(labels.shape)
+
+
+class PreTrainedLM(nn.Module):
+    """Base of ``HATForCausalLM`` and ``BPEForCausalLM``.
+
+    Subclasses set ``config_class`` and implement ``forward(**batch)`` plus
+    ``_encode_for_scoring`` and ``_collate_for_scoring``.
+    """
+
+    config_class: type
+
+    # ---- initialisation -------------------------------------------------------------
+    def init_weights(self) -> None:
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                # residual output projections scaled down with depth (GPT-2 / Llama practice)
+                scale = 1.0
+                if name.endswith(("o_proj", "down")):
+                    scale = 1.0 / math.sqrt(2 * self._depth_of(name))
+                nn.init.normal_(module.weight, std=std * scale)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+
+    def _depth_of(self, name: str) -> int:
+        stack = name.split(".")[0]
+        return len(getattr(self, stack).transformer.layers) if hasattr(self, stack) else 1
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- scoring --------------------------------------------------------------------
+    @torch.no_grad()
+    def score(
+        self,
+        texts: Sequence[str | bytes],
+        contexts: Sequence[str | bytes] | None = None,
+        batch_size: int = 16,
+    ) -> list[float]:
+        """Total log-likelihood (nats) of each text's bytes given its context.
+
+        Each (context + text) is its own document, starting from the end-of-document marker;
+        with no context the text starts a new document. Empty texts score 0.0.
+        """
+        if isinstance(texts, str | bytes):
+            raise TypeError("score() takes a list of texts; wrap a single text in a list")
+        texts = [as_text(t) for t in texts]
+        contexts = [as_text(c) for c in contexts] if contexts is not None else [""] * len(texts)
+        if len(contexts) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
+        items = [self._encode_for_scoring(t, c) if t else None for t, c in zip(texts, contexts)]
+        scores = [0.0] * len(texts)
+        todo = sorted((i for i, it in enumerate(items) if it is not None), key=lambda i: -items[i][2])
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                batch = self._collate_for_scoring([items[i] for i in chunk])
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                out = self(**batch)
+                logprob = -next_unit_nll(out.logits, batch["labels"]).sum(dim=1)
+                for i, value in zip(chunk, logprob.tolist()):
+                    scores[i] = value
+        finally:
+            self.train(was_training)
+        return scores
+
+    def _encode_for_scoring(self, text: str, context: str) -> tuple[Any, int, int]:
+        """-> (units, index of the first target unit, length in units)."""
+        raise NotImplementedError
+
+    def _collate_for_scoring(self, items: list[tuple[Any, int, int]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # ---- save / load ----------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        save_model(self, str(directory / WEIGHTS_FILE))
+        self._save_extras(directory)
+        return directory
+
+    def _save_extras(self, directory: Path) -> None:
+        """Tokenizer files, generation config: whatever the subclass needs besides weights."""
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> PreTrainedLM:
+        """Load a model written by ``save_pretrained``. Errors name the file that is wrong."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: is {directory} a saved hat model?")
+        try:
+            data = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+        config = cls.config_class.from_dict(data).validate()
+        model = cls._from_config_and_dir(config, directory)
+        weights = directory / WEIGHTS_FILE
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{weights} cannot be read ({err}); the file is truncated or corrupt") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # tied weights are stored once; anything else missing means a mismatched checkpoint
+        missing = [k for k in missing if k not in model._tied_keys()]
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match {config_path}: missing {missing}, unexpected {unexpected}")
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def _from_config_and_dir(cls, config: Any, directory: Path) -> PreTrainedLM:
+        return cls(config)
+
+    def _tied_keys(self) -> set[str]:
+        return set()

@@ -1,0 +1,96 @@
+"""Text -> words. The only place that decides where words begin.
+
+Both splitters return words as UTF-8 ``bytes`` whose concatenation is the input exactly, never
+cut a UTF-8 character, never return an empty word, and are prefix-consistent: splitting a prefix
+of a text agrees with splitting the whole text on every word but the prefix's last. The model's
+causality rests on that last property (see tests/test_splitter.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+EOD = 192  # end-of-document byte: 0xC0 never occurs in UTF-8; starts every document in a pack
+PAD = 255  # padding byte: 0xFF never occurs in UTF-8; padding is never a target
+
+
+class Splitter(Protocol):
+    """Splits a text into words (UTF-8 bytes each)."""
+
+    max_word_bytes: int
+
+    def split(self, text: str) -> list[bytes]: ...
+
+
+class HATWordSplitter:
+    """Aleph Alpha's reference splitter (PyPI ``hat-splitter``), as in the TFree-HAT models.
+
+    UAX#29 word boundaries, split after punctuation and at camelCase; a single leading space
+    joins the next word, punctuation joins the previous one; words are capped at
+    ``max_word_bytes`` on character boundaries.
+    """
+
+    def __init__(self, max_word_bytes: int = 100) -> None:
+        from hat_splitter import HATSplitter
+
+        self.max_word_bytes = max_word_bytes
+        self._splitter = HATSplitter()
+
+    def split(self, text: str) -> list[bytes]:
+        if not text:
+            return []
+        return self._splitter.split_with_limit(text, self.max_word_bytes)
+
+
+class WhitespaceSplitter:
+    """The HAT paper's main splitter: a word is a run of non-space characters plus the
+    whitespace after it (leading whitespace of a document is a word of its own)."""
+
+    _word = re.compile(r"\s+|\S+\s*")
+
+    def __init__(self, max_word_bytes: int = 100) -> None:
+        self.max_word_bytes = max_word_bytes
+
+    def split(self, text: str) -> list[bytes]:
+        words: list[bytes] = []
+        for match in self._word.finditer(text):
+            words.extend(cap_word(match.group().encode("utf-8"), self.max_word_bytes))
+        return words
+
+
+def cap_word(word: bytes, max_bytes: int) -> list[bytes]:
+    """Cut a word into pieces of at most ``max_bytes``, only at UTF-8 character starts."""
+    pieces = []
+    while len(word) > max_bytes:
+        cut = max_bytes
+        while cut > 0 and (word[cut] & 0xC0) == 0x80:  # continuation byte: move back
+            cut -= 1
+        cut = cut or max_bytes  # a character longer than max_bytes (max_bytes < 4) is cut anyway
+        pieces.append(word[:cut])
+        word = word[cut:]
+    return pieces + [word] if word else pieces
+
+
+def make_splitter(name: str, max_word_bytes: int = 100) -> Splitter:
+    """Splitter by config name: "hat" (default) or "whitespace"."""
+    if name == "hat":
+        return HATWordSplitter(max_word_bytes)
+    if name == "whitespace":
+        return WhitespaceSplitter(max_word_bytes)
+    raise ValueError(f"unknown splitter {name!r}; choose 'hat' or 'whitespace'")
+
+
+def as_text(text: str | bytes) -> str:
+    """Accept str or UTF-8 bytes; invalid UTF-8 is a clear error, never silently changed."""
+    if isinstance(text, str):
+        return text
+    if isinstance(text, bytes | bytearray):
+        try:
+            return bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"input is not valid UTF-8 (byte {err.start}: {bytes(text)[err.start:err.start + 4]!r}); "
+                "decode it yourself, e.g. data.decode('utf-8', errors='replace')"
+            ) from None
+    raise TypeError(f"expected str or bytes, got {type(text).__name__}")
