@@ -1,1 +1,33 @@
+"""hat: hierarchical autoregressive transformers — byte-level language models with no fixed
+tokenizer — and their BPE twins, built from the same parts."""
 
+from hat.batching import collate_documents, document_words, layout_words
+from hat.bpe import BPEForCausalLM
+from hat.config import BPEConfig, HATConfig, TransformerConfig, load_config
+from hat.model import HATForCausalLM
+from hat.modeling import CausalLMOutput
+from hat.pooling import ragged_attention_pool
+from hat.splitter import EOD, PAD, HATWordSplitter, WhitespaceSplitter, make_splitter
+from hat.tokenizer import BPETokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BPEConfig",
+    "BPEForCausalLM",
+    "BPETokenizer",
+    "CausalLMOutput",
+    "EOD",
+    "HATConfig",
+    "HATForCausalLM",
+    "HATWordSplitter",
+    "PAD",
+    "TransformerConfig",
+    "WhitespaceSplitter",
+    "collate_documents",
+    "document_words",
+    "layout_words",
+    "load_config",
+    "make_splitter",
+    "ragged_attention_pool",
+]

@@ -1,0 +1,103 @@
+"""BPEForCausalLM: the tokenized twin of HAT. Same backbone class, a token embedding and head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hat.backbone import Backbone
+from hat.batching import IGNORE, document_starts, positions_since
+from hat.block import AttentionMask
+from hat.config import BPEConfig
+from hat.model import _with_loss
+from hat.modeling import CausalLMOutput, PreTrainedLM, softcap
+from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
+
+
+class BPEForCausalLM(PreTrainedLM):
+    """Tokens -> embedding -> Backbone -> token logits. Documents start with BOS.
+
+    Batches: ``input_ids`` [B, T] token ids, ``labels`` [B, T], and for bits per byte
+    ``label_bytes`` [B, T], the number of bytes each target token spells.
+    """
+
+    config_class = BPEConfig
+
+    def __init__(self, config: BPEConfig, tokenizer: BPETokenizer | None = None) -> None:
+        super().__init__()
+        self.config = config.validate()
+        if tokenizer is not None and len(tokenizer) > config.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but config.vocab_size={config.vocab_size}")
+        self.tokenizer = tokenizer
+        dim = config.backbone.dim
+        self.embed = nn.Embedding(config.vocab_size, dim)
+        self.backbone = Backbone(config.backbone)
+        self.head = nn.Linear(dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        label_bytes: torch.Tensor | None = None,
+        **_: object,
+    ) -> CausalLMOutput:
+        starts = document_starts_tokens(input_ids)
+        mask = AttentionMask.packed(starts.cumsum(dim=1), None, self.config.attn_impl)
+        hidden = self.backbone(self.embed(input_ids), positions_since(starts), mask)  # [B, T, D]
+        logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
+        if labels is not None and label_bytes is None and self.tokenizer is not None:
+            label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
+        return _with_loss(logits, labels, label_bytes)
+
+    def _require_tokenizer(self) -> BPETokenizer:
+        if self.tokenizer is None:
+            raise ValueError("this BPEForCausalLM has no tokenizer; pass one or load with from_pretrained")
+        return self.tokenizer
+
+    def _encode_for_scoring(self, text: str, context: str) -> tuple[list[int], int, int]:
+        tok = self._require_tokenizer()
+        ctx = tok.encode(context)
+        ids = [BOS_ID, *ctx, *tok.encode(text)]
+        if len(ids) > self.config.max_seq_tokens:
+            raise ValueError(
+                f"context + text is {len(ids)} tokens, over max_seq_tokens={self.config.max_seq_tokens}; "
+                "shorten it, or score it in pieces with the earlier part as context"
+            )
+        return ids, 1 + len(ctx), len(ids)
+
+    def _collate_for_scoring(self, items: list[tuple[list[int], int, int]]) -> dict[str, torch.Tensor]:
+        seq = max(n for _, _, n in items)
+        input_ids = torch.full((len(items), seq), PAD_ID, dtype=torch.long)
+        labels = torch.full((len(items), seq), IGNORE, dtype=torch.long)
+        for row, (ids, target_from, n) in enumerate(items):
+            input_ids[row, :n] = torch.tensor(ids)
+            labels[row, target_from - 1 : n - 1] = input_ids[row, target_from:n]
+        return {"input_ids": input_ids, "labels": labels}
+
+    def _save_extras(self, directory: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
+
+    @classmethod
+    def _from_config_and_dir(cls, config: BPEConfig, directory: Path) -> BPEForCausalLM:
+        tok_file = directory / TOKENIZER_FILE
+        return cls(config, BPETokenizer(tok_file) if tok_file.is_file() else None)
+
+    def _tied_keys(self) -> set[str]:
+        return {"head.weight", "embed.weight"} if self.config.tie_embeddings else set()
+
+
+def document_starts_tokens(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] True where a document (BOS) or the padding tail begins."""
+    prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
+    starts = (input_ids == BOS_ID) | ((input_ids == PAD_ID) & (prev != PAD_ID))
+    starts[:, 0] = True
+    return starts
+
+
+__all__ = ["BPEForCausalLM", "document_starts"]

@@ -1,0 +1,101 @@
+"""Tokenizers: ``BPETokenizer`` (sentencepiece, for the BPE twin).
+
+The twin's tokenizer is trained with byte fallback and no normalisation, so every text
+encodes and decodes back to the same bytes, and ``token_bytes`` tells how many bytes each
+token spells (bits per byte for the twin are measured on exactly the bytes HAT sees).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+TOKENIZER_FILE = "tokenizer.model"
+
+
+class BPETokenizer:
+    """A sentencepiece BPE model with byte fallback. ``BOS`` starts (and ends) every document."""
+
+    bos_id, eos_id, pad_id, unk_id = BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+    def __init__(self, model_file: str | Path) -> None:
+        import sentencepiece as spm
+
+        self.model_file = Path(model_file)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        except (OSError, RuntimeError) as err:
+            raise ValueError(f"{model_file}: not a sentencepiece model ({err})") from None
+        if self.sp.bos_id() != BOS_ID or self.sp.pad_id() != PAD_ID:
+            raise ValueError(f"{model_file}: expected bos_id={BOS_ID}, pad_id={PAD_ID}; train it with hat-tokenizer")
+        self.token_bytes = torch.tensor([self._piece_bytes(i) for i in range(len(self))], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def _piece_bytes(self, token_id: int) -> int:
+        if self.sp.is_control(token_id) or self.sp.is_unknown(token_id):
+            return 0
+        if self.sp.is_byte(token_id):
+            return 1
+        return len(self.sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8"))
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([i for i in ids if i >= 4 or i == UNK_ID])
+
+    def save(self, directory: str | Path) -> Path:
+        target = Path(directory) / TOKENIZER_FILE
+        target.write_bytes(self.model_file.read_bytes())
+        return target
+
+    @staticmethod
+    def train(
+        texts: Iterable[str], vocab_size: int, output_file: str | Path, max_sentence_bytes: int = 16384
+    ) -> BPETokenizer:
+        """Train a byte-fallback BPE model on ``texts`` and write it to ``output_file``."""
+        import sentencepiece as spm
+
+        model = io.BytesIO()
+
+        def lines() -> Iterable[str]:
+            for text in texts:
+                for line in text.splitlines():
+                    if line.strip():
+                        yield line[:max_sentence_bytes]
+
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=PAD_ID,
+            user_defined_symbols=["\n", "\t"],
+            max_sentence_length=max_sentence_bytes,
+            num_threads=2,
+            minloglevel=2,
+        )
+        output_file = Path(output_file)
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        output_file.write_bytes(model.getvalue())
+        return BPETokenizer(output_file)

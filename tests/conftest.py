@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models and a tiny tokenizer, built from what the package ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import hat
+
+SAMPLE_CORPUS = Path(hat.__file__).parent / "assets" / "sample_corpus.txt"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the repo, if present
+
+
+@pytest.fixture(scope="session")
+def sample_text() -> str:
+    """~200 KB of the built-in public-domain corpus."""
+    return SAMPLE_CORPUS.read_text(encoding="utf-8")[:200_000]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory, sample_text: str) -> hat.BPETokenizer:
+    """A 512-token byte-fallback BPE trained on the sample corpus (well under a second)."""
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.model"
+    return hat.BPETokenizer.train([sample_text], vocab_size=512, output_file=path)
+
+
+@pytest.fixture
+def tiny_hat() -> hat.HATForCausalLM:
+    torch.manual_seed(0)
+    return hat.HATForCausalLM(hat.HATConfig.from_name("tiny")).eval()
+
+
+@pytest.fixture
+def tiny_bpe(tiny_tokenizer: hat.BPETokenizer) -> hat.BPEForCausalLM:
+    torch.manual_seed(0)
+    return hat.BPEForCausalLM(hat.BPEConfig.from_name("bpe_tiny"), tiny_tokenizer).eval()
