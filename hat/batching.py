@@ -36,10 +36,13 @@ class WordLayout:
     guide_index: torch.Tensor  # [B, T] 0 = first word of its doc, else 1 + index of previous word
 
 
-def document_starts(input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] True where a document (or the PAD tail) begins; a row always begins one."""
+def document_starts(
+    input_ids: torch.Tensor, start_id: int = EOD, pad_id: int = PAD
+) -> torch.Tensor:
+    """[B, T] True where a document (``start_id``) or the padding tail begins; a row always
+    begins one. HAT uses the EOD byte; the BPE twin passes its BOS and PAD token ids."""
     prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    starts = (input_ids == EOD) | ((input_ids == PAD) & (prev != PAD))
+    starts = (input_ids == start_id) | ((input_ids == pad_id) & (prev != pad_id))
     starts[:, 0] = True
     return starts
 
@@ -78,9 +81,19 @@ def layout_words(input_ids: torch.Tensor, word_lengths: torch.Tensor) -> WordLay
     word_end_pos = byte_pos.reshape(-1)[last_byte].view(batch, num_slots)
 
     first_word_of_doc = torch.gather(word_pos, 1, word_of_byte) == 0  # [B, T]
-    guide_index = torch.where(first_word_of_doc, 0, word_of_byte)  # word i reads slot i-1 (+1 shift)
+    guide_index = torch.where(
+        first_word_of_doc, 0, word_of_byte
+    )  # word i reads slot i-1 (+1 shift)
     return WordLayout(
-        doc_ids, byte_pos, word_of_byte, offsets, word_mask, word_doc, word_pos, word_end_pos, guide_index
+        doc_ids,
+        byte_pos,
+        word_of_byte,
+        offsets,
+        word_mask,
+        word_doc,
+        word_pos,
+        word_end_pos,
+        guide_index,
     )
 
 
@@ -90,7 +103,9 @@ def document_words(text: str, splitter: Splitter) -> list[bytes]:
 
 
 def collate_documents(
-    docs: Sequence[Sequence[bytes]], target_from: Sequence[int] | None = None, pad_to: int | None = None
+    docs: Sequence[Sequence[bytes]],
+    target_from: Sequence[int] | None = None,
+    pad_to: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """One document per row, padded: the batch format the model takes.
 

@@ -7,6 +7,7 @@ row, and ``AttentionMask`` keeps every query inside its own document.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -54,9 +55,7 @@ class AttentionMask:
     block: object | None = None
 
     @staticmethod
-    def packed(
-        doc_ids: torch.Tensor, window: int | None, impl: str = "auto"
-    ) -> AttentionMask:
+    def packed(doc_ids: torch.Tensor, window: int | None, impl: str = "auto") -> AttentionMask:
         """Causal, document-isolated (and optionally sliding-window) mask for rows [B, S]."""
         if impl == "auto":
             impl = "flex" if doc_ids.is_cuda else "sdpa"
@@ -80,6 +79,14 @@ def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
 
     batch, seq = doc_ids.shape
     return create_block_mask(mask_mod, batch, None, seq, seq, device=doc_ids.device)
+
+
+@functools.cache
+def _flex_attention(compiled: bool):  # noqa: ANN202
+    """flex_attention, compiled on GPU (uncompiled it materialises the scores: slow)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
 class Attention(nn.Module):
@@ -113,9 +120,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)  # [B, Hkv, S_cache, Dh]
         if mask.block is not None:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            out = flex_attention(q, k, v, block_mask=mask.block, enable_gqa=True)
+            out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask.dense, enable_gqa=self.kv_heads != self.n_heads

@@ -11,8 +11,7 @@ from hat.backbone import Backbone
 from hat.batching import IGNORE, document_starts, positions_since
 from hat.block import AttentionMask
 from hat.config import BPEConfig
-from hat.model import _with_loss
-from hat.modeling import CausalLMOutput, PreTrainedLM, softcap
+from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, softcap
 from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
 
 
@@ -29,7 +28,9 @@ class BPEForCausalLM(PreTrainedLM):
         super().__init__()
         self.config = config.validate()
         if tokenizer is not None and len(tokenizer) > config.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but config.vocab_size={config.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but config.vocab_size={config.vocab_size}"
+            )
         self.tokenizer = tokenizer
         dim = config.backbone.dim
         self.embed = nn.Embedding(config.vocab_size, dim)
@@ -46,17 +47,19 @@ class BPEForCausalLM(PreTrainedLM):
         label_bytes: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
-        starts = document_starts_tokens(input_ids)
+        starts = document_starts(input_ids, start_id=BOS_ID, pad_id=PAD_ID)
         mask = AttentionMask.packed(starts.cumsum(dim=1), None, self.config.attn_impl)
         hidden = self.backbone(self.embed(input_ids), positions_since(starts), mask)  # [B, T, D]
         logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
         if labels is not None and label_bytes is None and self.tokenizer is not None:
             label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
-        return _with_loss(logits, labels, label_bytes)
+        return causal_lm_output(logits, labels, label_bytes)
 
     def _require_tokenizer(self) -> BPETokenizer:
         if self.tokenizer is None:
-            raise ValueError("this BPEForCausalLM has no tokenizer; pass one or load with from_pretrained")
+            raise ValueError(
+                "this BPEForCausalLM has no tokenizer; pass one or load with from_pretrained"
+            )
         return self.tokenizer
 
     def _encode_for_scoring(self, text: str, context: str) -> tuple[list[int], int, int]:
@@ -70,7 +73,9 @@ class BPEForCausalLM(PreTrainedLM):
             )
         return ids, 1 + len(ctx), len(ids)
 
-    def _collate_for_scoring(self, items: list[tuple[list[int], int, int]]) -> dict[str, torch.Tensor]:
+    def _collate_for_scoring(
+        self, items: list[tuple[list[int], int, int]]
+    ) -> dict[str, torch.Tensor]:
         seq = max(n for _, _, n in items)
         input_ids = torch.full((len(items), seq), PAD_ID, dtype=torch.long)
         labels = torch.full((len(items), seq), IGNORE, dtype=torch.long)
@@ -90,14 +95,3 @@ class BPEForCausalLM(PreTrainedLM):
 
     def _tied_keys(self) -> set[str]:
         return {"head.weight", "embed.weight"} if self.config.tie_embeddings else set()
-
-
-def document_starts_tokens(input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] True where a document (BOS) or the padding tail begins."""
-    prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    starts = (input_ids == BOS_ID) | ((input_ids == PAD_ID) & (prev != PAD_ID))
-    starts[:, 0] = True
-    return starts
-
-
-__all__ = ["BPEForCausalLM", "document_starts"]

@@ -44,7 +44,9 @@ class TransformerConfig:
 
     def validate(self, where: str) -> None:
         if self.dim % self.n_heads:
-            raise ValueError(f"{where}.dim={self.dim} must be divisible by {where}.n_heads={self.n_heads}")
+            raise ValueError(
+                f"{where}.dim={self.dim} must be divisible by {where}.n_heads={self.n_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"{where}: head dim {self.head_dim} must be even for RoPE")
         if self.n_heads % self.kv_heads:
@@ -77,7 +79,9 @@ class HATConfig:
     max_word_bytes: int = 100
     max_seq_bytes: int = 16384  # longest document (in bytes) score()/generate() accept
     pool_qk_norm: bool = True
-    decoder_guide: str = "first"  # add the previous word's vector before the "first" or "every" layer
+    decoder_guide: str = (
+        "first"  # add the previous word's vector before the "first" or "every" layer
+    )
     logit_softcap: float | None = None
     attn_impl: str = "auto"  # auto: flex attention on CUDA, SDPA with a dense mask on CPU
     pool_impl: str = "auto"  # auto: Triton kernel on CUDA, PyTorch reference on CPU
@@ -174,7 +178,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        raise ValueError(
+            f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(known)}"
+        )
     return cls(**data)
 
 

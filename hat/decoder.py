@@ -19,7 +19,9 @@ class ByteDecoder(nn.Module):
         super().__init__()
         n_guides = cfg.n_layers if guide == "every" else 1
         self.guide_norm = RMSNorm(backbone_dim, cfg.norm_eps)
-        self.guide_proj = nn.ModuleList(nn.Linear(backbone_dim, cfg.dim, bias=False) for _ in range(n_guides))
+        self.guide_proj = nn.ModuleList(
+            nn.Linear(backbone_dim, cfg.dim, bias=False) for _ in range(n_guides)
+        )
         # stands in for "word -1": the guide of every document's first word
         self.first_guide = nn.Parameter(torch.randn(backbone_dim) * 0.02)
         self.transformer = Transformer(cfg)

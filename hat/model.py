@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from torch import nn
 
 from hat.backbone import Backbone
-from hat.batching import IGNORE, collate_documents, document_words, layout_words
+from hat.batching import collate_documents, document_words, layout_words
 from hat.block import AttentionMask
 from hat.config import HATConfig
 from hat.decoder import ByteDecoder
 from hat.encoder import ByteEncoder
-from hat.modeling import CausalLMOutput, PreTrainedLM, next_unit_nll, softcap
+from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, next_unit_nll, softcap
 from hat.pooling import WordPooler
 from hat.splitter import as_text, make_splitter
 
@@ -32,7 +29,9 @@ class HATForCausalLM(PreTrainedLM):
         self.config = config.validate()
         self.splitter = make_splitter(config.splitter, config.max_word_bytes)
         self.encoder = ByteEncoder(config.encoder)
-        self.pooler = WordPooler(config.encoder, config.backbone.dim, config.pool_qk_norm, config.pool_impl)
+        self.pooler = WordPooler(
+            config.encoder, config.backbone.dim, config.pool_qk_norm, config.pool_impl
+        )
         self.backbone = Backbone(config.backbone)
         self.decoder = ByteDecoder(config.decoder, config.backbone.dim, config.decoder_guide)
         self.init_weights()
@@ -54,7 +53,10 @@ class HATForCausalLM(PreTrainedLM):
 
         # encoder states -> one vector per word slot            [B*T, De] -> [B, W, D]
         words = self.pooler(
-            byte_states.flatten(0, 1), layout.byte_pos.flatten(), layout.offsets, layout.word_end_pos.flatten()
+            byte_states.flatten(0, 1),
+            layout.byte_pos.flatten(),
+            layout.offsets,
+            layout.word_end_pos.flatten(),
         ).view(batch, -1, cfg.backbone.dim)
 
         # words -> backbone states (word i has seen words <= i) [B, W, D]
@@ -65,10 +67,14 @@ class HATForCausalLM(PreTrainedLM):
         if cfg.decoder.window != cfg.encoder.window:
             byte_mask = AttentionMask.packed(layout.doc_ids, cfg.decoder.window, cfg.attn_impl)
         hidden = self.decoder(
-            byte_states, self.decoder.guides(word_states), layout.guide_index, layout.byte_pos, byte_mask
+            byte_states,
+            self.decoder.guides(word_states),
+            layout.guide_index,
+            layout.byte_pos,
+            byte_mask,
         )
         logits = softcap(self.decoder.head(hidden), cfg.logit_softcap)
-        return _with_loss(logits, labels)
+        return causal_lm_output(logits, labels)
 
     # ---- scoring --------------------------------------------------------------------
     def _encode_for_scoring(self, text: str, context: str) -> tuple[list[bytes], int, int]:
@@ -81,7 +87,9 @@ class HATForCausalLM(PreTrainedLM):
             )
         return words, 1 + len(context.encode("utf-8")), num_bytes
 
-    def _collate_for_scoring(self, items: list[tuple[list[bytes], int, int]]) -> dict[str, torch.Tensor]:
+    def _collate_for_scoring(
+        self, items: list[tuple[list[bytes], int, int]]
+    ) -> dict[str, torch.Tensor]:
         return collate_documents([w for w, _, _ in items], target_from=[t for _, t, _ in items])
 
     @torch.no_grad()
@@ -105,25 +113,3 @@ class HATForCausalLM(PreTrainedLM):
     def from_name(cls, name: str) -> HATForCausalLM:
         """A freshly initialised model of a named preset (``tiny``, ``small``, ``1b``, ...)."""
         return cls(HATConfig.from_name(name))
-
-    @classmethod
-    def _from_config_and_dir(cls, config: HATConfig, directory: Path) -> HATForCausalLM:
-        return cls(config)
-
-
-def _with_loss(logits: torch.Tensor, labels: torch.Tensor | None, label_bytes: torch.Tensor | None = None) -> CausalLMOutput:
-    """Attach loss (mean nats per target) and the sums needed for bits per byte."""
-    if labels is None:
-        return CausalLMOutput(loss=None, logits=logits)
-    nll = next_unit_nll(logits, labels)
-    n_targets = (labels != IGNORE).sum()
-    n_bytes = n_targets if label_bytes is None else label_bytes.masked_fill(labels == IGNORE, 0).sum()
-    sum_nll = nll.sum()
-    return CausalLMOutput(
-        loss=sum_nll / n_targets.clamp_min(1), logits=logits, sum_nll=sum_nll, n_targets=n_targets,
-        n_target_bytes=n_bytes,
-    )
-
-
-# keep nn imported for type checkers of subclasses
-__all__ = ["HATForCausalLM", "nn"]

@@ -49,6 +49,27 @@ def next_unit_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.view(labels.shape)
 
 
+def causal_lm_output(
+    logits: torch.Tensor, labels: torch.Tensor | None, label_bytes: torch.Tensor | None = None
+) -> CausalLMOutput:
+    """Attach loss (mean nats per target) and the sums needed for bits per byte."""
+    if labels is None:
+        return CausalLMOutput(loss=None, logits=logits)
+    nll = next_unit_nll(logits, labels)
+    n_targets = (labels != IGNORE).sum()
+    n_bytes = (
+        n_targets if label_bytes is None else label_bytes.masked_fill(labels == IGNORE, 0).sum()
+    )
+    sum_nll = nll.sum()
+    return CausalLMOutput(
+        loss=sum_nll / n_targets.clamp_min(1),
+        logits=logits,
+        sum_nll=sum_nll,
+        n_targets=n_targets,
+        n_target_bytes=n_bytes,
+    )
+
+
 class PreTrainedLM(nn.Module):
     """Base of ``HATForCausalLM`` and ``BPEForCausalLM``.
 
@@ -103,7 +124,9 @@ class PreTrainedLM(nn.Module):
             raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
         items = [self._encode_for_scoring(t, c) if t else None for t, c in zip(texts, contexts)]
         scores = [0.0] * len(texts)
-        todo = sorted((i for i, it in enumerate(items) if it is not None), key=lambda i: -items[i][2])
+        todo = sorted(
+            (i for i, it in enumerate(items) if it is not None), key=lambda i: -items[i][2]
+        )
         was_training = self.training
         self.eval()
         try:
@@ -141,7 +164,10 @@ class PreTrainedLM(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        directory: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> PreTrainedLM:
         """Load a model written by ``save_pretrained``. Errors name the file that is wrong."""
         directory = Path(directory)
@@ -158,12 +184,16 @@ class PreTrainedLM(nn.Module):
         try:
             state = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"{weights} cannot be read ({err}); the file is truncated or corrupt") from None
+            raise ValueError(
+                f"{weights} cannot be read ({err}); the file is truncated or corrupt"
+            ) from None
         missing, unexpected = model.load_state_dict(state, strict=False)
         # tied weights are stored once; anything else missing means a mismatched checkpoint
         missing = [k for k in missing if k not in model._tied_keys()]
         if missing or unexpected:
-            raise ValueError(f"{weights} does not match {config_path}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{weights} does not match {config_path}: missing {missing}, unexpected {unexpected}"
+            )
         return model.to(device=device, dtype=dtype)
 
     @classmethod

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import hat_kernels
 import torch
 from torch import nn
 
-import hat_kernels
 from hat.block import RMSNorm, apply_rope, rope_angles
 from hat.config import TransformerConfig
 
@@ -31,7 +31,9 @@ class WordPooler(nn.Module):
     from the end of its word, the same way for every word of a document.
     """
 
-    def __init__(self, enc: TransformerConfig, out_dim: int, qk_norm: bool = True, impl: str = "auto") -> None:
+    def __init__(
+        self, enc: TransformerConfig, out_dim: int, qk_norm: bool = True, impl: str = "auto"
+    ) -> None:
         super().__init__()
         self.n_heads, self.head_dim, self.theta = enc.n_heads, enc.head_dim, enc.rope_theta
         self.impl = impl
@@ -59,5 +61,7 @@ class WordPooler(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q[None], rope_angles(word_end_pos, self.head_dim, self.theta)[None])[0]
         k = apply_rope(k[None], rope_angles(byte_pos, self.head_dim, self.theta)[None])[0]
-        pooled = ragged_attention_pool(q.contiguous(), k.contiguous(), v.contiguous(), offsets, self.impl)
+        pooled = ragged_attention_pool(
+            q.contiguous(), k.contiguous(), v.contiguous(), offsets, self.impl
+        )
         return self.out_proj(pooled.flatten(1))  # [W, H*Dh] -> [W, D]

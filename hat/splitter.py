@@ -90,7 +90,7 @@ def as_text(text: str | bytes) -> str:
             return bytes(text).decode("utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(
-                f"input is not valid UTF-8 (byte {err.start}: {bytes(text)[err.start:err.start + 4]!r}); "
+                f"input is not valid UTF-8 (byte {err.start}: {bytes(text)[err.start : err.start + 4]!r}); "
                 "decode it yourself, e.g. data.decode('utf-8', errors='replace')"
             ) from None
     raise TypeError(f"expected str or bytes, got {type(text).__name__}")

@@ -31,8 +31,12 @@ class BPETokenizer:
         except (OSError, RuntimeError) as err:
             raise ValueError(f"{model_file}: not a sentencepiece model ({err})") from None
         if self.sp.bos_id() != BOS_ID or self.sp.pad_id() != PAD_ID:
-            raise ValueError(f"{model_file}: expected bos_id={BOS_ID}, pad_id={PAD_ID}; train it with hat-tokenizer")
-        self.token_bytes = torch.tensor([self._piece_bytes(i) for i in range(len(self))], dtype=torch.long)
+            raise ValueError(
+                f"{model_file}: expected bos_id={BOS_ID}, pad_id={PAD_ID}; train it with hat-tokenizer"
+            )
+        self.token_bytes = torch.tensor(
+            [self._piece_bytes(i) for i in range(len(self))], dtype=torch.long
+        )
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
@@ -61,7 +65,10 @@ class BPETokenizer:
 
     @staticmethod
     def train(
-        texts: Iterable[str], vocab_size: int, output_file: str | Path, max_sentence_bytes: int = 16384
+        texts: Iterable[str],
+        vocab_size: int,
+        output_file: str | Path,
+        max_sentence_bytes: int = 16384,
     ) -> BPETokenizer:
         """Train a byte-fallback BPE model on ``texts`` and write it to ``output_file``."""
         import sentencepiece as spm

@@ -10,7 +10,9 @@ import torch
 import hat
 
 SAMPLE_CORPUS = Path(hat.__file__).parent / "assets" / "sample_corpus.txt"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the repo, if present
+SHARED = (
+    Path(__file__).resolve().parents[1].parent / "shared"
+)  # ../shared beside the repo, if present
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,70 @@
+"""Bad input gets a clear result or a clear error, never a crash deep inside or a NaN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import hat
+
+
+@pytest.fixture(params=["hat", "bpe"])
+def model(request, tiny_hat, tiny_bpe):
+    return tiny_hat if request.param == "hat" else tiny_bpe
+
+
+def test_empty_text_scores_zero(model) -> None:
+    assert model.score([""]) == [0.0]
+    assert model.score(["", "a"])[0] == 0.0
+
+
+def test_empty_text_byte_logprobs(tiny_hat) -> None:
+    assert tiny_hat.byte_logprobs("").numel() == 0
+
+
+def test_invalid_utf8_is_a_clear_error(model) -> None:
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        model.score([b"caf\xc3"])
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        model.score([b"ok"], [b"\xff"])
+
+
+def test_valid_bytes_are_accepted(model) -> None:
+    assert model.score(["café".encode()]) == pytest.approx(model.score(["café"]))
+
+
+def test_nul_bytes_and_cjk_score_finite(model) -> None:
+    for text in ["a\x00b\x00\x00", "\x00", "日本語のテキスト", "👨‍👩‍👧"]:
+        (value,) = model.score([text])
+        assert math.isfinite(value) and value < 0
+
+
+def test_megabyte_word_is_a_clear_error(model) -> None:
+    with pytest.raises(ValueError, match="over max_seq"):
+        model.score(["x" * 1_000_000])
+
+
+def test_single_string_instead_of_list(model) -> None:
+    with pytest.raises(TypeError, match="list of texts"):
+        model.score("just one")
+
+
+def test_context_length_mismatch(model) -> None:
+    with pytest.raises(ValueError, match="contexts"):
+        model.score(["a", "b"], ["only one"])
+
+
+def test_bad_config_values_say_what_to_change() -> None:
+    cfg = hat.HATConfig.from_name("tiny")
+    cfg.decoder.dim = 96
+    with pytest.raises(ValueError, match="decoder.dim"):
+        hat.HATForCausalLM(cfg)
+    with pytest.raises(ValueError, match="unknown HAT preset"):
+        hat.HATConfig.from_name("huge")
+    with pytest.raises(ValueError, match="unknown HATConfig keys"):
+        hat.HATConfig.from_dict({"encoderr": {}})
+    cfg = hat.HATConfig.from_name("tiny")
+    cfg.backbone.n_heads = 3
+    with pytest.raises(ValueError, match="backbone.dim"):
+        cfg.validate()
