@@ -29,15 +29,21 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """Rotation angles for integer positions: [...] -> [..., head_dim/2] (fp32)."""
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles for integer positions [..., S] -> 2 x [..., S, 1, Dh/2].
+
+    Computed once per stack and reused by every layer (the trailing 1 broadcasts over heads).
+    """
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    return positions.float()[..., None] * inv_freq
+    angles = positions.float()[..., None, None] * inv_freq  # fp32: positions reach 1e4+
+    return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x [..., S, H, Dh] by angles [..., S, Dh/2]."""
-    cos, sin = angles.cos()[..., None, :], angles.sin()[..., None, :]  # broadcast over heads
+def apply_rope(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate pairs (x[..., :Dh/2], x[..., Dh/2:]) of x [..., S, H, Dh] by ``rope_angles``."""
+    cos, sin = rotary
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
@@ -78,7 +84,10 @@ def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
         return ok & (q - k < window) if window is not None else ok
 
     batch, seq = doc_ids.shape
-    return create_block_mask(mask_mod, batch, None, seq, seq, device=doc_ids.device)
+    # compiled mask construction never materialises the [B, S, S] boolean mask
+    return create_block_mask(
+        mask_mod, batch, None, seq, seq, device=doc_ids.device, _compile=doc_ids.is_cuda
+    )
 
 
 @functools.cache
@@ -105,7 +114,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        angles: torch.Tensor,
+        angles: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
         cache: KVCacheLayer | None = None,
     ) -> torch.Tensor:
@@ -176,7 +185,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        angles: torch.Tensor,
+        angles: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
         cache: KVCacheLayer | None = None,
     ) -> torch.Tensor:
@@ -192,7 +201,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
-    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta)
 
     def forward(
@@ -202,7 +211,7 @@ class Transformer(nn.Module):
         mask: AttentionMask,
         caches: list[KVCacheLayer] | None = None,
     ) -> torch.Tensor:
-        angles = self.angles(positions)  # [B, S, Dh/2]
+        angles = self.angles(positions)  # cos, sin: [B, S, 1, Dh/2]
         for i, layer in enumerate(self.layers):
             x = layer(x, angles, mask, caches[i] if caches is not None else None)
         return x

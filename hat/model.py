@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from hat.backbone import Backbone
 from hat.batching import collate_documents, document_words, layout_words
@@ -45,6 +46,9 @@ class HATForCausalLM(PreTrainedLM):
     ) -> CausalLMOutput:
         cfg = self.config
         batch, seq = input_ids.shape
+        if input_ids.is_cuda:
+            # round word slots up (extra slots are empty words) so compiled attention sees few shapes
+            word_lengths = F.pad(word_lengths, (0, -word_lengths.shape[1] % 128))
         layout = layout_words(input_ids, word_lengths)
 
         # bytes -> encoder states                               [B, T] -> [B, T, De]

@@ -59,8 +59,8 @@ class WordPooler(nn.Module):
         q = self.query.expand(word_end_pos.shape[0], -1, -1)  # [W, H, Dh]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q[None], rope_angles(word_end_pos, self.head_dim, self.theta)[None])[0]
-        k = apply_rope(k[None], rope_angles(byte_pos, self.head_dim, self.theta)[None])[0]
+        q = apply_rope(q, rope_angles(word_end_pos, self.head_dim, self.theta))
+        k = apply_rope(k, rope_angles(byte_pos, self.head_dim, self.theta))
         pooled = ragged_attention_pool(
             q.contiguous(), k.contiguous(), v.contiguous(), offsets, self.impl
         )
