@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-import hat
+if not torch.cuda.is_available():
+    # Triton kernels run in its CPU interpreter; must be set before hat imports triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import hat  # noqa: E402
 
 SAMPLE_CORPUS = Path(hat.__file__).parent / "assets" / "sample_corpus.txt"
 SHARED = (
