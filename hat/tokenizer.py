@@ -34,6 +34,7 @@ class BPETokenizer:
             raise ValueError(
                 f"{model_file}: expected bos_id={BOS_ID}, pad_id={PAD_ID}; train it with hat-tokenizer"
             )
+        self._marker_bytes = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode()]
         self.token_bytes = torch.tensor(
             [self._piece_bytes(i) for i in range(len(self))], dtype=torch.long
         )
@@ -53,7 +54,16 @@ class BPETokenizer:
         return len(self.sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8"))
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text) if text else []
+        """Token ids of ``text``; ``decode`` gives the same text back, byte for byte."""
+        if "\u2581" not in text:
+            return self.sp.encode(text) if text else []
+        # sentencepiece reads a literal U+2581 as its own space marker (decoding it as " "):
+        # spell each literal one as its three UTF-8 byte-fallback tokens instead
+        parts = text.split("\u2581")
+        ids = self.sp.encode(parts[0]) if parts[0] else []
+        for part in parts[1:]:
+            ids += self._marker_bytes + (self.sp.encode(part) if part else [])
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if i >= 4 or i == UNK_ID])
