@@ -4,6 +4,8 @@ tokenizer — and their BPE twins, built from the same parts."""
 from hat.batching import collate_documents, document_words, layout_words
 from hat.bpe import BPEForCausalLM
 from hat.config import BPEConfig, HATConfig, TransformerConfig, load_config
+from hat.generation import GenerationConfig, TextStreamer
+from hat.hf_tokenizer import HATTokenizer
 from hat.model import HATForCausalLM
 from hat.modeling import CausalLMOutput
 from hat.pooling import ragged_attention_pool
@@ -18,10 +20,13 @@ __all__ = [
     "BPETokenizer",
     "CausalLMOutput",
     "EOD",
+    "GenerationConfig",
     "HATConfig",
     "HATForCausalLM",
+    "HATTokenizer",
     "HATWordSplitter",
     "PAD",
+    "TextStreamer",
     "TransformerConfig",
     "WhitespaceSplitter",
     "collate_documents",

@@ -11,11 +11,12 @@ from hat.backbone import Backbone
 from hat.batching import IGNORE, document_starts, positions_since
 from hat.block import AttentionMask
 from hat.config import BPEConfig
+from hat.generation import GenerationMixin
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, softcap
 from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
 
 
-class BPEForCausalLM(PreTrainedLM):
+class BPEForCausalLM(GenerationMixin, PreTrainedLM):
     """Tokens -> embedding -> Backbone -> token logits. Documents start with BOS.
 
     Batches: ``input_ids`` [B, T] token ids, ``labels`` [B, T], and for bits per byte

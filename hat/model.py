@@ -11,12 +11,13 @@ from hat.block import AttentionMask
 from hat.config import HATConfig
 from hat.decoder import ByteDecoder
 from hat.encoder import ByteEncoder
+from hat.generation import GenerationMixin
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, next_unit_nll, softcap
 from hat.pooling import WordPooler
 from hat.splitter import as_text, make_splitter
 
 
-class HATForCausalLM(PreTrainedLM):
+class HATForCausalLM(GenerationMixin, PreTrainedLM):
     """Hierarchical autoregressive transformer over UTF-8 bytes (TFree-HAT design).
 
     Takes a batch from ``hat.batching`` (``input_ids``, ``word_lengths``, optional ``labels``)

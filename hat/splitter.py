@@ -9,6 +9,7 @@ causality rests on that last property (see tests/test_splitter.py).
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Protocol
 
 EOD = 192  # end-of-document byte: 0xC0 never occurs in UTF-8; starts every document in a pack
@@ -21,6 +22,17 @@ class Splitter(Protocol):
     max_word_bytes: int
 
     def split(self, text: str) -> list[bytes]: ...
+
+
+_SPACE_THEN_NON_ASCII = re.compile(r"\s[^\x00-\x7f]")
+
+
+def _extender_after_space(text: str) -> bool:
+    """Does a combining mark or format character (Unicode Mn, Me, Cf) follow whitespace?"""
+    return any(
+        unicodedata.category(m.group()[1]) in ("Mn", "Me", "Cf")
+        for m in _SPACE_THEN_NON_ASCII.finditer(text)
+    )
 
 
 class HATWordSplitter:
@@ -40,7 +52,24 @@ class HATWordSplitter:
     def split(self, text: str) -> list[bytes]:
         if not text:
             return []
-        return self._splitter.split_with_limit(text, self.max_word_bytes)
+        if not _extender_after_space(text):
+            return self._splitter.split_with_limit(text, self.max_word_bytes)
+        return self._split_online(text)
+
+    def _split_online(self, text: str) -> list[bytes]:
+        """Decide each word start from the text before it only (prefix-consistent by
+        construction). Needed only where a combining mark / format character follows
+        whitespace: there hat-splitter can merge words that a shorter prefix kept apart
+        (``"a \t"`` -> a | " " | "\t", but ``"a \t\u0301"`` -> a | " \t\u0301")."""
+        starts = [0]  # character index where each word starts
+        for i in range(1, len(text)):
+            context = starts[-2] if len(starts) > 1 else 0  # the last complete word + current
+            words = self._splitter.split(text[context : i + 1])
+            if len(words[-1]) == 1 and sum(map(len, words)) == i + 1 - context:
+                starts.append(i)  # the new character begins a word of its own
+        starts.append(len(text))
+        words = [text[a:b].encode("utf-8") for a, b in zip(starts, starts[1:])]
+        return [piece for word in words for piece in cap_word(word, self.max_word_bytes)]
 
 
 class WhitespaceSplitter:

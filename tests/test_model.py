@@ -19,6 +19,7 @@ ADVERSARIAL = [
     "long " + "x" * 130 + "ü" * 60 + " end",  # words beyond the 100-byte cap
     "camelCaseHTTPServer iPhone",
     "NUL\x00bytes\x00",
+    "mixed a \t\u0301 b  \u200dc",  # whitespace then combining marks: the splitter's hard case
 ]
 
 

@@ -1,0 +1,122 @@
+"""``hat-generate``: continue prompts with a saved HAT (or BPE twin) model, streaming to stdout.
+
+    hat-generate runs/small/final --prompt "Once upon a time" --max-new-tokens 200
+    hat-generate MODEL --prompt-file prompts.txt --do-sample --temperature 0.8 --top-p 0.95
+    hat-generate MODEL --prompt "Q: why?" --stop $'\\n' --seed 0 --num-return-sequences 3
+
+Defaults come from the model's ``generation_config.json`` (if saved), else from
+``hat.generation.GenerationConfig``; every flag given here overrides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from hat.generation import TextStreamer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hat-generate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("model", help="directory written by save_pretrained (HAT or BPE twin)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="the prompt (default: empty, i.e. a new document)")
+    src.add_argument("--prompt-file", help="one prompt per line ('-' reads stdin)")
+    p.add_argument("--max-new-tokens", type=int, help="bytes for HAT, tokens for the twin")
+    p.add_argument("--max-new-words", type=int, help="HAT: stop after this many new words")
+    p.add_argument("--min-new-tokens", type=int)
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument("--do-sample", action="store_true", default=None, help="sample")
+    sampling.add_argument("--greedy", dest="do_sample", action="store_false", help="argmax")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--eos-token-id", type=int, action="append", help="extra end id (repeat)")
+    p.add_argument("--stop", action="append", dest="stop_strings", help="stop string (repeat)")
+    p.add_argument("--num-return-sequences", type=int)
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        default=None,
+        help="recompute everything at every step (slow; the reference)",
+    )
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--no-echo", action="store_true", help="print only the continuation")
+    return p
+
+
+OPTIONS = (
+    "max_new_tokens",
+    "max_new_words",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "eos_token_id",
+    "stop_strings",
+    "num_return_sequences",
+    "use_cache",
+)
+
+
+def load_model(directory: str, device: str, dtype: torch.dtype):  # noqa: ANN201
+    """A HAT or BPE model from ``save_pretrained`` output, whichever ``config.json`` says."""
+    from hat.bpe import BPEForCausalLM
+    from hat.config import load_config
+    from hat.model import HATForCausalLM
+
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"hat-generate: {path / 'config.json'} not found: not a saved model")
+    config = load_config(path / "config.json")
+    cls = HATForCausalLM if config.model_type == "hat" else BPEForCausalLM
+    return cls.from_pretrained(path, device=device, dtype=dtype).eval()
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt_file is None:
+        return [args.prompt or ""]
+    source = sys.stdin if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8")
+    with source:
+        return [line.rstrip("\r\n") for line in source]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model, args.device, DTYPES[args.dtype])
+    options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
+    if "eos_token_id" in options:
+        options["eos_token_id"] = list(options["eos_token_id"])
+    config = model.generation_config.update(**options)
+    try:
+        config.validate()
+    except ValueError as err:
+        raise SystemExit(f"hat-generate: {err}") from None
+    for i, prompt in enumerate(read_prompts(args)):
+        if i:
+            print()
+        seed = None if args.seed is None else args.seed + i
+        if config.num_return_sequences == 1:
+            streamer = TextStreamer(skip_prompt=args.no_echo)
+            model.generate(prompt, generation_config=config, streamer=streamer, seed=seed)
+            continue
+        for text in model.generate(prompt, generation_config=config, seed=seed):
+            print(text if args.no_echo else prompt + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Generation speed: HAT (``small``) vs its BPE twin (``bpe_small``, same backbone), cached vs
+uncached, batch 1 and 32, in bytes of new text per second. Prints JSON.
+
+    python scripts/bench_generate.py                 # 1 KB per row (slow on a CPU: minutes)
+    python scripts/bench_generate.py --quick         # CPU smoke run: 96 bytes per row, < 2 min
+    python scripts/bench_generate.py --device cuda --dtype bfloat16
+
+Random-init weights (speed does not depend on training). Sampling (seeded) with the end of
+document suppressed, so every row runs to the full length. The twin's budget is set in tokens
+from its vocabulary's mean token length, and the bytes it actually produced are what counts.
+Uncached means a full forward over everything at every step (``use_cache=False``); its cost
+grows with the length, so the cached/uncached ratio at 96 bytes understates the one at 1 KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import hat
+from hat.generation import token_byte_table
+from hat.splitter import EOD
+from hat.tokenizer import BOS_ID, EOS_ID
+
+CORPUS = Path(hat.__file__).parent / "assets" / "sample_corpus.txt"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--new-bytes", type=int, default=1024, help="new text per row (bytes)")
+    p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--prompt-bytes", type=int, default=64)
+    p.add_argument("--hat", default="small", help="HAT preset")
+    p.add_argument("--bpe", default="bpe_small", help="BPE twin preset")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-uncached", action="store_true", help="skip the (slow) reference")
+    p.add_argument("--quick", action="store_true", help="CPU smoke run: --new-bytes 96")
+    p.add_argument("--output", help="also write the JSON here")
+    args = p.parse_args()
+    if args.quick:
+        args.new_bytes = min(args.new_bytes, 96)
+    return args
+
+
+def prompts(n: int, size: int) -> list[str]:
+    """n different prompts: the starts of the corpus's first long lines, ~size bytes each."""
+    lines = [ln for ln in CORPUS.read_text(encoding="utf-8").splitlines() if len(ln) > size]
+    return [ln.encode()[:size].decode("utf-8", errors="ignore") for ln in lines[:n]]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(model, texts: list[str], units: int, suppress: list[int], cache: bool, device: str):  # noqa: ANN001, ANN201
+    """One timed generate() call -> (new bytes, seconds)."""
+    model.generate(
+        texts, max_new_tokens=4, do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache
+    )  # warm up
+    sync(device)
+    start = time.perf_counter()
+    out = model.generate(
+        texts,
+        max_new_tokens=units,
+        do_sample=True,
+        seed=0,
+        suppress_tokens=suppress,
+        use_cache=cache,
+    )
+    sync(device)
+    return sum(len(t.encode("utf-8")) for t in out), time.perf_counter() - start
+
+
+def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    hat_model = hat.HATForCausalLM.from_name(args.hat).to(args.device, dtype).eval()
+    cfg = hat.BPEConfig.from_name(args.bpe)
+    text = CORPUS.read_text(encoding="utf-8")
+    tok = hat.BPETokenizer.train([text], vocab_size=cfg.vocab_size, output_file=tmp / "tok.model")
+    bpe_model = hat.BPEForCausalLM(cfg, tok).to(args.device, dtype).eval()
+    return hat_model, bpe_model
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        hat_model, bpe_model = build_models(args, Path(tmp))
+    lengths = [len(b) for b in token_byte_table(bpe_model.tokenizer) if b]
+    bytes_per_token = sum(lengths) / len(lengths)  # a random-init twin samples ~uniformly
+    setups = {
+        "hat": (hat_model, args.new_bytes, [EOD]),
+        "bpe": (bpe_model, math.ceil(args.new_bytes / bytes_per_token), [BOS_ID, EOS_ID]),
+    }
+    results = []
+    for batch in batches:
+        texts = prompts(batch, args.prompt_bytes)
+        for name, (model, units, suppress) in setups.items():
+            for cache in (True, False) if not args.no_uncached else (True,):
+                new_bytes, seconds = run(model, texts, units, suppress, cache, args.device)
+                results.append(
+                    {
+                        "model": name,
+                        "preset": args.hat if name == "hat" else args.bpe,
+                        "batch": batch,
+                        "use_cache": cache,
+                        "max_new_tokens": units,
+                        "new_bytes": new_bytes,
+                        "seconds": round(seconds, 3),
+                        "bytes_per_s": round(new_bytes / seconds, 1),
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
+    report = {
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "new_bytes_per_row": args.new_bytes,
+        "prompt_bytes": args.prompt_bytes,
+        "quick": args.quick,
+        "params": {"hat": hat_model.num_parameters(), "bpe": bpe_model.num_parameters()},
+        "results": results,
+        "ratios": ratios(results),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+def ratios(results: list[dict]) -> dict[str, float]:
+    """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached)."""
+    speed = {(r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"] for r in results}
+    out = {}
+    for (model, batch, cache), value in speed.items():
+        if cache and (model, batch, False) in speed:
+            out[f"{model}_b{batch}_cached_over_uncached"] = round(
+                value / speed[(model, batch, False)], 2
+            )
+        if cache and model == "hat" and ("bpe", batch, True) in speed:
+            out[f"b{batch}_hat_over_bpe_cached"] = round(value / speed[("bpe", batch, True)], 2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

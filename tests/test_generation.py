@@ -1,0 +1,552 @@
+"""generate(): the cached path equals the uncached reference, sampling is reproducible and
+restricted as specified, streaming equals the returned text, bad input fails clearly."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+import torch
+
+import hat
+from hat.batching import collate_documents
+from hat.generation import (
+    GenerationConfig,
+    HATCachedEngine,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TextStreamer,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    WordTracker,
+    word_starts,
+)
+from hat.hf_tokenizer import HATTokenizer
+from hat.splitter import EOD, PAD, make_splitter
+
+TOK = HATTokenizer()
+# prompts ending mid-word, inside a character, on a word boundary, empty, with CJK and emoji
+PROMPTS = [b"Hello wor", "日本".encode()[:-1], b"It's 3.14, not ", b"", "Thumbs 👍🏽 ".encode()]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Step-sized ops are faster on one thread (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> hat.HATForCausalLM:
+    torch.manual_seed(0)
+    cfg = hat.HATConfig.from_name("tiny")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return hat.HATForCausalLM(cfg).eval()
+
+
+def batch_of(prompts: list[bytes], side: str = "left") -> dict[str, torch.Tensor]:
+    return dict(TOK(prompts, return_tensors="pt", padding=True, padding_side=side))
+
+
+# ---- word boundaries ----------------------------------------------------------------
+TRICKY = [
+    "It's 3.14, not 1,000. Don't! e.g. U.S.A. http://x.com/a?b=c",
+    "日本語のテキスト、中文。한국어 텍스트",
+    "Thumbs 👍🏽 family 👨\u200d👩\u200d👧 flags 🇩🇪🇺🇸🇩",
+    "runs   of\n\n\n  spaces\t\tand\r\nnewlines  ",
+    "camelCaseHTTPServer iPhone XMLHttpRequest",
+    "long " + "x" * 40 + "ü" * 30 + " end e\u0301 naïve",
+]
+
+
+@pytest.mark.parametrize("name", ["hat", "whitespace"])
+def test_word_tracker_equals_full_resplit(name: str) -> None:
+    """Byte by byte, the incremental tracker agrees with re-splitting everything."""
+    splitter = make_splitter(name, max_word_bytes=12)
+    rng = random.Random(0)
+    alphabet = list("aZ3 .,'-\n\t\x00日é👍🏽\u200d🇩\u0301") + ["  ", "Ab", "HTTP"]
+    texts = TRICKY + ["".join(rng.choice(alphabet) for _ in range(60)) for _ in range(20)]
+    for text in texts:
+        data = bytes([EOD]) + text.encode()
+        for cut in (1, 4):  # start from an empty and from a short prompt (maybe mid-character)
+            tracker = WordTracker(splitter, data[:cut])
+            for i in range(cut, len(data)):
+                tracker.push(data[i])
+                assert tracker.starts == word_starts(data[: i + 1], splitter), data[: i + 1]
+
+
+def test_word_starts_rule() -> None:
+    splitter = make_splitter("hat")
+    assert word_starts(bytes([EOD]), splitter) == [0]
+    assert word_starts(bytes([EOD]) + "日".encode()[:1], splitter) == [0, 1]  # first text byte
+    # an incomplete character joins the current word until it is complete
+    assert word_starts(bytes([EOD]) + b"Hi" + "日".encode()[:2], splitter) == [0, 1]
+    assert word_starts(bytes([EOD]) + b"Hi" + "日".encode(), splitter) == [0, 1, 3]
+    with pytest.raises(ValueError, match="UTF-8"):
+        word_starts(bytes([EOD]) + b"a\xffb", splitter)
+
+
+# ---- cached == uncached -------------------------------------------------------------
+def generate_both(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = batch_of(prompts)
+    a = model.generate(**batch, use_cache=True, **kwargs)
+    b = model.generate(**batch, use_cache=False, **kwargs)
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "prompts", [PROMPTS[:1], PROMPTS[1:2], PROMPTS], ids=["b1", "b1mid", "ragged"]
+)
+def test_cached_equals_uncached_greedy(prompts) -> None:
+    model = tiny()
+    cached, uncached = generate_both(model, prompts, max_new_tokens=40)
+    assert torch.equal(cached, uncached)
+    assert cached.shape[1] == batch_of(prompts)["input_ids"].shape[1] + 40
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"splitter": "whitespace", "decoder_guide": "every", "max_word_bytes": 6}],
+    ids=["hat", "whitespace-every"],
+)
+def test_cached_equals_uncached_sampled(variant: dict, monkeypatch) -> None:
+    """Sampling visits many bytes, words and multi-byte first characters of words (whose
+    decoder positions must be recomputed with the new word's guide)."""
+    model = tiny(**variant)
+    recomputed = []
+    original = HATCachedEngine._decode
+    monkeypatch.setattr(
+        HATCachedEngine,
+        "_decode",
+        lambda self, c0, n: recomputed.append(n - c0) or original(self, c0, n),
+    )
+    cached, uncached = generate_both(model, PROMPTS, max_new_tokens=60, do_sample=True, seed=7)
+    assert torch.equal(cached, uncached)
+    assert max(recomputed) >= 1, "no multi-byte word start was exercised"
+    texts = TOK.batch_decode(cached, skip_special_tokens=True)
+    assert len({t for text in texts for t in text}) > 40  # many different characters
+
+
+def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
+    """Long enough that the sliding windows slide and the column buffers are compacted."""
+    monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
+    shifts = []
+    original = HATCachedEngine._make_room
+    monkeypatch.setattr(
+        HATCachedEngine, "_make_room", lambda self, n: original(self, n) or shifts.append(self.base)
+    )
+    model = tiny(max_word_bytes=8)
+    cached, uncached = generate_both(
+        model, [b"A longer prompt, with words.", b"x"], max_new_tokens=90, do_sample=True, seed=1
+    )
+    assert torch.equal(cached, uncached)
+    assert max(shifts) > 0, "the column buffers never slid"
+
+
+class Force:
+    """A logits processor that makes row 0 emit ``data`` first (then samples freely)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.step = data, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.step < len(self.data):
+            scores[0] = -float("inf")
+            scores[0, self.data[self.step]] = 0.0
+        self.step += 1
+        return scores
+
+
+# " \t" is two words for hat-splitter, but " \t" + U+0301 one: a word boundary moves back
+RETRACT = ("a \t", "\u0301x 日本 \t\u0301".encode())
+
+
+def test_retracted_boundary_rolls_back() -> None:
+    """When the splitter merges an already finished word into the current one, the cached
+    path rolls the backbone back; it still equals the reference."""
+    model = tiny()
+    prompt, forced = RETRACT[0].encode(), RETRACT[1]
+    outs = [
+        model.generate(
+            **batch_of([prompt, b"xy"]),
+            max_new_tokens=30,
+            do_sample=True,
+            seed=0,
+            logits_processor=[Force(forced)],
+            use_cache=cache,
+        )
+        for cache in (True, False)
+    ]
+    assert torch.equal(*outs)
+    assert bytes(outs[0][0, len(prompt) + 1 :].tolist()).startswith(forced)
+
+
+class BurstSplitter:
+    """Whitespace words, except that "aXa" splits into "a", "X", "a": two words end at once."""
+
+    max_word_bytes = 100
+
+    def split(self, text: str) -> list[bytes]:
+        words = []
+        for word in make_splitter("whitespace").split(text):
+            words += [b"a", b"X", word[2:]] if word.startswith(b"aXa") else [word]
+        return words
+
+
+def test_several_words_finish_in_one_step() -> None:
+    model = tiny()
+    model.splitter = BurstSplitter()
+    batch = batch_of([b"q ", b"other row"])
+    outs = [
+        model.generate(
+            **batch,
+            max_new_tokens=12,
+            do_sample=True,
+            seed=0,
+            logits_processor=[Force(b"aXa b aXa")],
+            use_cache=cache,
+        )
+        for cache in (True, False)
+    ]
+    assert torch.equal(*outs)
+
+
+def test_cached_logits_match_full_forward() -> None:
+    """Every step's logits equal the full model on (prompt + bytes so far), last position."""
+    model = tiny()
+    prompts = [RETRACT[0].encode(), b"Hello wor", "日本".encode()[:-1], b""]
+    out = model.generate(
+        **batch_of(prompts),
+        max_new_tokens=30,
+        do_sample=True,
+        seed=3,
+        output_logits=True,
+        return_dict_in_generate=True,
+        logits_processor=[Force(RETRACT[1])],
+    )
+    width = batch_of(prompts)["input_ids"].shape[1]
+    for r, prompt in enumerate(prompts):
+        new = out.sequences[r, width:].tolist()
+        for step, logits in enumerate(out.logits):
+            if step and new[step - 1] in (EOD, PAD):
+                break
+            data = bytes([EOD]) + prompt + bytes(new[:step])
+            starts = word_starts(data, model.splitter)
+            words = [data[s:e] for s, e in zip(starts, [*starts[1:], len(data)])]
+            with torch.no_grad():
+                full = model(**collate_documents([words])).logits[0, len(data) - 1]
+            torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
+
+
+def test_right_padding_equals_left_padding() -> None:
+    model = tiny()
+    left = model.generate(**batch_of(PROMPTS, "left"), max_new_tokens=12, do_sample=True, seed=0)
+    right = model.generate(**batch_of(PROMPTS, "right"), max_new_tokens=12, do_sample=True, seed=0)
+    assert torch.equal(left, right)
+    assert torch.equal(
+        left[:, : len(batch_of(PROMPTS)["input_ids"][0])], batch_of(PROMPTS)["input_ids"]
+    )
+
+
+def test_bpe_cached_equals_uncached(tiny_bpe) -> None:
+    tok = tiny_bpe.tokenizer
+    rows = [[tok.bos_id, *tok.encode(t)] for t in ["Hello there, my", "x", ""]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
+    for kwargs in ({}, {"do_sample": True, "seed": 5}):
+        a = tiny_bpe.generate(ids, max_new_tokens=30, **kwargs)
+        b = tiny_bpe.generate(ids, max_new_tokens=30, use_cache=False, **kwargs)
+        assert torch.equal(a, b)
+    texts = tiny_bpe.generate(["Once upon", "日本"], max_new_tokens=20, do_sample=True, seed=1)
+    assert all(isinstance(t, str) for t in texts)
+
+
+# ---- outputs and options ------------------------------------------------------------
+def test_text_contract_and_valid_utf8() -> None:
+    model = tiny()
+    text = model.generate("Hello", max_new_tokens=50, do_sample=True, seed=0)
+    assert isinstance(text, str)
+    texts = model.generate(["a", "b"], max_new_tokens=50, do_sample=True, seed=0)
+    assert isinstance(texts, list) and len(texts) == 2
+    # bytes in -> bytes out; a prompt ending inside a character gets it completed first
+    raw = model.generate("日".encode()[:1], max_new_tokens=40, do_sample=True, seed=2)
+    assert isinstance(raw, bytes)
+    ("日".encode()[:1] + raw).decode("utf-8")  # strict: the output is valid UTF-8
+    ids = model.generate(**batch_of([b"x"] * 4), max_new_tokens=80, do_sample=True, seed=4)
+    for row in ids.tolist():
+        content = bytes(b for b in row if b not in (EOD, PAD))
+        content.decode("utf-8")  # never invalid, never a cut character
+
+
+def test_sampling_is_reproducible() -> None:
+    model = tiny()
+    a = model.generate("The", max_new_tokens=30, do_sample=True, seed=11)
+    b = model.generate("The", max_new_tokens=30, do_sample=True, seed=11)
+    c = model.generate("The", max_new_tokens=30, do_sample=True, seed=12)
+    gen = torch.Generator().manual_seed(11)
+    d = model.generate("The", max_new_tokens=30, do_sample=True, generator=gen)
+    assert a == b == d and a != c
+
+
+def test_num_return_sequences_and_eos() -> None:
+    model = tiny()
+    out = model.generate(
+        **batch_of([b"a", b"bc"]), max_new_tokens=5, do_sample=True, num_return_sequences=3, seed=0
+    )
+    assert out.shape == (6, 3 + 5)
+    assert torch.equal(out[0, :3], out[2, :3]) and torch.equal(out[3, :3], out[5, :3])
+    with pytest.raises(ValueError, match="do_sample"):
+        model.generate("a", num_return_sequences=2)
+    # an extra end byte stops a row; it is kept in the ids and dropped from the text
+    ids = model.generate(
+        **batch_of([b"a"]),
+        max_new_tokens=30,
+        do_sample=True,
+        seed=0,
+        top_k=1,
+        eos_token_id=[EOD, ord("L")],
+    )
+    assert ids[0, -1] in (ord("L"), PAD) or ord("L") not in ids[0, 2:].tolist()
+    # ban the end byte: exactly max_new_tokens bytes come out
+    out = model.generate("", max_new_tokens=25, do_sample=True, seed=0, suppress_tokens=[EOD])
+    assert len(out.encode()) == 25
+
+
+def test_stop_strings_and_max_new_words() -> None:
+    model = tiny()
+    full = model.generate("Hi", max_new_tokens=60, do_sample=True, seed=5, top_k=8)
+    stop = full[10:12]
+    cut = model.generate(
+        "Hi", max_new_tokens=60, do_sample=True, seed=5, top_k=8, stop_strings=[stop]
+    )
+    assert cut == full[: full.index(stop) + len(stop)]
+    prompt = b"Hi"
+    for n in (0, 1, 3):
+        text = model.generate(
+            prompt,
+            max_new_tokens=80,
+            do_sample=True,
+            seed=5,
+            max_new_words=n,
+            suppress_tokens=[EOD],
+        )
+        starts = word_starts(bytes([EOD]) + prompt + text, model.splitter)
+        assert sum(s >= 1 + len(prompt) for s in starts) <= n
+        longer = model.generate(
+            prompt, max_new_tokens=80, do_sample=True, seed=5, suppress_tokens=[EOD]
+        )
+        assert longer.startswith(text)
+
+
+# ---- logits processors --------------------------------------------------------------
+def test_logits_processors() -> None:
+    scores = torch.tensor([[1.0, 3.0, 2.0, 0.0, -1.0]])
+    ids = torch.tensor([[1, 4]])
+    kept = TopKLogitsWarper(2)(ids, scores)
+    assert torch.isfinite(kept).tolist() == [[False, True, True, False, False]]
+    probs = scores.softmax(-1)[0]  # ~ [.09, .64, .24, .03, .01]
+    nucleus = torch.isfinite(TopPLogitsWarper(0.8)(ids, scores))[0].tolist()
+    assert nucleus == [False, True, True, False, False] and probs[1] < 0.8 <= probs[1] + probs[2]
+    assert torch.isfinite(TopPLogitsWarper(0.5)(ids, scores))[0].tolist() == [0, 1, 0, 0, 0]
+    torch.testing.assert_close(TemperatureLogitsWarper(2.0)(ids, scores), scores / 2)
+    penal = RepetitionPenaltyLogitsProcessor(2.0)(ids, scores)
+    assert penal.tolist() == [[1.0, 1.5, 2.0, 0.0, -2.0]]
+    with pytest.raises(ValueError):
+        TopPLogitsWarper(0.0)
+
+
+def test_top_k_and_temperature_restrict_sampling() -> None:
+    model = tiny()
+    out = model.generate(
+        **batch_of([b"a"]),
+        max_new_tokens=20,
+        do_sample=True,
+        seed=0,
+        top_k=1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    greedy = model.generate(**batch_of([b"a"]), max_new_tokens=20)
+    assert torch.equal(out.sequences, greedy)  # top_k=1 is greedy
+    assert all(torch.isfinite(s).sum() == 1 for s in out.scores)
+    cold = model.generate(
+        **batch_of([b"a"]), max_new_tokens=20, do_sample=True, seed=3, temperature=1e-4
+    )
+    assert torch.equal(cold, greedy)
+
+
+# ---- streaming ----------------------------------------------------------------------
+def test_streamer_equals_returned_text() -> None:
+    model = tiny()
+    for prompt, kwargs in [("日本語の", {}), ("Hi ", {"max_new_words": 4})]:
+        sink = io.StringIO()
+        text = model.generate(
+            prompt,
+            max_new_tokens=60,
+            do_sample=True,
+            seed=9,
+            streamer=TextStreamer(skip_prompt=True, file=sink),
+            **kwargs,
+        )
+        assert sink.getvalue() == text + "\n"
+        assert any(len(ch.encode()) > 1 for ch in text)
+        sink = io.StringIO()
+        model.generate(
+            prompt,
+            max_new_tokens=60,
+            do_sample=True,
+            seed=9,
+            streamer=TextStreamer(file=sink),
+            **kwargs,
+        )
+        assert sink.getvalue() == prompt + text + "\n"
+
+
+def test_streamer_decodes_incrementally() -> None:
+    chunks = []
+
+    class Capture(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            chunks.append(text)
+
+    streamer = Capture(skip_prompt=True)
+    streamer.put(torch.tensor([EOD]))
+    for b in "é👍".encode():
+        streamer.put(torch.tensor([b]))
+    streamer.end()
+    assert chunks == ["é", "👍", ""]
+
+
+def test_bpe_streamer(tiny_bpe) -> None:
+    sink = io.StringIO()
+    text = tiny_bpe.generate(
+        "Once",
+        max_new_tokens=30,
+        do_sample=True,
+        seed=2,
+        streamer=TextStreamer(skip_prompt=True, file=sink),
+    )
+    assert sink.getvalue() == text + "\n"
+
+
+# ---- bad input ----------------------------------------------------------------------
+def test_empty_prompt_generates_from_document_start() -> None:
+    model = tiny()
+    text = model.generate("", max_new_tokens=10, do_sample=True, seed=0)
+    ids = model.generate(torch.tensor([[EOD]]), max_new_tokens=10, do_sample=True, seed=0)
+    assert TOK.decode(ids[0], skip_special_tokens=True) == text
+    assert model.generate(max_new_tokens=10, do_sample=True, seed=0) == text  # no prompt at all
+
+
+def test_max_new_tokens_zero_returns_prompt() -> None:
+    model = tiny()
+    batch = batch_of([b"abc", b"d"])
+    assert torch.equal(model.generate(**batch, max_new_tokens=0), batch["input_ids"])
+    assert model.generate("abc", max_new_tokens=0) == ""
+
+
+def test_prompt_too_long_or_invalid() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model.generate("x" * model.config.max_seq_bytes)
+    with pytest.raises(ValueError, match="UTF-8"):
+        model.generate(b"a\xffb")
+    with pytest.raises(ValueError, match="document-start"):
+        model.generate(torch.tensor([[ord("a"), ord("b")]]))
+    with pytest.raises(ValueError, match="UTF-8"):
+        model.generate(torch.tensor([[EOD, ord("a"), EOD, ord("b")]]))
+    with pytest.raises(ValueError, match="not text"):
+        model.generate(torch.tensor([[EOD, 300]]))
+    with pytest.raises(TypeError, match="unknown arguments"):
+        model.generate("a", max_new_token=3)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate("a", do_sample=True, temperature=0.0)
+    # a prompt at the context limit leaves no room: nothing is generated; rows near it stop
+    # there (and never end inside a character), the others go on
+    model.config.max_seq_bytes = 24
+    assert model.generate("x" * 23, max_new_tokens=5) == ""
+    sink = io.StringIO()
+    assert model.generate("x" * 23, max_new_tokens=0, streamer=TextStreamer(file=sink)) == ""
+    assert sink.getvalue() == "x" * 23 + "\n"
+    for cache in (True, False):
+        texts = model.generate(
+            ["x" * 19, "y"],
+            max_new_tokens=12,
+            do_sample=True,
+            seed=0,
+            use_cache=cache,
+            suppress_tokens=[EOD],
+        )
+        assert len(texts[0].encode()) <= 4 and len(texts[1].encode()) == 12
+
+
+def test_bpe_bad_input(tiny_bpe) -> None:
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        tiny_bpe.generate("x " * 5000)
+    with pytest.raises(ValueError, match="max_new_words"):
+        tiny_bpe.generate("x", max_new_words=2)
+    assert tiny_bpe.generate("x", max_new_tokens=0) == ""
+
+
+# ---- tokenizer, config, CLI ---------------------------------------------------------
+def test_hat_tokenizer() -> None:
+    enc = TOK(["ab", "é"], return_tensors="pt", padding=True)
+    assert enc.input_ids.tolist() == [[EOD, 97, 98], [EOD, 0xC3, 0xA9]]
+    enc = TOK(["ab", ""], return_tensors="pt", padding=True)
+    assert enc.input_ids.tolist() == [[EOD, 97, 98], [PAD, PAD, EOD]]
+    assert enc.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    right = TOK(["ab", ""], padding=True, padding_side="right")
+    assert right["input_ids"] == [[EOD, 97, 98], [EOD, PAD, PAD]]
+    assert TOK.decode([EOD, 104, 105, PAD]) == "<eod>hi<pad>"
+    assert TOK.decode([EOD, 104, 0xC3, PAD], skip_special_tokens=True) == "h\ufffd"
+    assert TOK.batch_decode(torch.tensor([[EOD, 104], [PAD, EOD]]), skip_special_tokens=True) == [
+        "h",
+        "",
+    ]
+    with pytest.raises(ValueError, match="padding"):
+        TOK(["a", "bb"], return_tensors="pt")
+
+
+def test_generation_config_round_trip(tmp_path) -> None:
+    model = tiny()
+    model.generation_config = GenerationConfig(max_new_tokens=7, do_sample=True, top_p=0.9)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "generation_config.json").is_file()
+    loaded = hat.HATForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.generation_config == model.generation_config
+    assert len(loaded.generate("a", seed=0).encode()) <= 7
+    (tmp_path / "generation_config.json").write_text('{"max_new_tokenz": 3}')
+    with pytest.raises(ValueError, match="generation_config.json"):
+        hat.HATForCausalLM.from_pretrained(tmp_path)
+
+
+def test_cli_streams(tmp_path, capsys, tiny_bpe) -> None:
+    from hat.cli.generate import main
+
+    tiny().save_pretrained(tmp_path / "hat")
+    tiny_bpe.save_pretrained(tmp_path / "bpe")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("First prompt\nSecond\n")
+    for kind in ("hat", "bpe"):
+        main(
+            [
+                str(tmp_path / kind),
+                "--prompt",
+                "Hello",
+                "--max-new-tokens",
+                "12",
+                "--do-sample",
+                "--seed",
+                "0",
+                "--top-k",
+                "20",
+            ]
+        )
+        out = capsys.readouterr().out
+        assert out.startswith("Hello")
+    main([str(tmp_path / "hat"), "--prompt-file", str(prompts), "--max-new-tokens", "5"])
+    out = capsys.readouterr().out
+    assert "First prompt" in out and "Second" in out
