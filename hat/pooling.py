@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hat_kernels
 import torch
 from torch import nn
 
+import hat_kernels
 from hat.block import RMSNorm, apply_rope, rope_angles
 from hat.config import TransformerConfig
 

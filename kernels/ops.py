@@ -18,8 +18,9 @@ annotations of the registered functions at runtime.)
 """
 
 import torch
-from hat_kernels.reference import broadcast_words_reference, ragged_attention_pool_reference
 from torch import Tensor
+
+from hat_kernels.reference import broadcast_words_reference, ragged_attention_pool_reference
 
 try:  # triton is optional: without it only the reference path exists
     from hat_kernels import triton_pool as _tp

@@ -25,9 +25,10 @@ import statistics
 import time
 from pathlib import Path
 
-import hat_kernels
 import torch
 import torch.nn.functional as F
+
+import hat_kernels
 from hat_kernels.reference import ragged_attention_pool_reference
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,7 +39,9 @@ def test_load_bigbench(tmp_path) -> None:
     assert example.choices == ["no", "yes"] and example.answer == 1
 
 
-@pytest.mark.skipif(not (SHARED / "evaldata/bigbench/hyperbaton.json").is_file(), reason="../shared absent")
+@pytest.mark.skipif(
+    not (SHARED / "evaldata/bigbench/hyperbaton.json").is_file(), reason="../shared absent"
+)
 def test_real_bigbench_task_runs(tiny_hat) -> None:
     examples = load_bigbench(SHARED / "evaldata/bigbench/hyperbaton.json", limit=8)
     result = multiple_choice(tiny_hat, examples)

@@ -25,15 +25,16 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import hat_kernels  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import hat_kernels  # noqa: E402
 from hat_kernels import ops as kops  # noqa: E402
 from hat_kernels.reference import (  # noqa: E402
     broadcast_words_reference,
     ragged_attention_pool_reference,
 )
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 INTERPRETED = kops.HAS_TRITON and kops._tp.INTERPRETED

@@ -85,7 +85,11 @@ def test_empty_and_invalid_input() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(alphabet=st.sampled_from(list(" \t\n\u3000a日.\u0301\u200d\u00ad\u20dd")), max_size=30))
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list(" \t\n\u3000a日.\u0301\u200d\u00ad\u20dd")), max_size=30
+    )
+)
 def test_prefix_consistency_whitespace_then_combining_marks(text: str) -> None:
     """hat-splitter alone fails here ("a \\t" vs "a \\t\\u0301"): our wrapper must not."""
     splitter = make_splitter("hat", max_word_bytes=8)

@@ -10,7 +10,11 @@ import hat
 
 
 @settings(max_examples=100, deadline=None)
-@given(text=st.text(alphabet=st.characters() | st.sampled_from(list("\u2581 \n\tab日👍🏽")), max_size=40))
+@given(
+    text=st.text(
+        alphabet=st.characters() | st.sampled_from(list("\u2581 \n\tab日👍🏽")), max_size=40
+    )
+)
 def test_round_trip_and_byte_counts(tiny_tokenizer: hat.BPETokenizer, text: str) -> None:
     ids = tiny_tokenizer.encode(text)
     assert tiny_tokenizer.decode(ids) == text
