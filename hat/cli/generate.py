@@ -1,6 +1,6 @@
 """``hat-generate``: continue prompts with a saved HAT (or BPE twin) model, streaming to stdout.
 
-    hat-generate runs/small/final --prompt "Once upon a time" --max-new-tokens 200
+    hat-generate outputs/small/model --prompt "Once upon a time" --max-new-tokens 200
     hat-generate MODEL --prompt-file prompts.txt --do-sample --temperature 0.8 --top-p 0.95
     hat-generate MODEL --prompt "Q: why?" --stop $'\\n' --seed 0 --num-return-sequences 3
 

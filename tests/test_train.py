@@ -1,0 +1,373 @@
+"""The trainer: real CLI runs on tiny settings (loss falls, checkpoints, export, resume after a
+kill, two processes = one, BPE twin, wandb offline) plus fast checks of configs and schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import hat
+from hat.data import DataConfig, build_eval_batches
+from hat.train import (
+    BPEModelConfig,
+    CheckpointError,
+    HATModelConfig,
+    NonFiniteLossError,
+    ScheduleConfig,
+    TrainConfig,
+    TrainerConfig,
+    build_optimizer,
+    list_checkpoints,
+    lr_multiplier,
+    resolve_config,
+    save_checkpoint,
+    train,
+    validate_config,
+    verify_checkpoint,
+    write_manifest,
+)
+
+# tiny model, 4 rows x 256 bytes, 40 steps: a few seconds per run on two CPU cores
+TINY = [
+    "model=tiny",
+    "trainer.seq_len=256",
+    "trainer.global_rows=4",
+    "trainer.steps=40",
+    "trainer.log_interval=1",
+    "trainer.checkpoint_interval=10",
+    "trainer.eval_batches=4",
+    "trainer.keep_last=2",
+    "trainer.sample_new_tokens=0",
+    "trainer.deterministic=true",
+    "schedule.warmup_steps=5",
+]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hat.cli.train", *args]
+
+
+def run_cli(
+    args: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+def read_metrics(out: Path, kind: str = "train") -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out)}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run that several tests compare against."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    check(run_cli(cli(*TINY, f"trainer.output_dir={out}")))
+    return out
+
+
+# ---- end to end through the CLI ----------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_run_trains_checkpoints_and_exports(reference_run: Path) -> None:
+    train_lines = read_metrics(reference_run)
+    assert [r["step"] for r in train_lines] == list(range(1, 41))
+    first, last = train_lines[0]["loss"], train_lines[-1]["loss"]
+    assert last < first - 1.0, (first, last)
+    assert {"loss", "bpb", "lr", "grad_norm", "bytes_per_s", "words_per_s"} <= set(train_lines[-1])
+    assert [p.name for p in list_checkpoints(reference_run / "checkpoints")] == [
+        "step_00000030",
+        "step_00000040",
+    ]
+    assert not list((reference_run / "checkpoints").glob(".*"))  # no temp dirs left behind
+    assert (reference_run / ".hydra" / "config.yaml").is_file()
+
+    # the exported model is the trained one: its held-out bpb on the same packed batches
+    # equals the logged evaluation
+    model = hat.HATForCausalLM.from_pretrained(reference_run / "model")
+    logged = read_metrics(reference_run, "eval")[-1]["eval_bpb"]
+    batches = build_eval_batches(
+        DataConfig(), "hat", 256, 4, splitter=model.splitter, max_batches=4
+    )
+    sum_nll = n_bytes = 0.0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            out = model(**batch)
+            sum_nll, n_bytes = sum_nll + float(out.sum_nll), n_bytes + float(out.n_target_bytes)
+    assert sum_nll / math.log(2) / n_bytes == pytest.approx(logged, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = cli(*TINY, f"trainer.output_dir={out}")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_checkpoint = out / "checkpoints" / "step_00000010"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    still_running = proc.poll() is None
+    proc.kill()
+    stderr = proc.communicate()[1]
+    assert first_checkpoint.is_dir(), stderr[-3000:]
+    assert still_running, "the run finished before it could be killed; make it longer"
+    killed_at = max(losses(out))
+    assert killed_at < 40
+
+    resumed = run_cli(args)
+    check(resumed)
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    got, want = losses(out), losses(reference_run)
+    assert sorted(got) == list(
+        range(1, 41)
+    )  # lines after the checkpoint were rewritten, not doubled
+    for step in range(1, 41):
+        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args += [
+        "-m",
+        "hat.cli.train",
+        *TINY,
+        f"trainer.output_dir={out}",
+        "trainer.checkpoint_interval=0",
+    ]
+    check(run_cli(args, env={"OMP_NUM_THREADS": "1"}))
+    got, want = losses(out), losses(reference_run)
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+    ddp_eval = read_metrics(out, "eval")[-1]["eval_bpb"]
+    assert ddp_eval == pytest.approx(read_metrics(reference_run, "eval")[-1]["eval_bpb"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_bpe_twin_trains_with_the_same_command(tmp_path: Path) -> None:
+    out = tmp_path / "twin"
+    args = [a for a in TINY if not a.startswith(("model=", "trainer.steps", "trainer.checkpoint"))]
+    check(
+        run_cli(
+            cli(
+                *args,
+                "model=bpe_tiny",
+                "trainer.seq_len=128",
+                "trainer.steps=20",
+                f"trainer.output_dir={out}",
+            )
+        )
+    )
+    train_lines = read_metrics(out)
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"] - 0.5
+    assert "tokens_per_s" in train_lines[-1]
+    model = hat.BPEForCausalLM.from_pretrained(
+        out / "model"
+    )  # the tokenizer trained at start comes along
+    assert model.tokenizer is not None and len(model.tokenizer) == 512
+    assert read_metrics(out, "eval")[-1]["eval_bpb"] < 8
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_named_and_previous_kept(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    newest, previous = list_checkpoints(out / "checkpoints")[-2:][::-1]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated, as by a full disk
+    proc = run_cli(cli(*TINY, f"trainer.output_dir={out}", "trainer.steps=50"))
+    assert proc.returncode != 0
+    assert str(weights) in proc.stderr and f"trainer.resume={previous}" in proc.stderr, proc.stderr[
+        -3000:
+    ]
+    verify_checkpoint(previous)  # untouched, usable
+
+
+@pytest.mark.slow
+def test_wrong_key_fails_at_once_with_hydras_message(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = run_cli(cli("trainer.stepz=3", f"trainer.output_dir={tmp_path}"))
+    assert proc.returncode != 0
+    assert "Could not override 'trainer.stepz'" in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_without_network(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
+    steps = ["trainer.steps=3", "trainer.checkpoint_interval=0", "schedule.warmup_steps=1"]
+    check(
+        run_cli(
+            cli(*TINY, *steps, "logger=wandb", "logger.mode=offline", f"trainer.output_dir={out}"),
+            env=env,
+        )
+    )
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
+
+
+# ---- in-process: NaN handling -----------------------------------------------------------------
+def tiny_config(out: Path, **trainer: object) -> TrainConfig:
+    settings = dict(
+        steps=8, seq_len=256, global_rows=2, log_interval=1, checkpoint_interval=2, eval_batches=1
+    )
+    settings.update(sample_new_tokens=0, output_dir=str(out), **trainer)
+    return TrainConfig(
+        model=HATModelConfig.preset("tiny"),
+        trainer=TrainerConfig(**settings),
+        schedule=ScheduleConfig(warmup_steps=1),
+    )
+
+
+@pytest.fixture
+def nan_at_call(monkeypatch: pytest.MonkeyPatch):
+    """Make the 5th training forward return a NaN loss (evaluation calls run without grad)."""
+    forward = hat.HATForCausalLM.forward
+    calls = {"n": 0}
+
+    def patched(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:
+                out.sum_nll = out.sum_nll * float("nan")
+        return out
+
+    monkeypatch.setattr(hat.HATForCausalLM, "forward", patched)
+    return calls
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_the_step(tmp_path: Path, nan_at_call) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*step_00000004"):
+        train(tiny_config(tmp_path))
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    assert max(losses(tmp_path)) == 4
+
+
+@pytest.mark.slow
+def test_nan_batches_can_be_skipped(tmp_path: Path, nan_at_call) -> None:
+    result = train(tiny_config(tmp_path, skip_nan_batches=True))
+    assert result.step == 8 and math.isfinite(result.eval_bpb)
+    assert math.isnan(losses(tmp_path)[5]) and math.isfinite(losses(tmp_path)[8])
+
+
+# ---- fast checks --------------------------------------------------------------------------------
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from hat.cli.train import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny", "small", "1b", "3b", "7b", "bpe_tiny", "bpe_small", "bpe_1b", "bpe_7b"]
+)
+def test_model_group_is_the_presets(name: str) -> None:
+    cfg = resolve_config(compose(f"model={name}"))
+    preset = (hat.BPEConfig if name.startswith("bpe_") else hat.HATConfig).from_name(name)
+    arch = {k: v for k, v in vars(cfg.model).items() if k in vars(preset)}
+    assert arch == vars(preset)
+
+
+def test_every_config_group_option_composes() -> None:
+    for override in [
+        "schedule=wsd",
+        "schedule=linear",
+        "schedule=constant",
+        "logger=wandb",
+        "model=my_hat",
+        "data=fineweb_edu",
+        "trainer=gpu",
+        "trainer=paper",
+    ]:
+        cfg = resolve_config(compose(override))
+        validate_config(cfg) if not override.startswith("data=") else None
+    cfg = resolve_config(compose("model=small", "model.backbone.n_layers=8", "trainer.steps=7"))
+    assert cfg.model.backbone.n_layers == 8 and cfg.trainer.steps == 7
+    assert isinstance(resolve_config(compose("model=bpe_small")).model, BPEModelConfig)
+    assert resolve_config(compose()).trainer == TrainerConfig(output_dir="outputs/small")
+
+
+def test_config_errors_say_what_to_change() -> None:
+    cfg = resolve_config(compose("trainer.global_rows=6", "trainer.grad_accum=4"))
+    with pytest.raises(ValueError, match=r"trainer.global_rows=6 .* e\.g\. trainer.global_rows=4"):
+        validate_config(cfg)
+    cfg = resolve_config(compose("trainer.steps=50"))
+    with pytest.raises(ValueError, match=r"schedule.warmup_steps=100 .* schedule.warmup_steps=5"):
+        validate_config(cfg)
+    cfg = resolve_config(compose("model=tiny", "trainer.seq_len=64"))
+    with pytest.raises(ValueError, match="raise trainer.seq_len"):
+        validate_config(cfg)
+
+
+def test_schedules() -> None:
+    cosine = ScheduleConfig("cosine", warmup_steps=10, min_lr_ratio=0.1)
+    curve = [lr_multiplier(s, 100, cosine) for s in range(100)]
+    assert curve[0] == pytest.approx(0.1) and curve[9] == pytest.approx(1.0)
+    assert curve[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(curve[9:], curve[10:]))
+    wsd = ScheduleConfig("wsd", warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0)
+    curve = [lr_multiplier(s, 100, wsd) for s in range(100)]
+    assert set(curve[9:80]) == {1.0} and curve[-1] == pytest.approx(0.0)
+    linear = ScheduleConfig("linear", warmup_steps=0, min_lr_ratio=0.0)
+    assert lr_multiplier(49, 100, linear) == pytest.approx(0.5)
+
+
+def test_weight_decay_only_on_linear_weights(tiny_bpe: hat.BPEForCausalLM) -> None:
+    cfg = TrainConfig(model=BPEModelConfig.preset("bpe_tiny"))
+    decay, no_decay = (g["params"] for g in build_optimizer(tiny_bpe, cfg).param_groups)
+    names = {id(p): n for n, p in tiny_bpe.named_parameters()}
+    assert all(
+        names[id(p)].endswith(
+            ("proj.weight", "gate.weight", "up.weight", "down.weight", "head.weight")
+        )
+        for p in decay
+    )
+    assert {"embed.weight"} <= {names[id(p)] for p in no_decay}
+    assert all(p.ndim == 1 or names[id(p)] == "embed.weight" for p in no_decay)
+
+
+def test_checkpoints_are_atomic_and_verified(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    (root / ".step_00000003.tmp").mkdir(parents=True)  # a save interrupted by a kill
+    (root / "step_00000002").mkdir()
+    (root / "step_00000002" / "model.safetensors").write_bytes(b"x" * 10)
+    write_manifest(root / "step_00000002")
+    assert list_checkpoints(root) == [root / "step_00000002"]
+    verify_checkpoint(root / "step_00000002")
+    (root / "step_00000002" / "model.safetensors").write_bytes(b"y" * 10)
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        verify_checkpoint(root / "step_00000002")
+    assert callable(save_checkpoint)
