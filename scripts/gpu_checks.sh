@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, as one script sized for a short device lease (~8 minutes on an
+# H100/H200). Results land in $OUT (or ./gpu_out): pytest's GPU log and the three benchmarks'
+# JSON, to be copied into BENCHMARKS.md with the device named. Needs the wheels of
+# scripts/gpu_wheels.sh in .wheels/ when the machine cannot reach PyPI.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+if [ -d .wheels ]; then
+    $PY -m pip install -q --no-index --no-deps --find-links .wheels .wheels/*.whl
+fi
+$PY -m pip install -q --no-deps --no-build-isolation -e . || $PY -m pip install -q --no-deps -e .
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit}s)"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -25
+}
+step gpu_tests 150 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py -x
+step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
+step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --seq-len 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
+step bench_generate 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+ls -la "$OUT"
