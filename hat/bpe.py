@@ -70,9 +70,13 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         if len(ids) > self.config.max_seq_tokens:
             raise ValueError(
                 f"context + text is {len(ids)} tokens, over max_seq_tokens={self.config.max_seq_tokens}; "
-                "shorten it, or score it in pieces with the earlier part as context"
+                "shorten it, or score it in windows with score(..., rolling=True)"
             )
         return ids, 1 + len(ctx), len(ids)
+
+    def max_window_bytes(self) -> int:
+        # BOS takes one token; no token spells less than one byte (byte fallback, no dummy prefix)
+        return self.config.max_seq_tokens - 1
 
     def _collate_for_scoring(
         self, items: list[tuple[list[int], int, int]]

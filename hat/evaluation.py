@@ -20,10 +20,15 @@ def bits_per_byte(
     texts: Sequence[str],
     contexts: Sequence[str] | None = None,
     batch_size: int = 16,
+    rolling: bool = False,
+    window_bytes: int | None = None,
 ) -> float:
     """Total negative log-likelihood of ``texts`` (each a new document, or given its context),
-    in bits, divided by their total UTF-8 byte count."""
-    scores = model.score(texts, contexts, batch_size=batch_size)
+    in bits, divided by their total UTF-8 byte count. ``rolling``/``window_bytes``: texts
+    longer than the model's context are scored in windows (see ``PreTrainedLM.score``)."""
+    scores = model.score(
+        texts, contexts, batch_size=batch_size, rolling=rolling, window_bytes=window_bytes
+    )
     num_bytes = sum(len(t.encode("utf-8")) for t in texts)
     if num_bytes == 0:
         raise ValueError("bits_per_byte needs at least one non-empty text")

@@ -88,9 +88,12 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
         if num_bytes > self.config.max_seq_bytes:
             raise ValueError(
                 f"context + text is {num_bytes} bytes, over max_seq_bytes={self.config.max_seq_bytes}; "
-                "shorten it, or score it in pieces with the earlier part as context"
+                "shorten it, or score it in windows with score(..., rolling=True)"
             )
         return words, 1 + len(context.encode("utf-8")), num_bytes
+
+    def max_window_bytes(self) -> int:
+        return self.config.max_seq_bytes - 1  # the document's EOD byte takes one
 
     def _collate_for_scoring(
         self, items: list[tuple[list[bytes], int, int]]

@@ -70,6 +70,38 @@ def causal_lm_output(
     )
 
 
+def rolling_windows(doc: bytes, first_target: int, window: int) -> list[tuple[int, int, int]]:
+    """Cut a long document into pieces the model can score: ``(context_start, start, end)``
+    byte offsets, each ``end - context_start <= window``, the targets ``[start, end)`` covering
+    ``[first_target, len(doc))`` once, every offset on a UTF-8 character start.
+
+    The first piece takes as much as fits; each later one predicts ``window // 2`` bytes from
+    the ``window - window // 2`` bytes before them.
+    """
+    if len(doc) <= window:
+        return [(0, first_target, len(doc))] if first_target < len(doc) else []
+    stride = window // 2
+    pieces, start = [], first_target
+    while start < len(doc):
+        context_start = _char_ceil(doc, max(0, start - (window - stride)))
+        end = _char_floor(doc, min(len(doc), context_start + window))
+        pieces.append((context_start, start, end))
+        start = end
+    return pieces
+
+
+def _char_floor(data: bytes, i: int) -> int:
+    while 0 < i < len(data) and (data[i] & 0xC0) == 0x80:  # a UTF-8 continuation byte
+        i -= 1
+    return i
+
+
+def _char_ceil(data: bytes, i: int) -> int:
+    while i < len(data) and (data[i] & 0xC0) == 0x80:
+        i += 1
+    return i
+
+
 class PreTrainedLM(nn.Module):
     """Base of ``HATForCausalLM`` and ``BPEForCausalLM``.
 
@@ -110,11 +142,19 @@ class PreTrainedLM(nn.Module):
         texts: Sequence[str | bytes],
         contexts: Sequence[str | bytes] | None = None,
         batch_size: int = 16,
+        rolling: bool = False,
+        window_bytes: int | None = None,
     ) -> list[float]:
         """Total log-likelihood (nats) of each text's bytes given its context.
 
         Each (context + text) is its own document, starting from the end-of-document marker;
         with no context the text starts a new document. Empty texts score 0.0.
+
+        A document longer than the model's context is an error unless ``rolling=True``: then
+        it is scored in windows of at most ``window_bytes`` bytes (default: the most the model
+        takes), each predicting the next half window from the half window before it (the
+        first window predicts all of its bytes). A document that fits is scored in one piece,
+        exactly as without ``rolling``. Pass the same ``window_bytes`` to models you compare.
         """
         if isinstance(texts, str | bytes):
             raise TypeError("score() takes a list of texts; wrap a single text in a list")
@@ -122,6 +162,31 @@ class PreTrainedLM(nn.Module):
         contexts = [as_text(c) for c in contexts] if contexts is not None else [""] * len(texts)
         if len(contexts) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
+        if not rolling:
+            return self._score_pieces(texts, contexts, batch_size)
+        window = self.max_window_bytes() if window_bytes is None else window_bytes
+        if not 8 <= window <= self.max_window_bytes():
+            raise ValueError(
+                f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
+            )
+        owners, piece_texts, piece_contexts = [], [], []
+        for i, (text, context) in enumerate(zip(texts, contexts)):
+            doc = (context + text).encode("utf-8")
+            for ctx_start, start, end in rolling_windows(doc, len(context.encode()), window):
+                owners.append(i)
+                piece_contexts.append(doc[ctx_start:start].decode("utf-8"))
+                piece_texts.append(doc[start:end].decode("utf-8"))
+        scores = [0.0] * len(texts)
+        for i, value in zip(owners, self._score_pieces(piece_texts, piece_contexts, batch_size)):
+            scores[i] += value
+        return scores
+
+    def max_window_bytes(self) -> int:
+        """The longest context + text (in UTF-8 bytes) that ``score`` always accepts."""
+        raise NotImplementedError
+
+    def _score_pieces(self, texts: list[str], contexts: list[str], batch_size: int) -> list[float]:
+        """Score (context, text) pairs that each fit the model, longest first, in batches."""
         items = [self._encode_for_scoring(t, c) if t else None for t, c in zip(texts, contexts)]
         scores = [0.0] * len(texts)
         todo = sorted(
