@@ -11,6 +11,8 @@ users can call ``train(TrainConfig(...))`` directly. A step is:
 so the gradient is that of the mean loss over every target of the global batch, whatever the
 number of ranks or micro-batches. Checkpoints are written atomically (temp dir, then rename) with
 a manifest of file sizes and checksums; ``trainer.resume=auto`` continues from the newest one.
+The settings are in ``hat.train_config``, checkpoints in ``hat.checkpoint``, metrics (JSONL,
+wandb, MFU) in ``hat.metrics``.
 
 Output directory (``trainer.output_dir``)::
 
@@ -24,8 +26,6 @@ Output directory (``trainer.output_dir``)::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -34,256 +34,52 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hat.batching import IGNORE
 from hat.bpe import BPEForCausalLM
-from hat.config import BPEConfig, HATConfig
+from hat.checkpoint import (
+    CHECKPOINT_PREFIX,
+    CheckpointError,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hat.data import DataConfig, build_eval_batches, build_train_loader, iter_documents
+from hat.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
 from hat.model import HATForCausalLM
 from hat.modeling import PreTrainedLM
 from hat.splitter import PAD
 from hat.tokenizer import TOKENIZER_FILE, BPETokenizer
+from hat.train_config import (  # noqa: F401 - the config classes are part of this module's API
+    BPEModelConfig,
+    ConfigError,
+    HATModelConfig,
+    LoggerConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainerConfig,
+    architecture,
+    peak_lr,
+    resolve_config,
+    validate_config,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
-MANIFEST_FILE = "manifest.json"
-TRAINER_STATE_FILE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
+
 EXPORT_DIR = "model"
-PRECISIONS = ("auto", "fp32", "bf16")
-SCHEDULES = ("cosine", "wsd", "linear", "constant")
-LOGGERS = ("none", "wandb")
-WANDB_MODES = ("online", "offline", "disabled")
-
-
-# ---- configuration ---------------------------------------------------------------------------
-@dataclass
-class HATModelConfig(HATConfig):
-    """A HAT architecture (``configs/model/<preset>.yaml``) plus how to initialise it."""
-
-    init_from: str | None = None  # a save_pretrained directory: continue from its weights
-
-    @classmethod
-    def preset(cls, name: str) -> HATModelConfig:
-        """A named preset of hat.presets (tiny, small, 1b, ...) as a trainer model config."""
-        return _preset_as(cls, HATConfig.from_name(name))
-
-
-@dataclass
-class BPEModelConfig(BPEConfig):
-    """A BPE twin architecture plus its tokenizer and how to initialise it."""
-
-    init_from: str | None = None  # a save_pretrained directory (its tokenizer comes along)
-    tokenizer: str | None = None  # a tokenizer.model; None: train one on the training data
-    tokenizer_train_bytes: int = 100_000_000  # text read to train that tokenizer
-
-    @classmethod
-    def preset(cls, name: str) -> BPEModelConfig:
-        """A named preset of hat.presets (bpe_tiny, bpe_small, ...) as a trainer model config."""
-        return _preset_as(cls, BPEConfig.from_name(name))
-
-
-def _preset_as(schema: type, preset: HATConfig | BPEConfig) -> Any:
-    return schema(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)})
-
-
-@dataclass
-class OptimConfig:
-    """AdamW as in the HAT paper: betas (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0."""
-
-    lr: float | None = None  # None: the paper's rule, 3e-4 * 32 / model.backbone.n_heads
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on Linear weights only: not on norms, embeddings, queries
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate multiplier over the run: linear warmup, then the named decay."""
-
-    name: str = "cosine"  # cosine | wsd (warmup-stable-decay) | linear | constant
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # final lr = optim.lr * min_lr_ratio (paper: cosine to 10 %)
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly
-
-
-@dataclass
-class TrainerConfig:
-    """Steps, batch, intervals, precision, checkpoints."""
-
-    steps: int = 400
-    seq_len: int = 512  # units per row: bytes (HAT) or tokens (BPE)
-    global_rows: int = 8  # rows per optimizer step, over all ranks and micro-batches
-    grad_accum: int = 1  # micro-batches per step on each rank
-    log_interval: int = 10
-    eval_interval: int = 0  # 0: evaluate only at the end
-    eval_batches: int | None = 50  # held-out global batches per evaluation; None: the whole split
-    checkpoint_interval: int = 200  # 0: checkpoint only at the end
-    export_interval: int = 0  # 0: export (save_pretrained) only at the end
-    keep_last: int = 2  # checkpoints kept (older ones are deleted)
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    seed: int = 0
-    output_dir: str = "outputs/${model.name}"
-    resume: str = "auto"  # auto: newest checkpoint in output_dir, if any | none | a checkpoint dir
-    skip_nan_batches: bool = False  # skip a step whose loss or gradient is NaN/inf (else stop)
-    compile: bool = False  # torch.compile the model (accelerate's dynamo backend "inductor")
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    sample_prompt: str = "It is a truth universally acknowledged"
-    sample_new_tokens: int = 120  # generated at the end (bytes for HAT, tokens for BPE); 0: none
-
-
-@dataclass
-class LoggerConfig:
-    """Experiment tracking; metrics.jsonl is always written."""
-
-    name: str = "none"  # none | wandb
-    project: str = "hat"
-    run_name: str | None = None
-    entity: str | None = None
-    mode: str = "online"  # wandb: online | offline | disabled
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``hat-train`` needs; hydra's config groups fill one field each."""
-
-    # HATModelConfig or BPEModelConfig (typed by the model group's schema in hydra)
-    model: Any = field(default_factory=lambda: HATModelConfig.preset("small"))
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-
-
-def resolve_config(cfg: TrainConfig | DictConfig) -> TrainConfig:
-    """A hydra DictConfig or a (possibly interpolated) TrainConfig -> a plain, resolved TrainConfig."""
-    conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    out = OmegaConf.to_object(conf)
-    if isinstance(out.model, dict):  # an untyped model node: pick the schema by model_type
-        kind = out.model.get("model_type", "hat")
-        out.model = (BPEModelConfig if kind == "bpe" else HATModelConfig)(**out.model)
-    return out
-
-
-def architecture(model_cfg: HATModelConfig | BPEModelConfig) -> HATConfig | BPEConfig:
-    """The model config proper: the preset's fields without init_from / tokenizer settings."""
-    base = BPEConfig if model_cfg.model_type == "bpe" else HATConfig
-    names = {f.name for f in dataclasses.fields(base)}
-    return base(**{k: v for k, v in dataclasses.asdict(model_cfg).items() if k in names}).validate()
-
-
-def peak_lr(cfg: TrainConfig) -> float:
-    """optim.lr, or the HAT paper's rule lr = 3e-4 * 32 / backbone heads."""
-    return cfg.optim.lr if cfg.optim.lr is not None else 3e-4 * 32 / cfg.model.backbone.n_heads
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names it and says what to change."""
-
-
-def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Fail before any work, saying which setting to change (raises ConfigError)."""
-    try:
-        _validate(cfg, world_size)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _validate(cfg: TrainConfig, world_size: int) -> None:
-    t, s, o = cfg.trainer, cfg.schedule, cfg.optim
-    if cfg.model.model_type not in ("hat", "bpe"):
-        raise ValueError(f"model.model_type must be 'hat' or 'bpe', got {cfg.model.model_type!r}")
-    architecture(cfg.model)  # the model's own checks
-    cfg.data.validate()
-    for key in ("steps", "seq_len", "global_rows", "grad_accum", "log_interval"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"trainer.{key} must be >= 1, got {getattr(t, key)}")
-    counts = (
-        "eval_interval",
-        "checkpoint_interval",
-        "export_interval",
-        "keep_last",
-        "sample_new_tokens",
-    )
-    for key in counts:
-        if getattr(t, key) < 0:
-            raise ValueError(f"trainer.{key} must be >= 0, got {getattr(t, key)}")
-    if t.eval_batches is not None and t.eval_batches < 1:
-        raise ValueError(
-            f"trainer.eval_batches must be >= 1 or null (the whole held-out split), got {t.eval_batches}"
-        )
-    if t.global_rows % (world_size * t.grad_accum):
-        per_step = world_size * t.grad_accum
-        raise ValueError(
-            f"trainer.global_rows={t.global_rows} must be divisible by world size ({world_size}) x "
-            f"trainer.grad_accum ({t.grad_accum}); e.g. trainer.global_rows={per_step * max(1, t.global_rows // per_step)}"
-        )
-    if cfg.model.model_type == "hat" and t.seq_len < cfg.model.max_word_bytes:
-        raise ValueError(
-            f"trainer.seq_len={t.seq_len} is shorter than model.max_word_bytes={cfg.model.max_word_bytes}; "
-            "raise trainer.seq_len (a row must hold the longest word)"
-        )
-    _check_choice("trainer.precision", t.precision, PRECISIONS)
-    _check_choice("schedule.name", s.name, SCHEDULES)
-    _check_choice("logger.name", cfg.logger.name, LOGGERS)
-    _check_choice("logger.mode", cfg.logger.mode, WANDB_MODES)
-    if not 0 <= s.warmup_steps < t.steps:
-        raise ValueError(
-            f"schedule.warmup_steps={s.warmup_steps} must be in [0, trainer.steps={t.steps}); "
-            f"e.g. schedule.warmup_steps={max(t.steps // 10, 0)}"
-        )
-    if not 0.0 <= s.min_lr_ratio <= 1.0:
-        raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {s.min_lr_ratio}")
-    if not 0.0 < s.decay_fraction <= 1.0:
-        raise ValueError(f"schedule.decay_fraction must be in (0, 1], got {s.decay_fraction}")
-    if o.lr is not None and not o.lr > 0:
-        raise ValueError(f"optim.lr must be > 0 (or null for the paper's rule), got {o.lr}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
-    if o.weight_decay < 0 or o.grad_clip < 0 or o.eps <= 0:
-        raise ValueError("optim.weight_decay and optim.grad_clip must be >= 0, optim.eps > 0")
-    if t.resume not in ("auto", "none") and not Path(t.resume).is_dir():
-        raise ValueError(
-            f"trainer.resume={t.resume!r}: use auto, none, or an existing checkpoint directory"
-        )
-    init_from = cfg.model.init_from
-    if init_from and not (Path(init_from) / "config.json").is_file():
-        raise ValueError(
-            f"model.init_from={init_from!r} has no config.json: pass a directory written by save_pretrained"
-        )
-    tokenizer = getattr(cfg.model, "tokenizer", None)
-    if tokenizer and not Path(tokenizer).is_file():
-        raise ValueError(
-            f"model.tokenizer={tokenizer!r} does not exist; train one with hat-tokenizer, or leave it unset"
-        )
-    if cfg.logger.name == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "logger=wandb needs the wandb package: pip install 'hat-lm[wandb]'"
-            ) from None
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not one of {choices}")
 
 
 # ---- model, tokenizer, optimizer, schedule ---------------------------------------------------
@@ -438,204 +234,6 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,
         dynamo_backend="inductor" if cfg.trainer.compile else None,
     )
-
-
-# ---- checkpoints -----------------------------------------------------------------------------
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names the file and what to do."""
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. In-progress saves live in ``.tmp`` dirs and never match."""
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[5:].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """Record every file's size and checksum, so a damaged checkpoint is caught by name."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-    manifest = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in files
-    }
-    _write_json(directory / MANIFEST_FILE, manifest)
-
-
-def verify_checkpoint(directory: Path, previous: Path | None = None) -> None:
-    """Raise CheckpointError naming the first missing, truncated or corrupt file."""
-    hint = (
-        f" The previous checkpoint {previous} is intact: resume from it with trainer.resume={previous}, "
-        f"or delete {directory}."
-        if previous is not None
-        else f" Delete {directory} to start over."
-    )
-    manifest_path = directory / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{manifest_path} is missing or unreadable ({err}).{hint}") from None
-    for name, expected in manifest.items():
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint file {path} is missing.{hint}")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise CheckpointError(
-                f"checkpoint file {path} is truncated or damaged ({size} bytes, expected {expected['bytes']}).{hint}"
-            )
-        if _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"checkpoint file {path} is corrupt (checksum mismatch).{hint}")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_checkpoint(
-    accelerator: Accelerator, root: Path, step: int, state: dict[str, Any], keep_last: int
-) -> Path:
-    """accelerate's save_state into a temp dir, then trainer state, manifest, and an atomic rename.
-
-    A kill at any point leaves either the previous checkpoints only, or a complete new one.
-    """
-    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = root / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model, optimizer, scheduler, RNG states (all ranks)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json(tmp / TRAINER_STATE_FILE, state)
-        write_manifest(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(root)[:-keep_last] if keep_last else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelerator) -> Path | None:
-    """The checkpoint to resume from (verified on rank 0), or None to start fresh."""
-    checkpoints = list_checkpoints(root)
-    if cfg.resume == "none":
-        if checkpoints:
-            raise CheckpointError(
-                f"trainer.output_dir={cfg.output_dir} already holds checkpoints (newest: {checkpoints[-1].name}); "
-                "continue it with trainer.resume=auto, or choose another trainer.output_dir"
-            )
-        return None
-    if cfg.resume == "auto":
-        if not checkpoints:
-            return None
-        path, previous = checkpoints[-1], (checkpoints[-2] if len(checkpoints) > 1 else None)
-    else:
-        path, previous = Path(cfg.resume), None
-    error = [None]
-    if accelerator.is_main_process:
-        try:
-            verify_checkpoint(path, previous)
-        except CheckpointError as err:
-            error = [str(err)]
-    broadcast_object_list(error)  # every rank stops with the same message
-    if error[0] is not None:
-        raise CheckpointError(error[0])
-    return path
-
-
-def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
-    try:
-        state = json.loads((path / TRAINER_STATE_FILE).read_text())
-        accelerator.load_state(str(path))
-    except Exception as err:
-        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
-    if state["world_size"] != accelerator.num_processes:
-        logger.warning(
-            f"{path} was written by {state['world_size']} processes, resuming on {accelerator.num_processes}; "
-            "the data order is unchanged (global batches do not depend on the world size)"
-        )
-    return state
-
-
-# ---- metrics ---------------------------------------------------------------------------------
-class MetricsLog:
-    """metrics.jsonl on rank 0, plus accelerate's trackers (wandb) when configured."""
-
-    def __init__(self, path: Path, accelerator: Accelerator) -> None:
-        self.path, self.accelerator = path, accelerator
-
-    def truncate_after(self, step: int) -> None:
-        """Drop lines of steps after ``step`` (written by a run killed after its last checkpoint)."""
-        if not self.accelerator.is_main_process or not self.path.is_file():
-            return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-        if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        self.accelerator.log(
-            {k: v for k, v in record.items() if k not in ("step", "kind")}, step=record["step"]
-        )
-
-
-# peak dense bf16 FLOP/s per device, for MFU (by substring of torch.cuda.get_device_name())
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-}
-
-
-def peak_flops(accelerator: Accelerator) -> float | None:
-    if accelerator.device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(accelerator.device)
-    per_device = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    return per_device * accelerator.num_processes if per_device else None
-
-
-def mfu(
-    model_cfg: HATConfig | BPEConfig,
-    seq_len: int,
-    n_bytes: float,
-    n_units: float,
-    bytes_per_s: float,
-    peak: float | None,
-) -> float | None:
-    """Model FLOPs utilisation from hat.flops (None off GPU, or if hat.flops is missing)."""
-    if peak is None or n_units <= 0:
-        return None
-    try:
-        from hat.flops import mfu as flops_mfu
-    except ImportError:
-        return None
-    bytes_per_unit = n_bytes / n_units
-    seq_bytes = seq_len if model_cfg.model_type == "hat" else round(seq_len * bytes_per_unit)
-    return flops_mfu(model_cfg, bytes_per_unit, bytes_per_s, peak, seq_len=seq_bytes)
 
 
 # ---- one step and evaluation -----------------------------------------------------------------
@@ -812,23 +410,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf and ``trainer.skip_nan_batches`` is off."""
 
 
-@dataclass
-class Throughput:
-    """Bytes and backbone units (HAT words, BPE tokens) per second of training time."""
-
-    n_bytes: float = 0.0
-    n_units: float = 0.0
-    start: float = field(default_factory=time.perf_counter)
-
-    def add(self, stats: StepStats) -> None:
-        self.n_bytes += stats.n_bytes
-        self.n_units += stats.n_words
-
-    def rates(self) -> tuple[float, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return self.n_bytes / elapsed, self.n_units / elapsed
-
-
 class Trainer:
     """One training run: ``Trainer(cfg).fit()``. Set-up (model, data, resume) happens here."""
 
@@ -838,7 +419,7 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(cfg)
         validate_config(cfg, accelerator.num_processes)
         if not accelerator.is_main_process:
-            logger.setLevel(logging.WARNING)  # one copy of the progress messages, from rank 0
+            logging.getLogger("hat").setLevel(logging.WARNING)  # progress messages from rank 0 only
         self.out_dir = Path(t.output_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
         if accelerator.is_main_process:
@@ -904,7 +485,7 @@ class Trainer:
         with logging_redirect_tqdm(), bar:
             while self.step < t.steps:
                 stats, lr = self.train_step()
-                throughput.add(stats)
+                throughput.add(stats.n_bytes, stats.n_words)
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.steps:
                     self.log(stats, lr, throughput)

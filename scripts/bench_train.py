@@ -21,19 +21,9 @@ from pathlib import Path
 import torch
 
 from hat.data import DataConfig, build_train_loader, iter_documents
-from hat.train import (
-    BPEModelConfig,
-    HATModelConfig,
-    TrainConfig,
-    TrainerConfig,
-    build_model,
-    build_optimizer,
-    make_accelerator,
-    mfu,
-    peak_flops,
-    train_step,
-    train_tokenizer,
-)
+from hat.metrics import mfu, peak_flops
+from hat.train import build_model, build_optimizer, make_accelerator, train_step, train_tokenizer
+from hat.train_config import BPEModelConfig, HATModelConfig, TrainConfig, TrainerConfig
 
 
 def bytes_per_token(tokenizer, docs: int = 200) -> float:

@@ -16,24 +16,23 @@ import pytest
 import torch
 
 import hat
-from hat.data import DataConfig, build_eval_batches
-from hat.train import (
-    BPEModelConfig,
+from hat.checkpoint import (
     CheckpointError,
+    list_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+    write_manifest,
+)
+from hat.data import DataConfig, build_eval_batches
+from hat.train import NonFiniteLossError, build_optimizer, lr_multiplier, train
+from hat.train_config import (
+    BPEModelConfig,
     HATModelConfig,
-    NonFiniteLossError,
     ScheduleConfig,
     TrainConfig,
     TrainerConfig,
-    build_optimizer,
-    list_checkpoints,
-    lr_multiplier,
     resolve_config,
-    save_checkpoint,
-    train,
     validate_config,
-    verify_checkpoint,
-    write_manifest,
 )
 
 # tiny model, 4 rows x 256 bytes, 40 steps: a few seconds per run on two CPU cores

@@ -7,7 +7,7 @@
     hat-train --help                            # config groups and every setting
 
 Configs are the YAML files of ``configs/`` (installed as the package ``hat.conf``), typed by the
-dataclasses in ``hat.train`` registered in hydra's ConfigStore, so a misspelt key fails at once.
+dataclasses in ``hat.train_config`` registered in hydra's ConfigStore, so a misspelt key fails at once.
 """
 
 from __future__ import annotations
@@ -21,16 +21,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from hat.checkpoint import CheckpointError
 from hat.presets import BPE_PRESETS, HAT_PRESETS
-from hat.train import (
-    BPEModelConfig,
-    CheckpointError,
-    ConfigError,
-    HATModelConfig,
-    NonFiniteLossError,
-    TrainConfig,
-    train,
-)
+from hat.train import NonFiniteLossError, train
+from hat.train_config import BPEModelConfig, ConfigError, HATModelConfig, TrainConfig
 
 
 def config_dir() -> str:

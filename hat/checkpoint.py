@@ -1,0 +1,162 @@
+"""Training checkpoints: accelerate states written atomically, verified before use.
+
+A checkpoint is ``<root>/step_NNNNNNNN/``: accelerate's ``save_state`` (model, optimizer,
+scheduler, RNG of every process), ``trainer_state.json`` (step, data position, config) and
+``manifest.json`` (size and SHA-256 of every file). It is written into a hidden temporary
+directory and renamed when complete, so a kill mid-save never leaves one that looks valid; a
+damaged one is an error that names the file and the intact previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from hat.train_config import TrainerConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+MANIFEST_FILE = "manifest.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. In-progress saves live in ``.tmp`` dirs and never match."""
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[5:].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file's size and checksum, so a damaged checkpoint is caught by name."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    manifest = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in files
+    }
+    _write_json(directory / MANIFEST_FILE, manifest)
+
+
+def verify_checkpoint(directory: Path, previous: Path | None = None) -> None:
+    """Raise CheckpointError naming the first missing, truncated or corrupt file."""
+    hint = (
+        f" The previous checkpoint {previous} is intact: resume from it with trainer.resume={previous}, "
+        f"or delete {directory}."
+        if previous is not None
+        else f" Delete {directory} to start over."
+    )
+    manifest_path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{manifest_path} is missing or unreadable ({err}).{hint}") from None
+    for name, expected in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing.{hint}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(
+                f"checkpoint file {path} is truncated or damaged ({size} bytes, expected {expected['bytes']}).{hint}"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint file {path} is corrupt (checksum mismatch).{hint}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    accelerator: Accelerator, root: Path, step: int, state: dict[str, Any], keep_last: int
+) -> Path:
+    """accelerate's save_state into a temp dir, then trainer state, manifest, and an atomic rename.
+
+    A kill at any point leaves either the previous checkpoints only, or a complete new one.
+    """
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # model, optimizer, scheduler, RNG states (all ranks)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(tmp / TRAINER_STATE_FILE, state)
+        write_manifest(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep_last] if keep_last else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to resume from (verified on rank 0), or None to start fresh."""
+    checkpoints = list_checkpoints(root)
+    if cfg.resume == "none":
+        if checkpoints:
+            raise CheckpointError(
+                f"trainer.output_dir={cfg.output_dir} already holds checkpoints (newest: {checkpoints[-1].name}); "
+                "continue it with trainer.resume=auto, or choose another trainer.output_dir"
+            )
+        return None
+    if cfg.resume == "auto":
+        if not checkpoints:
+            return None
+        path, previous = checkpoints[-1], (checkpoints[-2] if len(checkpoints) > 1 else None)
+    else:
+        path, previous = Path(cfg.resume), None
+    error = [None]
+    if accelerator.is_main_process:
+        try:
+            verify_checkpoint(path, previous)
+        except CheckpointError as err:
+            error = [str(err)]
+    broadcast_object_list(error)  # every rank stops with the same message
+    if error[0] is not None:
+        raise CheckpointError(error[0])
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
+    try:
+        state = json.loads((path / TRAINER_STATE_FILE).read_text())
+        accelerator.load_state(str(path))
+    except Exception as err:
+        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+    if state["world_size"] != accelerator.num_processes:
+        logger.warning(
+            f"{path} was written by {state['world_size']} processes, resuming on {accelerator.num_processes}; "
+            "the data order is unchanged (global batches do not depend on the world size)"
+        )
+    return state

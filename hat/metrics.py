@@ -1,0 +1,93 @@
+"""What the trainer reports: metrics.jsonl (+ wandb through accelerate), throughput, MFU."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from hat.config import BPEConfig, HATConfig
+from hat.flops import mfu as flops_mfu
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """metrics.jsonl on rank 0, plus accelerate's trackers (wandb) when configured."""
+
+    def __init__(self, path: Path, accelerator: Accelerator) -> None:
+        self.path, self.accelerator = path, accelerator
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines of steps after ``step`` (written by a run killed after its last checkpoint)."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.accelerator.log(
+            {k: v for k, v in record.items() if k not in ("step", "kind")}, step=record["step"]
+        )
+
+
+# peak dense bf16 FLOP/s per device, for MFU (by substring of torch.cuda.get_device_name())
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
+
+
+def peak_flops(accelerator: Accelerator) -> float | None:
+    if accelerator.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(accelerator.device)
+    per_device = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return per_device * accelerator.num_processes if per_device else None
+
+
+def mfu(
+    model_cfg: HATConfig | BPEConfig,
+    seq_len: int,
+    n_bytes: float,
+    n_units: float,
+    bytes_per_s: float,
+    peak: float | None,
+) -> float | None:
+    """Model FLOPs utilisation from hat.flops (None off GPU or on an unknown GPU)."""
+    if peak is None or n_units <= 0:
+        return None
+    bytes_per_unit = n_bytes / n_units
+    seq_bytes = seq_len if model_cfg.model_type == "hat" else round(seq_len * bytes_per_unit)
+    return flops_mfu(model_cfg, bytes_per_unit, bytes_per_s, peak, seq_len=seq_bytes)
+
+
+@dataclass
+class Throughput:
+    """Bytes and backbone units (HAT words, BPE tokens) per second of training time."""
+
+    n_bytes: float = 0.0
+    n_units: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, n_bytes: float, n_units: float) -> None:
+        self.n_bytes += n_bytes
+        self.n_units += n_units
+
+    def rates(self) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return self.n_bytes / elapsed, self.n_units / elapsed
