@@ -439,8 +439,11 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             model, optimizer, build_scheduler(optimizer, cfg)
         )
-        self.eval_batches = lambda: build_eval_batches(
-            cfg.data, self.kind, t.seq_len, t.global_rows, max_batches=t.eval_batches, **loader_args
+        # held-out data: the training mixture, and with several sources each one on its own
+        # (weight-0 sources included: evaluated, never trained on)
+        self.eval_sets = {"": cfg.data, **cfg.data.eval_sets()}
+        self.eval_batches = lambda data: build_eval_batches(
+            data, self.kind, t.seq_len, t.global_rows, max_batches=t.eval_batches, **loader_args
         )
         self.loader = build_train_loader(
             cfg.data, self.kind, t.seq_len, t.global_rows, **loader_args
@@ -564,14 +567,24 @@ class Trainer:
         self.metrics.write(record)
 
     def evaluate(self) -> EvalResult:
-        result = evaluate(self.model, self.eval_batches(), self.accelerator)
-        self.metrics.write(
-            {"step": self.step, "kind": "eval", "eval_loss": result.loss, "eval_bpb": result.bpb}
-        )
-        logger.info(
-            f"step {self.step}: held-out loss {result.loss:.4f}, {result.bpb:.4f} bits per byte ({result.n_bytes:,} bytes)"
-        )
-        return result
+        """Held-out loss and bits per byte of the mixture (``eval_bpb``) and, with several
+        sources, of each (``eval_bpb/<source>``); returns the mixture's."""
+        record: dict[str, Any] = {"step": self.step, "kind": "eval"}
+        results = {}
+        for name, data in self.eval_sets.items():
+            result = evaluate(self.model, self.eval_batches(data), self.accelerator)
+            where = f" on {name}" if name else ""
+            if result.n_bytes == 0:
+                logger.warning(f"step {self.step}: no held-out documents{where}: nothing evaluated")
+                continue
+            results[name] = result
+            suffix = f"/{name}" if name else ""
+            record.update({f"eval_loss{suffix}": result.loss, f"eval_bpb{suffix}": result.bpb})
+            logger.info(
+                f"step {self.step}: held-out{where} loss {result.loss:.4f}, {result.bpb:.4f} bits per byte ({result.n_bytes:,} bytes)"
+            )
+        self.metrics.write(record)
+        return results.get("", EvalResult(math.nan, math.nan, 0))
 
     def save_checkpoint(self) -> Path:
         state = {"step": self.step, "data": self.loader.state_dict(), "bytes_seen": self.bytes_seen}
@@ -597,7 +610,8 @@ class Trainer:
             sample = generate_sample(self.plain_model, t.sample_prompt, t.sample_new_tokens, t.seed)
             if sample is not None:
                 logger.info(f"sample: {t.sample_prompt!r} -> {sample!r}")
-        logger.info(f"final held-out bits per byte: {last_eval.bpb:.4f} (step {self.step})")
+        if last_eval.n_bytes:
+            logger.info(f"final held-out bits per byte: {last_eval.bpb:.4f} (step {self.step})")
         accelerator.end_training()
         return TrainResult(self.step, last_eval.bpb, export_dir, self.out_dir)
 

@@ -123,6 +123,7 @@ def test_hat_rows_worked_example() -> None:
 
 # ---- sources -------------------------------------------------------------------------------
 def write_lines(path: Path, lines: list[str]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return str(path)
 
@@ -322,3 +323,26 @@ def test_batches_run_through_the_models(tiny_hat, tiny_bpe, tiny_tokenizer) -> N
     assert torch.isfinite(hat_out.loss) and torch.isfinite(bpe_out.loss)
     assert hat_out.n_target_bytes == (hat_batch["labels"] != IGNORE).sum()
     assert bpe_out.n_target_bytes == bpe_batch["label_bytes"].sum() > 0
+
+
+def test_weight_zero_sources_are_evaluated_not_trained(tmp_path: Path) -> None:
+    """Continued pretraining: train on one language, still measure another's held-out split."""
+    de = write_lines(tmp_path / "de" / "corpus.txt", [f"de{i}" for i in range(40)])
+    en = write_lines(tmp_path / "en.txt", [f"en{i}" for i in range(40)])
+    hub = SourceConfig("HuggingFaceFW/fineweb-edu", name="sample-10BT")
+    assert hub.display_name() == "fineweb-edu-sample-10BT"
+    assert SourceConfig(str(tmp_path / "de" / "*.txt")).display_name() == "de"
+    sources = [
+        SourceConfig(de, sample_by="line"),
+        SourceConfig(en, weight=0.0, sample_by="line", label="english"),
+    ]
+    cfg = DataConfig(sources, eval_every=4)
+    train = list(iter_documents(cfg, "train"))
+    assert train and all(d.startswith("de") for d in train)
+    sets = cfg.eval_sets()
+    assert list(sets) == ["corpus", "english"]
+    assert list(iter_documents(sets["english"], "eval")) == [f"en{i}" for i in range(3, 40, 4)]
+    assert list(iter_documents(sets["corpus"], "eval")) == list(iter_documents(cfg, "eval"))
+    assert DataConfig(sources[:1]).eval_sets() == {}  # one source: the mixture is all there is
+    with pytest.raises(ValueError, match="no file matches"):  # weight 0 is still checked
+        DataConfig([sources[0], SourceConfig(str(tmp_path / "nope.txt"), weight=0.0)]).validate()

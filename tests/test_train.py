@@ -23,7 +23,7 @@ from hat.checkpoint import (
     verify_checkpoint,
     write_manifest,
 )
-from hat.data import DataConfig, build_eval_batches
+from hat.data import DataConfig, SourceConfig, build_eval_batches
 from hat.train import NonFiniteLossError, build_optimizer, lr_multiplier, train
 from hat.train_config import (
     BPEModelConfig,
@@ -370,3 +370,26 @@ def test_checkpoints_are_atomic_and_verified(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
         verify_checkpoint(root / "step_00000002")
     assert callable(save_checkpoint)
+
+
+@pytest.mark.slow
+def test_each_source_is_evaluated_on_its_own(tmp_path: Path, sample_text: str) -> None:
+    """With several sources (one of weight 0: evaluated, never trained on) the eval lines carry
+    the mixture's bits per byte and each source's."""
+    paragraphs = sample_text.split("\n\n")
+    for name, part in (("austen_a", paragraphs[:300]), ("austen_b", paragraphs[300:600])):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(part), encoding="utf-8")
+    cfg = tiny_config(tmp_path / "run", steps=4, checkpoint_interval=0)
+    cfg.data = DataConfig(
+        [
+            SourceConfig(str(tmp_path / "austen_a.txt")),
+            SourceConfig(str(tmp_path / "austen_b.txt"), weight=0.0, label="held"),
+        ],
+        eval_every=10,
+    )
+    result = train(cfg)
+    (line,) = read_metrics(tmp_path / "run", "eval")
+    assert {"eval_bpb", "eval_bpb/austen_a", "eval_bpb/held", "eval_loss/held"} <= set(line)
+    assert line["eval_bpb"] == pytest.approx(line["eval_bpb/austen_a"])  # the mixture is source a
+    assert line["eval_bpb/held"] != line["eval_bpb"]
+    assert result.eval_bpb == pytest.approx(line["eval_bpb"], abs=1e-6)

@@ -8,6 +8,7 @@ mixture. Sources are mixed by a seeded weighted draw; the train split repeats ea
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import json
@@ -48,7 +49,9 @@ class SourceConfig:
         an existing path, a glob, nor ends in a data-file suffix).
     name, split, streaming: passed to ``datasets.load_dataset`` (hub: the config name).
     text_field: the text column of json/parquet/hub records (text files have no fields).
-    weight: relative share of documents drawn from this source (0 = unused).
+    weight: relative share of documents drawn from this source. 0: never trained on, but its
+        held-out split is still evaluated (e.g. English while continuing on German).
+    label: its name in the evaluation metrics (``eval_bpb/<label>``); default: from the path.
     sample_by: what a document is in a text file: "line", "paragraph" (blank-line separated)
         or "document" (the whole file).
     """
@@ -60,6 +63,23 @@ class SourceConfig:
     weight: float = 1.0
     sample_by: str = "paragraph"
     streaming: bool = True
+    label: str | None = None
+
+    def display_name(self) -> str:
+        """``label``, else a short name from the path: file stem or folder, hub name (+ config)."""
+        if self.label:
+            return self.label
+        if self.path == BUILTIN_SAMPLE:
+            return "sample"
+        path = Path(self.path)
+        if _looks_local(self.path):
+            stem = path.name
+            for suffix in (".gz", *FORMATS):  # corpus.jsonl.gz -> corpus
+                stem = stem.removesuffix(suffix)
+            # /data/de/*.txt -> de: the innermost part that is not a glob
+            parts = [stem, *reversed(path.parent.parts)]
+            return next((p for p in parts if p and p != "/" and not set(p) & set("*?[")), "local")
+        return f"{path.name}-{self.name}" if self.name else path.name  # org/dataset -> dataset
 
 
 @dataclass
@@ -86,8 +106,7 @@ class DataConfig:
                 raise ValueError(f"{where}.sample_by={src.sample_by!r} is not one of {SAMPLE_BY}")
             if not (math.isfinite(src.weight) and src.weight >= 0):
                 raise ValueError(f"{where}.weight must be a finite number >= 0, got {src.weight}")
-            if src.weight > 0:
-                local_files(src, where)  # raises on missing files / unknown formats
+            local_files(src, where)  # raises on missing files / unknown formats
         if sum(s.weight for s in self.sources) <= 0:
             raise ValueError(
                 "data.sources: total weight is 0; give at least one source a weight > 0"
@@ -99,6 +118,19 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         return self
+
+    def eval_sets(self) -> dict[str, DataConfig]:
+        """Each source on its own (weight-0 ones included), by ``display_name``, for per-source
+        held-out metrics; empty when there is only the one source the mixture already is."""
+        if len(self.sources) < 2 or not self.eval_every:
+            return {}
+        sets: dict[str, DataConfig] = {}
+        for i, src in enumerate(self.sources):
+            name = src.display_name()
+            name = name if name not in sets else f"{name}-{i}"
+            source = dataclasses.replace(src, weight=1.0)
+            sets[name] = DataConfig([source], self.eval_every, self.seed, num_workers=0)
+        return sets
 
 
 def iter_documents(cfg: DataConfig, split: str = "train", repeat: bool = False) -> Iterator[str]:
@@ -186,16 +218,10 @@ def local_files(src: SourceConfig, where: str) -> list[Path] | None:
     path = src.path
     if path == BUILTIN_SAMPLE:
         return [Path(hat.__file__).parent / "assets" / "sample_corpus.txt"]
+    if not _looks_local(path):
+        return None
     is_glob = any(c in path for c in "*?[")
     expanded = str(Path(path).expanduser())
-    looks_local = (
-        is_glob
-        or path.startswith(("/", ".", "~"))
-        or Path(expanded).exists()
-        or _suffix(Path(path)) in FORMATS
-    )
-    if not looks_local:
-        return None
     if is_glob:
         files = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if not Path(p).is_dir())
     else:
@@ -214,6 +240,16 @@ def local_files(src: SourceConfig, where: str) -> list[Path] | None:
             f"{where}: {path!r} matches files of several formats; use one source per format"
         )
     return files
+
+
+def _looks_local(path: str) -> bool:
+    """A path or glob of files, as opposed to a hub dataset name such as ``org/name``."""
+    return (
+        any(c in path for c in "*?[")
+        or path.startswith(("/", ".", "~"))
+        or Path(path).expanduser().exists()
+        or _suffix(Path(path)) in FORMATS
+    )
 
 
 def _suffix(path: Path) -> str:
