@@ -151,7 +151,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
     try:
         state = json.loads((path / TRAINER_STATE_FILE).read_text())
-        accelerator.load_state(str(path))
+        # weights from safetensors; optimizer, scheduler and RNG states through torch.load with
+        # weights_only=True (accelerate's default, made explicit): loading never runs pickled code
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
     except Exception as err:
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
     if state["world_size"] != accelerator.num_processes:
