@@ -24,7 +24,9 @@ def bits_per_byte(
     window_bytes: int | None = None,
 ) -> float:
     """Total negative log-likelihood of ``texts`` (each a new document, or given its context),
-    in bits, divided by their total UTF-8 byte count. ``rolling``/``window_bytes``: texts
+    in bits, divided by their total UTF-8 byte count (the text's bytes only; the trainer's
+    ``eval_bpb`` on packed documents also predicts and counts each document's end, one byte
+    more per document). ``rolling``/``window_bytes``: texts
     longer than the model's context are scored in windows (see ``PreTrainedLM.score``)."""
     scores = model.score(
         texts, contexts, batch_size=batch_size, rolling=rolling, window_bytes=window_bytes
