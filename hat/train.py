@@ -472,6 +472,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to trainer.steps; evaluate, checkpoint and export on the way and at the end."""
         t, accelerator = self.cfg.trainer, self.accelerator
+        console = _console_loggers()
         n_params = sum(p.numel() for p in self.plain_model.parameters())
         unit = "bytes" if self.kind == "hat" else "tokens"
         precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
@@ -485,7 +486,7 @@ class Trainer:
         bar = tqdm(
             total=t.steps, initial=self.step, disable=not accelerator.is_main_process, unit="step"
         )
-        with logging_redirect_tqdm(), bar:
+        with logging_redirect_tqdm(console), bar:
             while self.step < t.steps:
                 stats, lr = self.train_step()
                 throughput.add(stats.n_bytes, stats.n_words)
@@ -619,6 +620,24 @@ class Trainer:
 def train(cfg: TrainConfig | DictConfig) -> TrainResult:
     """Train (or continue training) a model as configured; returns where things ended up."""
     return Trainer(cfg).fit()
+
+
+def _console_loggers() -> list[logging.Logger]:
+    """The loggers whose console output tqdm must route around its progress bar. When nothing
+    has configured logging (a plain script or notebook; hydra configures the root logger for
+    ``hat-train``), the ``hat`` logger gets a stderr handler so progress messages show."""
+    hat_logger = logging.getLogger("hat")
+    if not hat_logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s] %(message)s"))
+        hat_logger.addHandler(handler)
+        if hat_logger.level == logging.NOTSET:
+            hat_logger.setLevel(logging.INFO)
+    return [
+        lg
+        for lg in (logging.getLogger(), hat_logger)
+        if any(isinstance(h, logging.StreamHandler) for h in lg.handlers)
+    ]
 
 
 def due(step: int, interval: int) -> bool:
