@@ -1,0 +1,385 @@
+"""HAT's engines, the model side of one ``generate()`` call: ``HATCachedEngine`` (byte-by-byte
+decoding with encoder, backbone and decoder caches) and its uncached reference,
+``HATUncachedEngine``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hat.batching import collate_documents
+from hat.block import AttentionMask
+from hat.generation.step import (
+    ColumnCache,
+    RopeTable,
+    RowCache,
+    StepLayer,
+    StepPooler,
+    _rms,
+    window_mask,
+)
+from hat.generation.words import WordTracker, word_starts
+from hat.modeling import softcap
+from hat.splitter import PAD
+
+
+class HATCachedEngine:
+    """Byte-by-byte HAT decoding with encoder, backbone and decoder caches.
+
+    Rows are left-padded to a shared column axis (column c of row r is byte c - pad[r] of its
+    document). ``observe`` feeds the host-side word tracker; ``step`` runs the device work.
+    """
+
+    SLACK = 512  # extra columns per buffer: the sliding buffers are compacted every SLACK steps
+    FUSE_MAX_PARAMS = 2**25  # stacks up to this size get fused (copied) weights in StepLayer
+
+    def __init__(self, model: Any, rows: list[list[int]], max_new: int) -> None:
+        cfg = self.cfg = model.config
+        self.model = model
+        like = next(model.parameters())
+        self.device, self.batch = like.device, len(rows)
+        lengths = [len(r) for r in rows]
+        self.width = max(lengths)  # prompt columns
+        self.pad_list = [self.width - n for n in lengths]
+        self.pad = torch.tensor(self.pad_list, device=self.device)  # [B] document start column
+        self.rows = rows
+        self.trackers = [WordTracker(model.splitter, bytes(r)) for r in rows]
+        self.margin = cfg.max_word_bytes + 8  # columns a word (+ an incomplete char) can span
+        self.ring_size = self.margin + 2  # guides kept per row (ring indexed by word % size)
+        total = self.width + max_new
+        enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
+        self.keep = max(enc_w, dec_w + self.margin) if enc_w and dec_w else None
+        self.cap = min(total, max(self.width, self.keep) + self.SLACK) if self.keep else total
+        self.base = 0  # column held in slot 0
+        enc, dec, bb = cfg.encoder, cfg.decoder, cfg.backbone
+
+        def cols(c):
+            return ColumnCache(self.batch, c.kv_heads, self.cap, c.head_dim, like)
+
+        self.enc_caches = [cols(enc) for _ in range(enc.n_layers)]
+        self.dec_caches = [cols(dec) for _ in range(dec.n_layers)]
+        self.enc_out = like.new_zeros(self.batch, self.cap, enc.dim)  # [B, cap, De]
+        self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
+        words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16
+        self.bb_caches = [
+            RowCache(self.batch, bb.kv_heads, words, bb.head_dim, like) for _ in range(bb.n_layers)
+        ]
+        self.words = [0] * self.batch  # words in the backbone cache, per row
+        self.ring = like.new_zeros(self.batch, self.ring_size, bb.dim)  # normalised guides
+        self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
+        self.n = self.width  # next column
+        self.neg_pad = -self.pad[:, None]  # + column = byte position [B, 1]
+        self.pad_max = max(self.pad_list)
+        # equal-length prompts (always at batch 1): a column is the same position in every row
+        self.same_pad = self.pad_max == min(self.pad_list)
+        self.all_rows = list(range(self.batch))
+        self._build_steps(model, total + 1)
+
+    def _build_steps(self, model: Any, size: int) -> None:
+        """Single-step versions of the three stacks and the pooler (see ``StepLayer``);
+        ``size`` bounds every position (bytes and words)."""
+        tables: dict[tuple[int, float], RopeTable] = {}
+
+        def rope(head_dim: int, theta: float) -> RopeTable:
+            if (head_dim, theta) not in tables:
+                tables[head_dim, theta] = RopeTable(size, head_dim, theta, self.device)
+            return tables[head_dim, theta]
+
+        stacks = (model.encoder.transformer, model.backbone.transformer, model.decoder.transformer)
+
+        def layers(stack: torch.nn.Module) -> list[StepLayer]:
+            fuse = sum(p.numel() for p in stack.parameters()) <= self.FUSE_MAX_PARAMS
+            return [StepLayer(b, fuse) for b in stack.layers]
+
+        self.enc_layers, self.bb_layers, self.dec_layers = (layers(t) for t in stacks)
+        self.enc_rope, self.bb_rope, self.dec_rope = (
+            rope(t.cfg.head_dim, t.cfg.rope_theta) for t in stacks
+        )
+        p = model.pooler
+        self.pooler = StepPooler(p, rope(p.head_dim, p.theta))
+
+    # ---- host side ----------------------------------------------------------------
+    def observe(self, row: int, token: int) -> list[int]:
+        """Feed one generated byte to the row's word tracker; return its word starts."""
+        change = self.trackers[row].push(token)
+        if change is not None:
+            self.events.append((row, *change))
+        return self.trackers[row].starts
+
+    # ---- prefill ------------------------------------------------------------------
+    def prefill(self) -> torch.Tensor:
+        """Run the prompts ([B, P] columns) through all three stacks; logits [B, 256]."""
+        m, width = self.model, self.width
+        ids = torch.full((self.batch, width), PAD, dtype=torch.long)
+        for r, row in enumerate(self.rows):
+            ids[r, self.pad_list[r] :] = torch.tensor(row)
+        cols = torch.arange(width, device=self.device)
+        pos = (cols[None] - self.pad[:, None]).clamp(min=0)  # [B, P]
+        self._set(self.enc_caches, 0, 0)
+        mask = window_mask(cols, cols, self.pad, self.cfg.encoder.window)
+        states = m.encoder(ids.to(self.device), pos, mask, self.enc_caches)  # [B, P, De]
+        self.enc_out[:, :width] = states
+
+        guides, col_word = self._prefill_backbone()  # [B, W+1, D], [B, P]
+        self.col_word[:, :width] = col_word
+        self._set(self.dec_caches, 0, 0)
+        mask = window_mask(cols, cols, self.pad, self.cfg.decoder.window)
+        hidden = m.decoder(states, guides, col_word, pos, mask, self.dec_caches)
+        return self._logits(hidden[:, -1])
+
+    def _prefill_backbone(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool every finished prompt word, run them through the backbone, fill the guide ring.
+        Returns all guides [B, W+1, D] and each prompt column's word index [B, P]."""
+        m, bb_dim = self.model, self.cfg.backbone.dim
+        items, where, col_word = [], [], torch.zeros(self.batch, self.width, dtype=torch.long)
+        for r, t in enumerate(self.trackers):
+            ends = [*t.starts[1:], len(t.data)]
+            for k, (s, e) in enumerate(zip(t.starts, ends)):
+                col_word[r, self.pad_list[r] + s : self.pad_list[r] + e] = k
+                if k < len(t.starts) - 1:  # the last word is still open
+                    items.append((r, s, e))
+                    where.append((r, k))
+        num = torch.tensor([len(t.starts) - 1 for t in self.trackers], device=self.device)
+        width = max(int(num.max()), 1)
+        x = self.ring.new_zeros(self.batch, width, bb_dim)  # [B, W, D]
+        if items:
+            rows, ks = zip(*where)
+            x[list(rows), list(ks)] = self._pool(items)
+        for c in self.bb_caches:
+            c.slots = None
+        w_cols = torch.arange(width, device=self.device)
+        causal = w_cols[None, :] <= w_cols[:, None]  # [W, W]
+        ok = causal[None] & (w_cols[None, None, :] < num[:, None, None])  # finished words only
+        mask = AttentionMask(
+            dense=(ok | torch.eye(width, dtype=torch.bool, device=self.device))[:, None]
+        )
+        out = m.backbone(x, w_cols[None].expand(self.batch, -1), mask, self.bb_caches)
+        self.words = num.tolist()
+        guides = m.decoder.guides(out)  # [B, W+1, D]: slot k = guide of word k
+        # ring slot j holds the guide of the latest word w <= num with w % size == j
+        j = torch.arange(self.ring_size, device=self.device)
+        w = (num[:, None] - (num[:, None] - j) % self.ring_size).clamp(min=0)  # [B, size]
+        self.ring = torch.gather(guides, 1, w[..., None].expand(-1, -1, bb_dim))
+        return guides, col_word.to(self.device)
+
+    # ---- one step -----------------------------------------------------------------
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` [B] at column n (after ``observe`` of every active row); return
+        the logits [B, 256] for column n + 1."""
+        n = self.n
+        self._make_room(n)
+        self._encode(tokens, n)
+        slot = n - self.base
+        self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
+        first = [n] * self.batch  # first column to (re)compute in the decoder, per row
+        finished: list[tuple[int, int, int, int]] = []
+        relabel: tuple[list[int], list[int], list[int]] = ([], [], [])  # rows, slots, words
+        for r, keep, changed in self.events:
+            self._assign_words(r, keep, finished, relabel)
+            first[r] = self.pad_list[r] + changed
+        self.events.clear()
+        if relabel[0]:
+            rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
+            self.col_word[rows, slots] = words
+        if finished:
+            self._backbone_steps(finished)
+        logits = self._decode(min(first), n)
+        self.n = n + 1
+        return logits
+
+    def _encode(self, tokens: torch.Tensor, n: int) -> None:
+        window = self.cfg.encoder.window
+        lo = max(self.base, n - window + 1) if window else 0
+        self._set(self.enc_caches, n - self.base, lo - self.base)
+        mask = self._column_mask(n, lo, window)
+        angles = self._column_angles(self.enc_rope, n)
+        x = F.embedding(tokens, self.model.encoder.embed.weight)  # [B, De]
+        for layer, cache in zip(self.enc_layers, self.enc_caches):
+            x = layer(x, self.batch, angles, mask, cache)
+        self.enc_out[:, n - self.base] = x
+
+    def _assign_words(self, r: int, keep: int, finished: list, relabel: tuple) -> None:
+        """After row r's word starts changed (the first ``keep`` survived): roll the backbone
+        back to the words that are unchanged, queue the words now finished, and list the
+        columns whose word changed in ``relabel`` (rows, slots, word indices)."""
+        tracker, offset = self.trackers[r], self.pad_list[r] - self.base
+        starts, ends = tracker.starts, [*tracker.starts[1:], len(tracker.data)]
+        first_word = min(self.words[r], keep - 1)  # word k is intact iff starts[k + 1] is
+        self.words[r] = first_word
+        for k in range(first_word, len(starts) - 1):
+            finished.append((r, starts[k], starts[k + 1], k))
+        for k in range(max(keep - 1, 0), len(starts)):
+            size = ends[k] - starts[k]
+            relabel[0].extend([r] * size)
+            relabel[1].extend(range(offset + starts[k], offset + ends[k]))
+            relabel[2].extend([k] * size)
+
+    def _backbone_steps(self, finished: list[tuple[int, int, int, int]]) -> None:
+        """Pool the finished words and feed them to the backbone, one word per row per pass
+        (all rows run; rows without a word write scratch)."""
+        pooled = self._pool([(r, s, e) for r, s, e, _ in finished])  # [N, D]
+        passes: list[list[int]] = []  # pass j: the j-th finished word of each row
+        count: dict[int, int] = {}
+        for i, (r, _, _, _) in enumerate(finished):
+            j = count[r] = count.get(r, -1) + 1
+            if j == len(passes):
+                passes.append([])
+            passes[j].append(i)
+        for members in passes:
+            row_list = [finished[i][0] for i in members]
+            assert all(self.words[r] == finished[i][3] for r, i in zip(row_list, members))
+            read_to = max(self.words) + 1
+            # every row adds its word at the same slot (always at batch 1): slices, no mask
+            uniform = row_list == self.all_rows and min(self.words) + 1 == read_to
+            if uniform:
+                x, slots, mask = pooled[members], read_to - 1, None  # [B, D]
+                angles = self.bb_rope.span(read_to - 1, 1)
+            else:
+                rows = torch.tensor(row_list, device=self.device)
+                x = pooled.new_zeros(self.batch, pooled.shape[-1])
+                x[rows] = pooled[members]
+                slots = torch.tensor(self.words, device=self.device)  # [B] where each row writes
+                keys = torch.arange(read_to, device=self.device)
+                mask = (keys[None] <= slots[:, None])[:, None, None]
+                angles = self.bb_rope(slots[:, None])
+            for c in self.bb_caches:
+                c.reserve(read_to)
+                c.slots, c.read_to = slots, read_to
+            for layer, cache in zip(self.bb_layers, self.bb_caches):
+                x = layer(x, self.batch, angles, mask, cache)
+            out = _rms(self.model.backbone.norm, x)  # [B, D]
+            guide = _rms(self.model.decoder.guide_norm, out)  # guide of each row's next word
+            if uniform:
+                self.ring[:, read_to % self.ring_size] = guide
+            else:
+                ring_slots = [(self.words[r] + 1) % self.ring_size for r in row_list]
+                self.ring[rows, torch.tensor(ring_slots, device=self.device)] = guide[rows]
+            for r in row_list:
+                self.words[r] += 1
+
+    def _decode(self, c0: int, n: int) -> torch.Tensor:
+        """Decoder over columns [c0, n] (all rows; unchanged rows recompute the same values)."""
+        window, base, dec = self.cfg.decoder.window, self.base, self.model.decoder
+        lo = max(base, c0 - window + 1) if window else 0
+        self._set(self.dec_caches, c0 - base, lo - base)
+        current = {len(t.starts) - 1 for t in self.trackers}  # word of column n, per row
+        if c0 == n and len(current) == 1:  # one column, all rows in the same word: a view
+            guides = self.ring[:, current.pop() % self.ring_size]  # [B, D], normalised
+        else:
+            words = self.col_word[:, c0 - base : n + 1 - base]  # [B, Q]
+            idx = (words % self.ring_size)[..., None].expand(-1, -1, self.ring.shape[-1])
+            guides = torch.gather(self.ring, 1, idx)  # [B, Q, D], normalised
+        if c0 == n:  # the usual case: one new column
+            mask, angles = self._column_mask(n, lo, window), self._column_angles(self.dec_rope, n)
+        else:
+            cols = torch.arange(c0, n + 1, device=self.device)
+            keys = torch.arange(lo, n + 1, device=self.device)
+            mask = window_mask(cols, keys, self.pad, window).dense
+            if self.same_pad:
+                angles = self.dec_rope.span(c0 - self.pad_list[0], n + 1 - c0)
+            else:
+                angles = self.dec_rope((cols[None] - self.pad[:, None]).clamp(min=0))
+        x = self.enc_out[:, c0 - base : n + 1 - base].reshape(-1, self.enc_out.shape[-1])
+        guides = guides.reshape(x.shape[0], -1)  # [B * Q, D]
+        for i, (layer, cache) in enumerate(zip(self.dec_layers, self.dec_caches)):
+            if i < len(dec.guide_proj):  # as ``ByteDecoder.forward``
+                x = x + F.linear(guides, dec.guide_proj[i].weight)
+            x = layer(x, self.batch, angles, mask, cache)
+        last = x.view(self.batch, -1, x.shape[-1])[:, -1]  # only the last column is predicted
+        return self._logits(_rms(dec.norm, last))
+
+    def _column_angles(self, rope: RopeTable, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE angles of column n (past every prompt, so no clamp): [B or 1, 1, 1, Dh]."""
+        if self.same_pad:
+            return rope.span(n - self.pad_list[0], 1)
+        return rope(self.neg_pad + n)
+
+    def _column_mask(self, n: int, lo: int, window: int | None) -> torch.Tensor | None:
+        """Mask of the query at column n over keys [lo, n]: causal and in the window by
+        construction, so only left padding (keys before a row's start) can need hiding."""
+        if lo >= self.pad_max:
+            return None
+        q, keys = torch.tensor([n], device=self.device), torch.arange(lo, n + 1, device=self.device)
+        return window_mask(q, keys, self.pad, window).dense
+
+    # ---- helpers ------------------------------------------------------------------
+    def _pool(self, items: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Pool words given as (row, start, end) document offsets from cached encoder
+        outputs -> [N, D]."""
+        rope = self.pooler.rope
+        if len(items) == 1:  # the usual step: one word of one row, all views
+            r, s, e = items[0]
+            c = self.pad_list[r] + s - self.base
+            offsets = torch.tensor([0, e - s], device=self.device)
+            return self.pooler(
+                self.enc_out[r, c : c + e - s], rope.span(s, e - s), rope.span(e - 1, 1), offsets
+            )
+        rows, slots, pos, offsets, ends = [], [], [], [0], []
+        for r, s, e in items:
+            c = self.pad_list[r] + s - self.base
+            rows += [r] * (e - s)
+            slots += range(c, c + e - s)
+            pos += range(s, e)
+            offsets.append(offsets[-1] + e - s)
+            ends.append(e - 1)
+
+        def t(values):
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+
+        states = self.enc_out[t(rows), t(slots)]  # [N_bytes, De]
+        return self.pooler(states, rope(t(pos)), rope(t(ends)), t(offsets))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return softcap(self.model.decoder.head(hidden), self.cfg.logit_softcap)
+
+    @staticmethod
+    def _set(caches: list[ColumnCache], write: int, read_from: int) -> None:
+        for c in caches:
+            c.write, c.read_from = write, read_from
+
+    def _make_room(self, n: int) -> None:
+        """Slide the column buffers when column n would not fit (keeps ``keep`` columns)."""
+        if n - self.base < self.cap:
+            return
+        shift = n - self.keep - self.base
+        for c in self.enc_caches + self.dec_caches:
+            c.shift(shift)
+        for t in (self.enc_out, self.col_word):
+            t[:, : self.cap - shift] = t[:, shift:].clone()
+        self.base += shift
+
+
+class HATUncachedEngine:
+    """The reference: every step re-splits each document (``word_starts``) and runs the full
+    model (``collate_documents`` + forward) on everything so far."""
+
+    def __init__(self, model: Any, rows: list[list[int]], max_new: int) -> None:
+        self.model = model
+        self.data = [bytearray(r) for r in rows]
+        self.starts = [word_starts(bytes(d), model.splitter) for d in self.data]
+
+    def observe(self, row: int, token: int) -> list[int]:
+        self.data[row].append(token)
+        self.starts[row] = word_starts(bytes(self.data[row]), self.model.splitter)
+        return self.starts[row]
+
+    def prefill(self) -> torch.Tensor:
+        return self._forward()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._forward()
+
+    def _forward(self) -> torch.Tensor:
+        docs = []
+        for data, starts in zip(self.data, self.starts):
+            ends = [*starts[1:], len(data)]
+            docs.append([bytes(data[s:e]) for s, e in zip(starts, ends)])
+        batch = collate_documents(docs)
+        device = self.model.device
+        logits = self.model(
+            input_ids=batch["input_ids"].to(device), word_lengths=batch["word_lengths"].to(device)
+        ).logits  # [B, T, 256]
+        last = torch.tensor([len(d) - 1 for d in self.data], device=device)
+        return logits[torch.arange(len(self.data), device=device), last]
