@@ -1,6 +1,7 @@
 """hat: hierarchical autoregressive transformers — byte-level language models with no fixed
 tokenizer — and their BPE twins, built from the same parts."""
 
+from hat.auto import load_pretrained
 from hat.batching import collate_documents, document_words, layout_words
 from hat.bpe import BPEForCausalLM
 from hat.config import BPEConfig, HATConfig, TransformerConfig, load_config
@@ -33,6 +34,7 @@ __all__ = [
     "document_words",
     "layout_words",
     "load_config",
+    "load_pretrained",
     "make_splitter",
     "ragged_attention_pool",
 ]

@@ -2,15 +2,19 @@
 
 - ``bits_per_byte``: held-out compression, comparable across tokenizers.
 - ``multiple_choice``: BIG-bench style tasks (each choice scored by log-likelihood given the input).
+- ``compare_models``: several models (HAT, its twin, checkpoints) on the same documents and
+  tasks, long documents read through the same window; ``hat-eval`` is its command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hat.modeling import PreTrainedLM
 
@@ -85,3 +89,42 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
         answer = max(range(len(choices)), key=lambda i: raw["target_scores"][choices[i]])
         examples.append(MultipleChoiceExample(raw["input"], choices, answer))
     return examples
+
+
+def compare_models(
+    models: dict[str, PreTrainedLM],
+    documents: dict[str, Sequence[str]] | None = None,
+    tasks: dict[str, Sequence[MultipleChoiceExample]] | None = None,
+    window_bytes: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Every model on the same evaluations: bits per byte of each named document set (each
+    document scored whole, in rolling windows when long) and accuracy on each named
+    multiple-choice task. Returns ``{model: {"bits_per_byte": {set: bpb}, "tasks": {task:
+    {...}}}}`` plus ``"window_bytes"``.
+
+    Every model reads long documents through the same window (default: the smallest context
+    among the models), so HAT and its twin are compared on equal terms.
+    """
+    if not models:
+        raise ValueError("compare_models needs at least one model")
+    window = window_bytes or min(m.max_window_bytes() for m in models.values())
+    results: dict[str, Any] = {"window_bytes": window, "models": {}}
+    for name, model in models.items():
+        row: dict[str, Any] = {
+            "model_type": model.config.model_type,
+            "params": model.num_parameters(),
+        }
+        row["bits_per_byte"] = {
+            set_name: bits_per_byte(
+                model, list(docs), batch_size=batch_size, rolling=True, window_bytes=window
+            )
+            for set_name, docs in (documents or {}).items()
+            if any(docs)
+        }
+        row["tasks"] = {
+            task: dataclasses.asdict(multiple_choice(model, examples, batch_size=batch_size))
+            for task, examples in (tasks or {}).items()
+        }
+        results["models"][name] = row
+    return results

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -75,16 +74,12 @@ OPTIONS = (
 
 def load_model(directory: str, device: str, dtype: torch.dtype):  # noqa: ANN201
     """A HAT or BPE model from ``save_pretrained`` output, whichever ``config.json`` says."""
-    from hat.bpe import BPEForCausalLM
-    from hat.config import load_config
-    from hat.model import HATForCausalLM
+    from hat.auto import load_pretrained
 
-    path = Path(directory)
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"hat-generate: {path / 'config.json'} not found: not a saved model")
-    config = load_config(path / "config.json")
-    cls = HATForCausalLM if config.model_type == "hat" else BPEForCausalLM
-    return cls.from_pretrained(path, device=device, dtype=dtype).eval()
+    try:
+        return load_pretrained(directory, device=device, dtype=dtype)
+    except FileNotFoundError as err:
+        raise SystemExit(f"hat-generate: {err}") from None
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

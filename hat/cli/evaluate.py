@@ -1,0 +1,129 @@
+"""``hat-eval``: several saved models on the same held-out documents, files and tasks.
+
+    hat-eval models='[outputs/small/model,outputs/bpe_small/model]'        # HAT vs its twin
+    hat-eval models='[runs/a/model]' data=local data.sources.0.path='/data/de/*.txt'
+    hat-eval models='[m1,m2]' texts='[book.txt]' bigbench='[hyperbaton.json]' output=eval.json
+
+Bits per byte on the held-out split of a data config (the mixture and, with several sources,
+each source; every document scored whole, long ones in rolling windows of the same size for
+every model) and on text files; accuracy on BIG-bench style multiple-choice tasks. Built on
+``hat.evaluation.compare_models`` (which Python users can call directly).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from hat.auto import load_pretrained
+from hat.cli.train import config_dir, register_configs
+from hat.data import DataConfig, iter_documents
+from hat.evaluation import compare_models, load_bigbench
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalJob:
+    """What ``hat-eval`` evaluates (``configs/eval.yaml``)."""
+
+    models: list[str] = MISSING  # save_pretrained directories
+    data: DataConfig = field(default_factory=DataConfig)
+    max_docs: int | None = 200  # held-out documents per source; None: all
+    texts: list[str] = field(default_factory=list)  # files, each one document
+    bigbench: list[str] = field(default_factory=list)  # BIG-bench JSON task files
+    bigbench_limit: int | None = 500
+    window_bytes: int | None = None  # None: the smallest context among the models
+    batch_size: int = 16
+    device: str = "auto"
+    output: str | None = None  # JSON results file
+
+
+register_configs()  # the data group's schema
+ConfigStore.instance().store(name="eval_schema", node=EvalJob)
+
+
+def held_out_documents(data: DataConfig, max_docs: int | None) -> dict[str, list[str]]:
+    """``held_out`` (the mixture) and ``held_out/<source>`` for each source when there are several."""
+    sets = {"held_out": data, **{f"held_out/{k}": v for k, v in data.eval_sets().items()}}
+    if max_docs == 0:
+        return {}
+    return {
+        name: list(itertools.islice(iter_documents(cfg, "eval"), max_docs))
+        for name, cfg in sets.items()
+    }
+
+
+def run(job: EvalJob) -> dict:
+    """Load the models and data, evaluate, return ``compare_models``' results."""
+    if not job.models:
+        raise ValueError("models is empty: give at least one save_pretrained directory")
+    device = (
+        job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    models = {m: load_pretrained(m, device=device) for m in job.models}
+    documents = held_out_documents(job.data, job.max_docs)
+    for path in job.texts:
+        documents[Path(path).name] = [Path(path).read_text(encoding="utf-8", errors="replace")]
+    tasks = {Path(p).stem: load_bigbench(p, job.bigbench_limit) for p in job.bigbench}
+    logger.info(
+        f"{len(models)} model(s); {sum(map(len, documents.values()))} documents in "
+        f"{len(documents)} set(s); {len(tasks)} task(s); device {device}"
+    )
+    return compare_models(models, documents, tasks, job.window_bytes, job.batch_size)
+
+
+def print_table(results: dict) -> None:
+    models = results["models"]
+    table = Table(title=f"hat-eval (rolling window {results['window_bytes']} bytes)")
+    table.add_column("evaluation")
+    for name, row in models.items():
+        table.add_column(
+            f"{name}\n({row['model_type']}, {row['params'] / 1e6:.1f} M)", justify="right"
+        )
+    first = next(iter(models.values()))
+    for key in first["bits_per_byte"]:
+        table.add_row(
+            f"{key} (bits/byte)", *(f"{r['bits_per_byte'][key]:.4f}" for r in models.values())
+        )
+    for task in first["tasks"]:
+        cells = (
+            f"{r['tasks'][task]['accuracy']:.3f} / {r['tasks'][task]['accuracy_byte_normalised']:.3f}"
+            for r in models.values()
+        )
+        table.add_row(f"{task} (acc / byte-norm. acc)", *cells)
+    Console().print(table)
+
+
+@hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    job: EvalJob = OmegaConf.to_object(cfg)
+    try:
+        results = run(job)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"hat-eval: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print_table(results)
+    if job.output:
+        Path(job.output).write_text(json.dumps(results, indent=2) + "\n")
+        logger.info(f"wrote {job.output}")
+
+
+def main() -> None:
+    """Console script ``hat-eval``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()
