@@ -110,10 +110,24 @@ def make_splitter(name: str, max_word_bytes: int = 100) -> Splitter:
     raise ValueError(f"unknown splitter {name!r}; choose 'hat' or 'whitespace'")
 
 
+def check_encodable(text: str) -> str:
+    """``text`` itself, if it has a UTF-8 encoding: a lone surrogate (e.g. from
+    ``bytes.decode(errors="surrogateescape")`` or a JSON ``"\\ud800"``) is a clear error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"text has a lone surrogate {text[err.start]!r} at index {err.start}, which is not "
+            "valid Unicode and has no UTF-8 bytes; clean it first, e.g. "
+            "text.encode('utf-8', errors='replace').decode('utf-8')"
+        ) from None
+    return text
+
+
 def as_text(text: str | bytes) -> str:
     """Accept str or UTF-8 bytes; invalid UTF-8 is a clear error, never silently changed."""
     if isinstance(text, str):
-        return text
+        return check_encodable(text)
     if isinstance(text, bytes | bytearray):
         try:
             return bytes(text).decode("utf-8")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from hat.splitter import check_encodable
+
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -55,6 +57,7 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; ``decode`` gives the same text back, byte for byte."""
+        check_encodable(text)  # sentencepiece would fail deep inside on a lone surrogate
         if "\u2581" not in text:
             return self.sp.encode(text) if text else []
         # sentencepiece reads a literal U+2581 as its own space marker (decoding it as " "):

@@ -68,3 +68,19 @@ def test_bad_config_values_say_what_to_change() -> None:
     cfg.backbone.n_heads = 3
     with pytest.raises(ValueError, match="backbone.dim"):
         cfg.validate()
+
+
+def test_lone_surrogate_is_a_clear_error(model) -> None:
+    """A str with a lone surrogate has no UTF-8 bytes: say so, for scoring and generation."""
+    for call in (
+        lambda: model.score(["ok \ud800 then"]),
+        lambda: model.score(["ok"], ["context \udcff"]),
+        lambda: model.generate("prompt \ud800", max_new_tokens=2),
+    ):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            call()
+
+
+def test_tokenizer_rejects_lone_surrogates(tiny_tokenizer) -> None:
+    with pytest.raises(ValueError, match="lone surrogate"):
+        tiny_tokenizer.encode("a\ud800b")

@@ -9,7 +9,7 @@ from typing import Any
 from hat.generation.bpe_engine import BPECachedEngine, BPEUncachedEngine
 from hat.generation.hat_engine import HATCachedEngine, HATUncachedEngine
 from hat.generation.utf8 import incomplete_tail, token_byte_table
-from hat.splitter import EOD, PAD
+from hat.splitter import EOD, PAD, check_encodable
 
 
 @dataclass
@@ -38,7 +38,10 @@ def hat_spec(model: Any) -> ModelSpec:
         token_bytes=table,
         banned={PAD},
         max_len=model.config.max_seq_bytes,
-        encode=lambda text: [EOD, *(text.encode("utf-8") if isinstance(text, str) else text)],
+        encode=lambda text: [
+            EOD,
+            *(check_encodable(text).encode() if isinstance(text, str) else text),
+        ],
         engines=(HATCachedEngine, HATUncachedEngine),
         tokenizer=None,
     )
