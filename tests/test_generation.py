@@ -334,6 +334,46 @@ def test_bpe_cached_equals_uncached(tiny_bpe) -> None:
     assert all(isinstance(t, str) for t in texts)
 
 
+@pytest.mark.parametrize(
+    "texts",
+    [["Hello there, my", "x", ""], ["It was a", "the end"], ["Once upon a time"]],
+    ids=["ragged-sharp", "equal-sharp", "b1-sharp"],  # equal: 4 tokens each, no padding
+)
+def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> None:
+    """The twin's cached steps (``StepLayer`` on left-padded rows) give, at every step, the
+    logits of the full model on that row alone; queries scaled up so that attention, hence
+    RoPE positions and hidden padding, matter. Greedy cached == uncached on the same model."""
+    from hat.tokenizer import BOS_ID, EOS_ID
+
+    with torch.no_grad():
+        for module in tiny_bpe.modules():
+            if isinstance(module, Attention):
+                module.q_proj.weight.mul_(8)
+    tok = tiny_bpe.tokenizer
+    rows = [[tok.bos_id, *tok.encode(t)] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
+    out = tiny_bpe.generate(
+        ids,
+        max_new_tokens=24,
+        do_sample=True,
+        seed=3,
+        suppress_tokens=[BOS_ID, EOS_ID],  # no row ends: every step is compared
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    for r, row in enumerate(rows):
+        new = out.sequences[r, width:].tolist()
+        for step, logits in enumerate(out.logits):
+            with torch.no_grad():
+                full = tiny_bpe(input_ids=torch.tensor([row + new[:step]])).logits[0, -1]
+            torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
+    cached, uncached = (
+        tiny_bpe.generate(ids, max_new_tokens=30, use_cache=cache) for cache in (True, False)
+    )
+    assert torch.equal(cached, uncached)
+
+
 # ---- outputs and options ------------------------------------------------------------
 def test_text_contract_and_valid_utf8() -> None:
     model = tiny()

@@ -16,7 +16,7 @@ The files, in dependency order:
 * ``utf8.py``: the UTF-8 reader, ``VocabAutomaton`` (the valid-UTF-8 mask), what ids spell.
 * ``streamer.py``: ``TextStreamer``.
 * ``words.py``: word boundaries during generation (``word_starts``, ``WordTracker``).
-* ``step.py``: KV caches and the single-step layer and pooler of the cached path.
+* ``step.py``: KV caches and the single-step layer and pooler of both models' cached paths.
 * ``hat_engine.py`` / ``bpe_engine.py``: the model side of a call, cached and uncached.
 * ``specs.py``: what the generic loop needs to know about each model kind (``ModelSpec``).
 * ``generate.py``: the generic loop (``run_generation``) and ``GenerationMixin``; its
@@ -38,11 +38,13 @@ from hat.generation.processors import (
 from hat.generation.specs import ModelSpec, bpe_spec, hat_spec
 from hat.generation.step import (
     ColumnCache,
+    LeftPadding,
     RopeTable,
     RowCache,
     StepLayer,
     StepPooler,
     rotate,
+    step_layers,
     window_mask,
 )
 from hat.generation.streamer import TextStreamer
@@ -71,6 +73,7 @@ __all__ = [
     "GenerationMixin",
     "HATCachedEngine",
     "HATUncachedEngine",
+    "LeftPadding",
     "LogitsProcessorList",
     "ModelSpec",
     "RepetitionPenaltyLogitsProcessor",
@@ -91,6 +94,7 @@ __all__ = [
     "incomplete_tail",
     "rotate",
     "run_generation",
+    "step_layers",
     "token_byte_table",
     "utf8_advance",
     "window_mask",

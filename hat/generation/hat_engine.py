@@ -13,11 +13,12 @@ from hat.batching import collate_documents
 from hat.block import AttentionMask
 from hat.generation.step import (
     ColumnCache,
+    LeftPadding,
     RopeTable,
     RowCache,
-    StepLayer,
     StepPooler,
     _rms,
+    step_layers,
     window_mask,
 )
 from hat.generation.words import WordTracker, word_starts
@@ -33,17 +34,14 @@ class HATCachedEngine:
     """
 
     SLACK = 512  # extra columns per buffer: the sliding buffers are compacted every SLACK steps
-    FUSE_MAX_PARAMS = 2**25  # stacks up to this size get fused (copied) weights in StepLayer
 
     def __init__(self, model: Any, rows: list[list[int]], max_new: int) -> None:
         cfg = self.cfg = model.config
         self.model = model
         like = next(model.parameters())
         self.device, self.batch = like.device, len(rows)
-        lengths = [len(r) for r in rows]
-        self.width = max(lengths)  # prompt columns
-        self.pad_list = [self.width - n for n in lengths]
-        self.pad = torch.tensor(self.pad_list, device=self.device)  # [B] document start column
+        self.cols = LeftPadding([len(r) for r in rows], max_new, self.device)
+        self.width, self.pad_list, self.pad = self.cols.width, self.cols.pad_list, self.cols.pad
         self.rows = rows
         self.trackers = [WordTracker(model.splitter, bytes(r)) for r in rows]
         self.margin = cfg.max_word_bytes + 8  # columns a word (+ an incomplete char) can span
@@ -70,10 +68,6 @@ class HATCachedEngine:
         self.ring = like.new_zeros(self.batch, self.ring_size, bb.dim)  # normalised guides
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.n = self.width  # next column
-        self.neg_pad = -self.pad[:, None]  # + column = byte position [B, 1]
-        self.pad_max = max(self.pad_list)
-        # equal-length prompts (always at batch 1): a column is the same position in every row
-        self.same_pad = self.pad_max == min(self.pad_list)
         self.all_rows = list(range(self.batch))
         self._build_steps(model, total + 1)
 
@@ -88,12 +82,7 @@ class HATCachedEngine:
             return tables[head_dim, theta]
 
         stacks = (model.encoder.transformer, model.backbone.transformer, model.decoder.transformer)
-
-        def layers(stack: torch.nn.Module) -> list[StepLayer]:
-            fuse = sum(p.numel() for p in stack.parameters()) <= self.FUSE_MAX_PARAMS
-            return [StepLayer(b, fuse) for b in stack.layers]
-
-        self.enc_layers, self.bb_layers, self.dec_layers = (layers(t) for t in stacks)
+        self.enc_layers, self.bb_layers, self.dec_layers = (step_layers(t) for t in stacks)
         self.enc_rope, self.bb_rope, self.dec_rope = (
             rope(t.cfg.head_dim, t.cfg.rope_theta) for t in stacks
         )
@@ -193,8 +182,7 @@ class HATCachedEngine:
         window = self.cfg.encoder.window
         lo = max(self.base, n - window + 1) if window else 0
         self._set(self.enc_caches, n - self.base, lo - self.base)
-        mask = self._column_mask(n, lo, window)
-        angles = self._column_angles(self.enc_rope, n)
+        mask, angles = self.cols.mask(n, lo), self.cols.angles(self.enc_rope, n)
         x = F.embedding(tokens, self.model.encoder.embed.weight)  # [B, De]
         for layer, cache in zip(self.enc_layers, self.enc_caches):
             x = layer(x, self.batch, angles, mask, cache)
@@ -272,12 +260,12 @@ class HATCachedEngine:
             idx = (words % self.ring_size)[..., None].expand(-1, -1, self.ring.shape[-1])
             guides = torch.gather(self.ring, 1, idx)  # [B, Q, D], normalised
         if c0 == n:  # the usual case: one new column
-            mask, angles = self._column_mask(n, lo, window), self._column_angles(self.dec_rope, n)
+            mask, angles = self.cols.mask(n, lo), self.cols.angles(self.dec_rope, n)
         else:
             cols = torch.arange(c0, n + 1, device=self.device)
             keys = torch.arange(lo, n + 1, device=self.device)
             mask = window_mask(cols, keys, self.pad, window).dense
-            if self.same_pad:
+            if self.cols.same:
                 angles = self.dec_rope.span(c0 - self.pad_list[0], n + 1 - c0)
             else:
                 angles = self.dec_rope((cols[None] - self.pad[:, None]).clamp(min=0))
@@ -289,20 +277,6 @@ class HATCachedEngine:
             x = layer(x, self.batch, angles, mask, cache)
         last = x.view(self.batch, -1, x.shape[-1])[:, -1]  # only the last column is predicted
         return self._logits(_rms(dec.norm, last))
-
-    def _column_angles(self, rope: RopeTable, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE angles of column n (past every prompt, so no clamp): [B or 1, 1, 1, Dh]."""
-        if self.same_pad:
-            return rope.span(n - self.pad_list[0], 1)
-        return rope(self.neg_pad + n)
-
-    def _column_mask(self, n: int, lo: int, window: int | None) -> torch.Tensor | None:
-        """Mask of the query at column n over keys [lo, n]: causal and in the window by
-        construction, so only left padding (keys before a row's start) can need hiding."""
-        if lo >= self.pad_max:
-            return None
-        q, keys = torch.tensor([n], device=self.device), torch.arange(lo, n + 1, device=self.device)
-        return window_mask(q, keys, self.pad, window).dense
 
     # ---- helpers ------------------------------------------------------------------
     def _pool(self, items: list[tuple[int, int, int]]) -> torch.Tensor:

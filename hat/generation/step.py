@@ -1,13 +1,15 @@
-"""The cached single-step machinery: KV caches (``ColumnCache``, ``RowCache``), ``window_mask``
-and the single-step versions of a transformer layer and the word pooler (``StepLayer``,
-``StepPooler``, with ``RopeTable`` and ``rotate``)."""
+"""The cached single-step machinery: KV caches (``ColumnCache``, ``RowCache``), ``window_mask``,
+left-padded columns (``LeftPadding``) and the single-step versions of a transformer layer and
+the word pooler (``StepLayer`` / ``step_layers``, ``StepPooler``, with ``RopeTable`` and
+``rotate``). Used by both HAT's and the BPE twin's cached engines, so that the two are
+engineered alike."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from hat.block import AttentionMask, Block, RMSNorm, rope_angles
+from hat.block import AttentionMask, Block, RMSNorm, Transformer, rope_angles
 from hat.pooling import WordPooler, ragged_attention_pool
 
 
@@ -88,6 +90,36 @@ def window_mask(
     return AttentionMask(dense=(ok | (diff == 0)[None])[:, None])
 
 
+class LeftPadding:
+    """Prompts left-padded to one column axis: column c of row r is position c - pad[r].
+
+    Gives a one-column step (column n, past every prompt) its RoPE angles and its mask, with
+    views rather than new tensors where it can: steps are op-bound."""
+
+    def __init__(self, lengths: list[int], max_new: int, device: torch.device) -> None:
+        self.width = max(lengths)  # prompt columns
+        self.pad_list = [self.width - n for n in lengths]
+        self.pad = torch.tensor(self.pad_list, device=device)  # [B] document start column
+        self.neg_pad = -self.pad[:, None]  # + column = position [B, 1]
+        self.pad_max = max(self.pad_list)
+        # equal-length prompts (always at batch 1): a column is the same position in every row
+        self.same = self.pad_max == min(self.pad_list)
+        keys = torch.arange(self.width + max_new + 1, device=device)
+        self.key_ok = (keys[None] >= self.pad[:, None])[:, None, None]  # [B, 1, 1, columns]
+
+    def angles(self, rope: RopeTable, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE angles of column n (past every prompt, so no clamp): [B or 1, 1, 1, Dh]."""
+        if self.same:
+            return rope.span(n - self.pad_list[0], 1)
+        return rope(self.neg_pad + n)
+
+    def mask(self, n: int, lo: int) -> torch.Tensor | None:
+        """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them
+        causal and in the window, so only left padding (keys before a row's start) can need
+        hiding; None when none is in reach. Column n itself is never padding."""
+        return None if lo >= self.pad_max else self.key_ok[..., lo : n + 1]
+
+
 # ==== single-step stacks ===============================================================
 # A cached step runs a stack on one column: a few hundred kilobytes of weights, but ~100 tiny
 # ops per layer, so on a CPU (and on a GPU without graphs) the per-op cost dominates. The
@@ -164,6 +196,15 @@ class StepLayer:
         x = x + torch.mm(out.transpose(1, 2).reshape(x.shape[0], -1), self.o)
         gate, up = _project(_rms(self.mlp_norm, x), self.gate_up).chunk(2, dim=-1)
         return x + torch.mm(F.silu(gate) * up, self.down)
+
+
+FUSE_MAX_PARAMS = 2**25  # stacks up to this size get fused (copied) weights in StepLayer
+
+
+def step_layers(stack: Transformer) -> list[StepLayer]:
+    """The stack's blocks as ``StepLayer``s; fused only when the copies are cheap."""
+    fuse = sum(p.numel() for p in stack.parameters()) <= FUSE_MAX_PARAMS
+    return [StepLayer(b, fuse) for b in stack.layers]
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
