@@ -89,8 +89,10 @@ def print_table(results: dict) -> None:
     table = Table(title=f"hat-eval (rolling window {results['window_bytes']} bytes)")
     table.add_column("evaluation")
     for name, row in models.items():
+        path = Path(name)  # outputs/small/model -> small/model: the run names the model
+        short = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         table.add_column(
-            f"{name}\n({row['model_type']}, {row['params'] / 1e6:.1f} M)", justify="right"
+            f"{short}\n({row['model_type']}, {row['params'] / 1e6:.1f} M)", justify="right"
         )
     first = next(iter(models.values()))
     for key in first["bits_per_byte"]:
