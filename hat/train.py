@@ -154,6 +154,12 @@ def build_model(
     return model
 
 
+def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedLM:
+    """The model itself, without DDP/FSDP wrappers and without torch.compile's wrapper
+    (``trainer.compile=true``): what save_pretrained, generate and score run on."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def new_model_like(model: PreTrainedLM) -> PreTrainedLM:
     """An empty (meta-device) model of the same class, config and tokenizer."""
     with torch.device("meta"):
@@ -361,9 +367,11 @@ def padding_batch(previous: dict[str, torch.Tensor] | None, loader: Any) -> dict
 # ---- export and sample -----------------------------------------------------------------------
 def export_model(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
     """save_pretrained of the full (unsharded) model, written to a temp dir and renamed."""
-    state = accelerator.get_state_dict(model)  # gathers FSDP shards; every rank must call it
+    # torch.compile's wrapper (outermost) would prefix every weight name with "_orig_mod."
+    sharded = getattr(model, "_orig_mod", model)
+    state = accelerator.get_state_dict(sharded)  # gathers FSDP shards; every rank must call it
     if accelerator.is_main_process:
-        shell = new_model_like(accelerator.unwrap_model(model))
+        shell = new_model_like(unwrap(accelerator, model))
         shell.load_state_dict(state, assign=True)  # no copy: the shell uses the state's tensors
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -517,7 +525,7 @@ class Trainer:
 
     @property
     def plain_model(self) -> PreTrainedLM:
-        return self.accelerator.unwrap_model(self.model)
+        return unwrap(self.accelerator, self.model)
 
     def train_step(self) -> tuple[StepStats, float]:
         """One optimizer step on the next global batch; NaN/inf stops the run or skips the batch."""

@@ -22,7 +22,14 @@ import torch
 
 from hat.data import DataConfig, build_train_loader, iter_documents
 from hat.metrics import mfu, peak_flops
-from hat.train import build_model, build_optimizer, make_accelerator, train_step, train_tokenizer
+from hat.train import (
+    build_model,
+    build_optimizer,
+    make_accelerator,
+    train_step,
+    train_tokenizer,
+    unwrap,
+)
 from hat.train_config import BPEModelConfig, HATModelConfig, TrainConfig, TrainerConfig
 
 
@@ -65,7 +72,7 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    plain = accelerator.unwrap_model(model)
+    plain = unwrap(accelerator, model)
     result = {
         "model": plain.config.name,
         "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),

@@ -393,3 +393,18 @@ def test_each_source_is_evaluated_on_its_own(tmp_path: Path, sample_text: str) -
     assert line["eval_bpb"] == pytest.approx(line["eval_bpb/austen_a"])  # the mixture is source a
     assert line["eval_bpb/held"] != line["eval_bpb"]
     assert result.eval_bpb == pytest.approx(line["eval_bpb"], abs=1e-6)
+
+
+def test_export_of_a_compiled_model(tiny_hat: hat.HATForCausalLM, tmp_path: Path) -> None:
+    """trainer.compile=true wraps the model in torch.compile's OptimizedModule: the export and
+    the in-memory model the trainer hands out must be the plain model, with plain weight names."""
+    from accelerate import Accelerator
+
+    from hat.train import export_model, unwrap
+
+    accelerator = Accelerator(cpu=True)
+    compiled = torch.compile(tiny_hat)  # lazy: nothing is compiled until a forward
+    assert unwrap(accelerator, compiled) is tiny_hat
+    export_model(accelerator, compiled, tmp_path / "model")
+    loaded = hat.HATForCausalLM.from_pretrained(tmp_path / "model")
+    assert loaded.score(["Compiled, exported."]) == tiny_hat.score(["Compiled, exported."])
