@@ -61,6 +61,9 @@ class WordPooler(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, rope_angles(word_end_pos, self.head_dim, self.theta))
         k = apply_rope(k, rope_angles(byte_pos, self.head_dim, self.theta))
+        # under autocast k and v come out of the projections in bf16 while the learned query
+        # stays fp32: the kernel takes one dtype, the one the projections compute in
+        q, k = q.to(v.dtype), k.to(v.dtype)
         pooled = ragged_attention_pool(
             q.contiguous(), k.contiguous(), v.contiguous(), offsets, self.impl
         )

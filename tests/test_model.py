@@ -209,3 +209,48 @@ def test_mask_is_causal_windowed_and_per_document() -> None:
         dtype=torch.bool,
     )
     assert torch.equal(mask, expected)
+
+
+def test_mixed_precision_pools_in_one_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast the projections give bf16 while the learned query is fp32; the
+    fused kernel takes a single dtype (it raised on GPU), so the pooler must hand it one."""
+    model = tiny()
+    seen = []
+    pool = hat.pooling.hat_kernels.ragged_attention_pool
+
+    def spy(q, k, v, offsets, impl="auto"):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return pool(q, k, v, offsets, impl=impl)
+
+    monkeypatch.setattr(hat.pooling.hat_kernels, "ragged_attention_pool", spy)
+    batch = collate_documents([document_words("Mixed precision, one dtype.", model.splitter)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    out.loss.backward()
+    assert seen == [(torch.bfloat16,) * 3]
+    assert math.isfinite(float(out.loss))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_training_step_matches_fp32() -> None:
+    """What hat-train does on a GPU: bf16 autocast, flex attention, the Triton pooling kernel;
+    its loss and gradients stay close to the fp32 reference path of the same model."""
+    model = tiny().cuda().train()
+    texts = ["It is a truth universally acknowledged. " * 4, "日本語のテキスト 👍🏽 " * 6]
+    batch = collate_documents([document_words(t, model.splitter) for t in texts], pad_to=512)
+    batch = {k: v.cuda() for k, v in batch.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.config.attn_impl, model.pooler.impl = "sdpa", "reference"
+    reference = model(**batch).loss
+    reference.backward()
+    assert float(loss) == pytest.approx(float(reference), rel=2e-2)
+    for name, param in model.named_parameters():
+        cos = torch.nn.functional.cosine_similarity(
+            grads[name].flatten(), param.grad.flatten(), dim=0
+        )
+        assert cos > 0.95, name
