@@ -337,6 +337,29 @@ def test_triton_pool_matches_reference(interpreter, case):
     assert (dk[sum(lengths) :] == 0).all() and (dv[sum(lengths) :] == 0).all()  # no word's bytes
 
 
+def test_triton_in_the_model_matches_reference(interpreter):
+    """The model's pooling through the Triton kernel (ragged offsets from a real packed batch,
+    padding word, EOD words) gives the reference path's loss and gradients."""
+    import hat
+    from hat.batching import collate_documents, document_words
+
+    torch.manual_seed(0)
+    model = hat.HATForCausalLM(hat.HATConfig.from_name("tiny"))
+    texts = ["It's 3.14, not 1,000.", "日本語 👍🏽 " + "x" * 120, "a"]
+    batch = collate_documents([document_words(t, model.splitter) for t in texts], pad_to=200)
+    results = {}
+    for impl in ("reference", "triton"):
+        model.zero_grad()
+        model.pooler.impl = impl
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[impl] = (loss.detach(), grads)
+    torch.testing.assert_close(results["triton"][0], results["reference"][0])
+    for name, grad in results["reference"][1].items():
+        torch.testing.assert_close(results["triton"][1][name], grad, atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("head_dim,heads", [(16, 3), (32, 2), (48, 2), (64, 1), (96, 1), (128, 2)])
 def test_triton_pool_head_dims(interpreter, head_dim, heads):
     lengths = realistic_lengths(30) + [0, 100]
