@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -230,6 +231,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         precision = (
             "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         )
+    # accelerate keeps its settings (mixed precision, ...) in a process-wide singleton that
+    # refuses a second Accelerator with other settings; each run starts from its own config
+    # (as transformers' Trainer does). The distributed state (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="no" if precision == "fp32" else precision,

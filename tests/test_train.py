@@ -408,3 +408,20 @@ def test_export_of_a_compiled_model(tiny_hat: hat.HATForCausalLM, tmp_path: Path
     export_model(accelerator, compiled, tmp_path / "model")
     loaded = hat.HATForCausalLM.from_pretrained(tmp_path / "model")
     assert loaded.score(["Compiled, exported."]) == tiny_hat.score(["Compiled, exported."])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hat", "bpe"])
+def test_bf16_autocast_run(kind: str, tmp_path: Path, tiny_tokenizer) -> None:
+    """trainer.precision=bf16 (what GPUs run) end to end on CPU: autocast through training,
+    evaluation, checkpoint and export. (The kernel's one-dtype contract under autocast is
+    checked in tests/test_model.py: the CPU reference path would accept mixed dtypes.)"""
+    cfg = tiny_config(tmp_path / kind, steps=3, precision="bf16", checkpoint_interval=0)
+    if kind == "bpe":
+        cfg.model = BPEModelConfig.preset("bpe_tiny")
+        cfg.model.tokenizer = str(tiny_tokenizer.model_file)
+    result = train(cfg)
+    assert math.isfinite(result.eval_bpb)
+    losses = [r["loss"] for r in read_metrics(tmp_path / kind)]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert hat.load_pretrained(result.export_dir).num_parameters() > 0
