@@ -115,12 +115,14 @@ def compare_models(
             "model_type": model.config.model_type,
             "params": model.num_parameters(),
         }
+        scored: dict[int, float] = {}  # one list under two names (a mixture of one source)
+        for docs in (documents or {}).values():
+            if any(docs) and id(docs) not in scored:
+                scored[id(docs)] = bits_per_byte(
+                    model, list(docs), batch_size=batch_size, rolling=True, window_bytes=window
+                )
         row["bits_per_byte"] = {
-            set_name: bits_per_byte(
-                model, list(docs), batch_size=batch_size, rolling=True, window_bytes=window
-            )
-            for set_name, docs in (documents or {}).items()
-            if any(docs)
+            name: scored[id(docs)] for name, docs in (documents or {}).items() if any(docs)
         }
         row["tasks"] = {
             task: dataclasses.asdict(multiple_choice(model, examples, batch_size=batch_size))

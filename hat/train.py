@@ -584,9 +584,13 @@ class Trainer:
         """Held-out loss and bits per byte of the mixture (``eval_bpb``) and, with several
         sources, of each (``eval_bpb/<source>``); returns the mixture's."""
         record: dict[str, Any] = {"step": self.step, "kind": "eval"}
-        results = {}
+        results, by_config = {}, {}  # a set that is the mixture itself is evaluated once
         for name, data in self.eval_sets.items():
-            result = evaluate(self.model, self.eval_batches(data), self.accelerator)
+            if id(data) not in by_config:
+                by_config[id(data)] = evaluate(
+                    self.model, self.eval_batches(data), self.accelerator
+                )
+            result = by_config[id(data)]
             where = f" on {name}" if name else ""
             if result.n_bytes == 0:
                 logger.warning(f"step {self.step}: no held-out documents{where}: nothing evaluated")

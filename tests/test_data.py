@@ -343,6 +343,7 @@ def test_weight_zero_sources_are_evaluated_not_trained(tmp_path: Path) -> None:
     assert list(sets) == ["corpus", "english"]
     assert list(iter_documents(sets["english"], "eval")) == [f"en{i}" for i in range(3, 40, 4)]
     assert list(iter_documents(sets["corpus"], "eval")) == list(iter_documents(cfg, "eval"))
+    assert sets["corpus"] is cfg  # the only trained source is the mixture: evaluated once
     assert DataConfig(sources[:1]).eval_sets() == {}  # one source: the mixture is all there is
     with pytest.raises(ValueError, match="no file matches"):  # weight 0 is still checked
         DataConfig([sources[0], SourceConfig(str(tmp_path / "nope.txt"), weight=0.0)]).validate()

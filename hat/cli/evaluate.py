@@ -56,13 +56,14 @@ ConfigStore.instance().store(name="eval_schema", node=EvalJob)
 
 def held_out_documents(data: DataConfig, max_docs: int | None) -> dict[str, list[str]]:
     """``held_out`` (the mixture) and ``held_out/<source>`` for each source when there are several."""
-    sets = {"held_out": data, **{f"held_out/{k}": v for k, v in data.eval_sets().items()}}
     if max_docs == 0:
         return {}
-    return {
-        name: list(itertools.islice(iter_documents(cfg, "eval"), max_docs))
-        for name, cfg in sets.items()
-    }
+    sets = {"held_out": data, **{f"held_out/{k}": v for k, v in data.eval_sets().items()}}
+    read: dict[int, list[str]] = {}  # a source that is the whole mixture is read once
+    for cfg in sets.values():
+        if id(cfg) not in read:
+            read[id(cfg)] = list(itertools.islice(iter_documents(cfg, "eval"), max_docs))
+    return {name: read[id(cfg)] for name, cfg in sets.items()}
 
 
 def run(job: EvalJob) -> dict:

@@ -121,13 +121,21 @@ class DataConfig:
 
     def eval_sets(self) -> dict[str, DataConfig]:
         """Each source on its own (weight-0 ones included), by ``display_name``, for per-source
-        held-out metrics; empty when there is only the one source the mixture already is."""
+        held-out metrics; empty when there is only the one source the mixture already is.
+
+        When a single source has weight > 0 the mixture *is* that source: its entry is this
+        config itself, so callers that evaluate each distinct config once do not read it twice.
+        """
         if len(self.sources) < 2 or not self.eval_every:
             return {}
+        trained = [src for src in self.sources if src.weight > 0]
         sets: dict[str, DataConfig] = {}
         for i, src in enumerate(self.sources):
             name = src.display_name()
             name = name if name not in sets else f"{name}-{i}"
+            if trained == [src]:
+                sets[name] = self
+                continue
             source = dataclasses.replace(src, weight=1.0)
             sets[name] = DataConfig([source], self.eval_every, self.seed, num_workers=0)
         return sets
