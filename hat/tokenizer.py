@@ -57,7 +57,13 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; ``decode`` gives the same text back, byte for byte."""
-        check_encodable(text)  # sentencepiece would fail deep inside on a lone surrogate
+        try:
+            return self._encode(text)
+        except RuntimeError:  # sentencepiece's message for a lone surrogate says nothing useful
+            check_encodable(text)
+            raise
+
+    def _encode(self, text: str) -> list[int]:
         if "\u2581" not in text:
             return self.sp.encode(text) if text else []
         # sentencepiece reads a literal U+2581 as its own space marker (decoding it as " "):

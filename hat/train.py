@@ -26,7 +26,6 @@ Output directory (``trainer.output_dir``)::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -46,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hat.auto import load_pretrained
 from hat.batching import IGNORE
 from hat.bpe import BPEForCausalLM
 from hat.checkpoint import (
@@ -133,16 +133,14 @@ def build_model(
 ) -> PreTrainedLM:
     """A fresh model of the configured architecture, or the ``init_from`` model."""
     arch = architecture(model_cfg)
-    cls = BPEForCausalLM if arch.model_type == "bpe" else HATForCausalLM
     if not model_cfg.init_from:
-        return cls(arch, tokenizer) if arch.model_type == "bpe" else cls(arch)
-    saved = json.loads((Path(model_cfg.init_from) / "config.json").read_text())
-    if saved.get("model_type") != arch.model_type:
+        return BPEForCausalLM(arch, tokenizer) if arch.model_type == "bpe" else HATForCausalLM(arch)
+    model = load_pretrained(model_cfg.init_from).train()
+    if model.config.model_type != arch.model_type:
         raise ValueError(
-            f"model.init_from={model_cfg.init_from} holds a {saved.get('model_type')!r} model but the selected "
-            f"model config is {arch.model_type!r}; choose a matching model= preset"
+            f"model.init_from={model_cfg.init_from} holds a {model.config.model_type!r} model but the "
+            f"selected model config is {arch.model_type!r}; choose a matching model= preset"
         )
-    model = cls.from_pretrained(model_cfg.init_from)
     differ = sorted(
         k for k, v in arch.to_dict().items() if k != "name" and model.config.to_dict().get(k) != v
     )
@@ -387,12 +385,11 @@ def export_model(accelerator: Accelerator, model: torch.nn.Module, directory: Pa
 
 
 def generate_sample(model: PreTrainedLM, prompt: str, max_new_tokens: int, seed: int) -> str | None:
-    """A short sampled continuation of ``prompt`` if the model can generate, else None."""
-    generate = getattr(model, "generate", None)
-    if generate is None or max_new_tokens <= 0:
+    """A short sampled continuation of ``prompt`` (None if ``max_new_tokens`` is 0)."""
+    if max_new_tokens <= 0:
         return None
     try:
-        out = generate(
+        return model.generate(
             prompt,
             max_new_tokens=max_new_tokens,
             do_sample=True,
@@ -403,11 +400,6 @@ def generate_sample(model: PreTrainedLM, prompt: str, max_new_tokens: int, seed:
     except Exception as err:  # generation is a bonus here; never fail a finished run over it
         logger.warning(f"no sample: generate() failed ({type(err).__name__}: {err})")
         return None
-    if isinstance(out, list | tuple):
-        out = out[0] if out else ""
-    if isinstance(out, bytes):
-        out = out.decode("utf-8", errors="replace")
-    return out if isinstance(out, str) else None
 
 
 # ---- the loop --------------------------------------------------------------------------------

@@ -425,3 +425,22 @@ def test_bf16_autocast_run(kind: str, tmp_path: Path, tiny_tokenizer) -> None:
     losses = [r["loss"] for r in read_metrics(tmp_path / kind)]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert hat.load_pretrained(result.export_dir).num_parameters() > 0
+
+
+@pytest.mark.slow
+def test_init_from_continues_from_the_exported_weights(tmp_path: Path) -> None:
+    """Continued pretraining: model.init_from starts from the saved weights (not a fresh init),
+    with a fresh optimizer and step count; a model of the other kind is refused by name."""
+    first = train(tiny_config(tmp_path / "first", steps=30, checkpoint_interval=0))
+    cfg = tiny_config(tmp_path / "second", steps=2, checkpoint_interval=0)
+    cfg.model.init_from = str(first.export_dir)
+    train(cfg)
+    fresh_loss = read_metrics(tmp_path / "first")[0]["loss"]
+    continued = read_metrics(tmp_path / "second")
+    assert [r["step"] for r in continued] == [1, 2]
+    assert continued[0]["loss"] < fresh_loss - 1.0  # starts where the first run ended
+    cfg = tiny_config(tmp_path / "third", steps=2)
+    cfg.model = BPEModelConfig.preset("bpe_tiny")
+    cfg.model.init_from = str(first.export_dir)
+    with pytest.raises(ValueError, match="holds a 'hat' model"):
+        train(cfg)
