@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, as one script sized for a short device lease (each step has a
-# time limit: at most 12 minutes in all on an H100/H200; not yet run on one). Results land in $OUT (or ./gpu_out): pytest's GPU log and the three benchmarks'
-# JSON, to be copied into BENCHMARKS.md with the device named. Needs the wheels of
-# scripts/gpu_wheels.sh in .wheels/ when the machine cannot reach PyPI.
+# Every check that needs a GPU, as one script sized for a short device lease. Each step has a
+# time limit (at most 12 minutes in all on an H100/H200; not yet run on one). Results land in
+# $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for BENCHMARKS.md with the
+# device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/ when the machine cannot
+# reach PyPI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"; mkdir -p "$OUT"
