@@ -12,7 +12,7 @@ from hat.generation.step import (
     ColumnCache,
     LeftPadding,
     RopeTable,
-    _rms,
+    rms,
     step_layers,
     window_mask,
 )
@@ -68,7 +68,7 @@ class BPECachedEngine:
         for layer, cache in zip(self.layers, self.caches):
             x = layer(x, self.batch, angles, mask, cache)
         self.n = n + 1
-        return self._logits(_rms(self.model.backbone.norm, x))
+        return self._logits(rms(self.model.backbone.norm, x))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return softcap(self.model.head(hidden), self.model.config.logit_softcap)

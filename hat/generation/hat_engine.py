@@ -17,7 +17,7 @@ from hat.generation.step import (
     RopeTable,
     RowCache,
     StepPooler,
-    _rms,
+    rms,
     step_layers,
     window_mask,
 )
@@ -237,8 +237,8 @@ class HATCachedEngine:
                 c.slots, c.read_to = slots, read_to
             for layer, cache in zip(self.bb_layers, self.bb_caches):
                 x = layer(x, self.batch, angles, mask, cache)
-            out = _rms(self.model.backbone.norm, x)  # [B, D]
-            guide = _rms(self.model.decoder.guide_norm, out)  # guide of each row's next word
+            out = rms(self.model.backbone.norm, x)  # [B, D]
+            guide = rms(self.model.decoder.guide_norm, out)  # guide of each row's next word
             if uniform:
                 self.ring[:, read_to % self.ring_size] = guide
             else:
@@ -276,7 +276,7 @@ class HATCachedEngine:
                 x = x + F.linear(guides, dec.guide_proj[i].weight)
             x = layer(x, self.batch, angles, mask, cache)
         last = x.view(self.batch, -1, x.shape[-1])[:, -1]  # only the last column is predicted
-        return self._logits(_rms(dec.norm, last))
+        return self._logits(rms(dec.norm, last))
 
     # ---- helpers ------------------------------------------------------------------
     def _pool(self, items: list[tuple[int, int, int]]) -> torch.Tensor:

@@ -182,19 +182,19 @@ class StepLayer:
     ) -> torch.Tensor:
         """x [B * S, D] (row-major over B, S) -> [B * S, D]."""
         seq, qk_heads = x.shape[0] // batch, self.heads + self.kv_heads
-        qkv = _project(_rms(self.attn_norm, x), self.qkv)
+        qkv = _project(rms(self.attn_norm, x), self.qkv)
         qkv = qkv.view(batch, seq, qk_heads + self.kv_heads, self.head_dim)
         qk, v = qkv[:, :, :qk_heads], qkv[:, :, qk_heads:]
         if self.q_norm is not None:
             q, k = qk.split([self.heads, self.kv_heads], dim=2)
-            qk = torch.cat([_rms(self.q_norm, q), _rms(self.k_norm, k)], dim=2)
+            qk = torch.cat([rms(self.q_norm, q), rms(self.k_norm, k)], dim=2)
         qk = rotate(qk, angles).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
         k, v = cache.update(qk[:, self.heads :], v.transpose(1, 2))
         out = F.scaled_dot_product_attention(
             qk[:, : self.heads], k, v, attn_mask=mask, enable_gqa=self.gqa
         )
         x = x + torch.mm(out.transpose(1, 2).reshape(x.shape[0], -1), self.o)
-        gate, up = _project(_rms(self.mlp_norm, x), self.gate_up).chunk(2, dim=-1)
+        gate, up = _project(rms(self.mlp_norm, x), self.gate_up).chunk(2, dim=-1)
         return x + torch.mm(F.silu(gate) * up, self.down)
 
 
@@ -214,7 +214,8 @@ def _project(x: torch.Tensor, weight: torch.Tensor | list[torch.Tensor]) -> torc
     return torch.cat([torch.mm(x, w) for w in weight], dim=-1)
 
 
-def _rms(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+def rms(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` without nn.Module dispatch (shared by both engines' per-step code)."""
     return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
 
 
@@ -227,7 +228,7 @@ class StepPooler:
         self.heads, self.head_dim = pooler.n_heads, pooler.head_dim
         self.kv = torch.cat([pooler.k_proj.weight, pooler.v_proj.weight])
         q = pooler.query
-        self.query = q if pooler.q_norm is None else _rms(pooler.q_norm, q)  # [H, Dh]
+        self.query = q if pooler.q_norm is None else rms(pooler.q_norm, q)  # [H, Dh]
 
     def __call__(
         self,
@@ -239,10 +240,10 @@ class StepPooler:
         """states [N, De], ``rope`` of the bytes' positions [N] and of the words' last bytes
         [W], offsets [W+1] -> [W, D]."""
         p = self.pooler
-        kv = F.linear(_rms(p.norm, states), self.kv).view(-1, 2 * self.heads, self.head_dim)
+        kv = F.linear(rms(p.norm, states), self.kv).view(-1, 2 * self.heads, self.head_dim)
         k, v = kv[:, : self.heads], kv[:, self.heads :]
         if p.k_norm is not None:
-            k = _rms(p.k_norm, k)
+            k = rms(p.k_norm, k)
         q = rotate(self.query.expand(offsets.shape[0] - 1, -1, -1), end_angles)
         k = rotate(k, angles)
         pooled = ragged_attention_pool(q, k, v.contiguous(), offsets, p.impl)
