@@ -1,15 +1,17 @@
 """hat: hierarchical autoregressive transformers — byte-level language models with no fixed
 tokenizer — and their BPE twins, built from the same parts."""
 
+import hat.presets  # noqa: F401 - registers the built-in presets
 from hat.auto import load_pretrained
 from hat.batching import collate_documents, document_words, layout_words
 from hat.bpe import BPEForCausalLM
-from hat.config import BPEConfig, HATConfig, TransformerConfig, load_config
+from hat.config import BPEConfig, HATConfig, TransformerConfig, preset, preset_names
 from hat.generation import GenerationConfig, TextStreamer
 from hat.hf_tokenizer import HATTokenizer
 from hat.model import HATForCausalLM
 from hat.modeling import CausalLMOutput
 from hat.pooling import ragged_attention_pool
+from hat.registry import KINDS, kind_of, load_config
 from hat.splitter import EOD, PAD, HATWordSplitter, WhitespaceSplitter, make_splitter
 from hat.tokenizer import BPETokenizer
 
@@ -26,15 +28,19 @@ __all__ = [
     "HATForCausalLM",
     "HATTokenizer",
     "HATWordSplitter",
+    "KINDS",
     "PAD",
     "TextStreamer",
     "TransformerConfig",
     "WhitespaceSplitter",
     "collate_documents",
     "document_words",
+    "kind_of",
     "layout_words",
     "load_config",
     "load_pretrained",
     "make_splitter",
+    "preset",
+    "preset_names",
     "ragged_attention_pool",
 ]

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import torch
 
-from hat.bpe import BPEForCausalLM
-from hat.config import load_config
-from hat.model import HATForCausalLM
 from hat.modeling import CONFIG_FILE, PreTrainedLM
+from hat.registry import kind_of, load_config
 
 
 def load_pretrained(
@@ -17,11 +15,8 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> PreTrainedLM:
-    """``HATForCausalLM`` or ``BPEForCausalLM``, as the directory's ``config.json`` says, in
-    eval mode. Errors name the file that is missing or wrong."""
-    path = Path(directory)
-    if not (path / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{path / CONFIG_FILE} not found: is {path} a saved hat model?")
-    config = load_config(path / CONFIG_FILE)
-    cls = HATForCausalLM if config.model_type == "hat" else BPEForCausalLM
-    return cls.from_pretrained(path, device=device, dtype=dtype).eval()
+    """The model a ``save_pretrained`` directory holds, of the class its ``config.json``'s
+    ``model_type`` names, in eval mode. Errors name the file that is missing or wrong."""
+    config = load_config(Path(directory) / CONFIG_FILE)
+    model_class = kind_of(config).model_class
+    return model_class.from_pretrained(directory, device=device, dtype=dtype).eval()

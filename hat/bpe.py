@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ from hat.backbone import Backbone
 from hat.batching import IGNORE, document_starts, positions_since
 from hat.block import AttentionMask
 from hat.config import BPEConfig
+from hat.data.packing import BPEFormat
 from hat.generation import GenerationMixin
+from hat.generation.specs import ModelSpec, bpe_spec
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, softcap
 from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
 
@@ -54,7 +57,7 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
         if labels is not None and label_bytes is None and self.tokenizer is not None:
             label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
-        return causal_lm_output(logits, labels, label_bytes)
+        return causal_lm_output(logits, labels, BOS_ID, label_bytes)
 
     def _require_tokenizer(self) -> BPETokenizer:
         if self.tokenizer is None:
@@ -100,3 +103,33 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
 
     def _tied_keys(self) -> set[str]:
         return {"head.weight", "embed.weight"} if self.config.tie_embeddings else set()
+
+    # ---- what the trainer, data pipeline and generate() ask of each model kind ---------
+    def data_format(self) -> BPEFormat:
+        """Documents as ``[BOS] + tokens`` of this model's tokenizer."""
+        return BPEFormat(self._require_tokenizer())
+
+    def generation_spec(self) -> ModelSpec:
+        return bpe_spec(self)
+
+    def units_per_row(self, row_bytes: int, texts: Iterable[str]) -> int:
+        """Tokens that hold ``row_bytes`` bytes of text like ``texts``, measured with this
+        model's tokenizer (each document with its start marker, as rows hold them), so the
+        twin reads as much text per row as a HAT row of ``row_bytes`` bytes."""
+        tok = self._require_tokenizer()
+        n_bytes = n_tokens = 0
+        for text in texts:
+            n_bytes += len(text.encode("utf-8")) + 1  # + the document start (EOD byte / BOS)
+            n_tokens += len(tok.encode(text)) + 1
+        if n_bytes == 0:
+            raise ValueError("units_per_row needs some text to measure the tokenizer on")
+        return max(1, round(row_bytes * n_tokens / n_bytes))
+
+    @staticmethod
+    def backbone_positions(batch: dict[str, torch.Tensor]) -> int:
+        """Tokens the backbone predicts from in a batch."""
+        return int((batch["labels"] != IGNORE).sum())
+
+    def empty_copy(self) -> BPEForCausalLM:
+        with torch.device("meta"):
+            return type(self)(self.config, self.tokenizer)

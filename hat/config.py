@@ -1,17 +1,46 @@
-"""Typed model configurations and named presets.
+"""Typed model configurations and the table of named presets.
 
-Hydra fills these dataclasses from YAML (``configs/model/*.yaml``); Python users call
-``HATConfig.from_name("small")``. ``validate()`` runs on construction of every model so a
-bad value fails early with a message that says what to change.
+Hydra fills these dataclasses from YAML (the ``model`` config group); Python users call
+``HATConfig.from_name("small")`` or ``hat.preset("small")``. ``validate()`` runs on
+construction of every model so a bad value fails early with a message that says what to change.
+
+Presets are registered by name (``@register_preset``; ``hat.presets`` holds the built-in ones)
+so this module needs nothing from the modules that define them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+
+def mean_keys(seq: float, window: int | None = None) -> float:
+    """Mean number of keys a causal query attends to over a row of ``seq`` positions.
+
+    Position ``i`` (0-based) sees ``min(i + 1, window)`` keys. ``seq`` may be fractional (a
+    byte length divided by bytes per word); the continuous formula is used as is.
+    """
+    if seq <= 0:
+        return 0.0
+    if window is None or window >= seq:
+        return (seq + 1) / 2
+    # first `window` positions see 1..window keys, the rest see `window` each
+    return (window * (window + 1) / 2 + (seq - window) * window) / seq
+
+
+TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (twice the forward)
+
+
+def _row(seq_len: float | None, default: float, bytes_per_unit: float) -> float:
+    """Positions in a row of ``seq_len`` bytes (default ``default`` bytes)."""
+    if bytes_per_unit <= 0:
+        raise ValueError(f"bytes_per_unit must be > 0, got {bytes_per_unit}")
+    seq_bytes = float(default if seq_len is None else seq_len)
+    if seq_bytes <= 0:
+        raise ValueError(f"seq_len must be > 0, got {seq_len}")
+    return seq_bytes
 
 
 @dataclass
@@ -42,6 +71,22 @@ class TransformerConfig:
             return self.ffn_dim
         return 64 * ((8 * self.dim // 3 + 63) // 64)
 
+    def block_matmul_params(self) -> int:
+        """Weights of one block that multiply activations: q, k, v, o and the SwiGLU maps."""
+        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.kv_heads)
+        return attn + 3 * self.dim * self.hidden_dim
+
+    def forward_flops(self, seq: float) -> dict[str, float]:
+        """Forward FLOPs per position over a row of ``seq`` positions, ``{"matmul",
+        "attention"}`` (the conventions are in ``hat.flops``)."""
+        matmul = 2 * self.block_matmul_params() * self.n_layers
+        keys = mean_keys(seq, self.window)
+        return {"matmul": float(matmul), "attention": 4.0 * self.dim_qk * keys * self.n_layers}
+
+    @property
+    def dim_qk(self) -> int:
+        return self.n_heads * self.head_dim
+
     def validate(self, where: str) -> None:
         if self.dim % self.n_heads:
             raise ValueError(
@@ -60,6 +105,7 @@ class TransformerConfig:
 
 
 ATTN_IMPLS = ("auto", "sdpa", "flex")
+_STACKS = ("encoder", "backbone", "decoder")  # HATConfig's TransformerConfig fields
 POOL_IMPLS = ("auto", "reference", "triton")
 SPLITTERS = ("hat", "whitespace")
 
@@ -90,13 +136,13 @@ class HATConfig:
     model_type: str = "hat"
 
     def __post_init__(self) -> None:
-        for part in ("encoder", "backbone", "decoder"):
+        for part in _STACKS:
             value = getattr(self, part)
             if isinstance(value, dict):
                 setattr(self, part, TransformerConfig(**value))
 
     def validate(self) -> HATConfig:
-        for part in ("encoder", "backbone", "decoder"):
+        for part in _STACKS:
             getattr(self, part).validate(part)
         if self.decoder.dim != self.encoder.dim:
             raise ValueError(
@@ -113,17 +159,52 @@ class HATConfig:
 
     @classmethod
     def from_name(cls, name: str) -> HATConfig:
-        from hat.presets import HAT_PRESETS
+        """A fresh copy of a named HAT preset (``tiny``, ``small``, ``1b``, ``3b``, ``7b``)."""
+        return _preset_of(cls, name)
 
-        if name not in HAT_PRESETS:
-            raise ValueError(f"unknown HAT preset {name!r}; choose one of {sorted(HAT_PRESETS)}")
-        return HAT_PRESETS[name]()
+    def min_row_bytes(self) -> int:
+        """The shortest training row that holds every word: rows are cut between words."""
+        return self.max_word_bytes
+
+    def training_flops_breakdown(
+        self, bytes_per_word: float, seq_len: int | None = None
+    ) -> dict[str, float]:
+        """Training FLOPs per byte of text by component (conventions: ``hat.flops``).
+
+        ``seq_len``: training row in bytes (default ``max_seq_bytes``). Keys: ``encoder``,
+        ``encoder_attention`` (per byte); ``pooling`` (k/v projections and the ragged attention
+        per byte, output projection per word); ``backbone``, ``backbone_attention``, ``guide``
+        (the decoder's guide projection; per word); ``decoder``, ``decoder_attention``,
+        ``byte_head`` (per byte).
+        """
+        seq_bytes = _row(seq_len, self.max_seq_bytes, bytes_per_word)
+        enc, dec, bb_cfg = self.encoder, self.decoder, self.backbone
+        pool = enc.dim_qk  # the pooler's width (its heads are the encoder's)
+        n_guides = dec.n_layers if self.decoder_guide == "every" else 1
+        e, d = enc.forward_flops(seq_bytes), dec.forward_flops(seq_bytes)
+        bb = bb_cfg.forward_flops(seq_bytes / bytes_per_word)
+        per_byte = {
+            "encoder": e["matmul"],
+            "encoder_attention": e["attention"],
+            # every byte is a key of exactly one word query: k and v projections, one score
+            # and one value accumulation per byte and head; the output projection once per word
+            "pooling": 4.0 * enc.dim * pool + 4.0 * pool + 2.0 * pool * bb_cfg.dim / bytes_per_word,
+            "backbone": bb["matmul"] / bytes_per_word,
+            "backbone_attention": bb["attention"] / bytes_per_word,
+            # projected once per word, then broadcast (gathered) to that word's bytes
+            "guide": 2.0 * bb_cfg.dim * dec.dim * n_guides / bytes_per_word,
+            "decoder": d["matmul"],
+            "decoder_attention": d["attention"],
+            "byte_head": 2.0 * dec.dim * 256,
+        }
+        return {k: TRAIN_FLOPS_PER_FORWARD * v for k, v in per_byte.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HATConfig:
+        """The inverse of ``to_dict``; missing or unknown keys are errors that name them."""
         return _from_dict(cls, data)
 
 
@@ -155,17 +236,35 @@ class BPEConfig:
 
     @classmethod
     def from_name(cls, name: str) -> BPEConfig:
-        from hat.presets import BPE_PRESETS
+        """A fresh copy of a named twin preset (``bpe_tiny``, ``bpe_small``, ``bpe_1b``, ...)."""
+        return _preset_of(cls, name)
 
-        if name not in BPE_PRESETS:
-            raise ValueError(f"unknown BPE preset {name!r}; choose one of {sorted(BPE_PRESETS)}")
-        return BPE_PRESETS[name]()
+    def min_row_bytes(self) -> int:
+        """Token rows may be cut anywhere."""
+        return 1
+
+    def training_flops_breakdown(
+        self, bytes_per_token: float, seq_len: int | None = None
+    ) -> dict[str, float]:
+        """Training FLOPs per byte of text by component (conventions: ``hat.flops``):
+        ``backbone``, ``backbone_attention``, ``head`` (all per token; the input embedding
+        is a free lookup). ``seq_len``: training row in bytes (default ``max_seq_tokens``
+        tokens' worth), so a HAT and a twin run over the same rows compare directly."""
+        seq_bytes = _row(seq_len, self.max_seq_tokens * bytes_per_token, bytes_per_token)
+        bb = self.backbone.forward_flops(seq_bytes / bytes_per_token)
+        per_token = {
+            "backbone": bb["matmul"],
+            "backbone_attention": bb["attention"],
+            "head": 2.0 * self.backbone.dim * self.vocab_size,
+        }
+        return {k: TRAIN_FLOPS_PER_FORWARD * v / bytes_per_token for k, v in per_token.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BPEConfig:
+        """The inverse of ``to_dict``; missing or unknown keys are errors that name them."""
         return _from_dict(cls, data)
 
 
@@ -174,22 +273,55 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{key}={value!r} is not one of {choices}")
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Every field must be given (``name`` may be left out), in the stacks too: a saved config
+    missing keys is an error naming them, not defaults that build a model its weights misfit."""
+    where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
+    unknown, missing = sorted(set(data) - known), sorted(known - set(data) - {"name"})
     if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(known)}"
-        )
-    return cls(**data)
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    if missing:
+        raise ValueError(f"{where}: keys missing: {missing}")
+    stacks = {k: _from_dict(TransformerConfig, data[k], k) for k in _STACKS if k in data}
+    return cls(**{**data, **stacks})
 
 
-def load_config(path: str | Path) -> HATConfig | BPEConfig:
-    """Read a ``config.json`` written by ``save_pretrained``."""
-    data = json.loads(Path(path).read_text())
-    model_type = data.get("model_type")
-    if model_type == "hat":
-        return HATConfig.from_dict(data).validate()
-    if model_type == "bpe":
-        return BPEConfig.from_dict(data).validate()
-    raise ValueError(f"{path}: model_type must be 'hat' or 'bpe', got {model_type!r}")
+# ---- presets -------------------------------------------------------------------------------
+ModelConfig = HATConfig | BPEConfig
+C = TypeVar("C", HATConfig, BPEConfig)
+_PRESETS: dict[str, Callable[[], ModelConfig]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], C]], Callable[[], C]]:
+    """Decorator: make a function returning a model config available by ``name``."""
+
+    def register(make: Callable[[], C]) -> Callable[[], C]:
+        if name in _PRESETS:
+            raise ValueError(f"preset {name!r} is already registered")
+        _PRESETS[name] = make
+        return make
+
+    return register
+
+
+def preset_names() -> list[str]:
+    """Every registered preset, in registration order (HAT sizes, then their twins)."""
+    return list(_PRESETS)
+
+
+def preset(name: str) -> ModelConfig:
+    """A fresh copy of the named preset, HAT or twin (``tiny``, ``bpe_small``, ``7b``, ...)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {preset_names()}")
+    return _PRESETS[name]()
+
+
+def _preset_of(cls: type[C], name: str) -> C:
+    config = preset(name) if name in _PRESETS else None
+    if not isinstance(config, cls):
+        names = [n for n, make in _PRESETS.items() if isinstance(make(), cls)]
+        raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose one of {names}")
+    return config

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hat.modeling import PreTrainedLM
+from hat.modeling import bits_per_byte as nats_to_bpb
 
 
 def bits_per_byte(
@@ -28,17 +28,16 @@ def bits_per_byte(
     window_bytes: int | None = None,
 ) -> float:
     """Total negative log-likelihood of ``texts`` (each a new document, or given its context),
-    in bits, divided by their total UTF-8 byte count (the text's bytes only; the trainer's
-    ``eval_bpb`` on packed documents also predicts and counts each document's end, one byte
-    more per document). ``rolling``/``window_bytes``: texts
-    longer than the model's context are scored in windows (see ``PreTrainedLM.score``)."""
+    in bits, divided by their total UTF-8 byte count: the definition the trainer's ``eval_bpb``
+    uses too (``CausalLMOutput``). ``rolling``/``window_bytes``: texts longer than the model's
+    context are scored in windows (see ``PreTrainedLM.score``)."""
     scores = model.score(
         texts, contexts, batch_size=batch_size, rolling=rolling, window_bytes=window_bytes
     )
     num_bytes = sum(len(t.encode("utf-8")) for t in texts)
     if num_bytes == 0:
         raise ValueError("bits_per_byte needs at least one non-empty text")
-    return -sum(scores) / math.log(2) / num_bytes
+    return nats_to_bpb(-sum(scores), num_bytes)
 
 
 @dataclass

@@ -4,7 +4,9 @@ Comparing a byte-level hierarchical model with a tokenized one only makes sense 
 HAT runs its encoder and decoder once per byte and its backbone once per word, the twin runs
 everything once per token. ``training_flops_per_byte`` turns any config plus a measured
 compression rate (bytes per word for HAT, bytes per token for BPE) into training FLOPs per
-byte, so runs can be compute-matched and MFU reported.
+byte, so runs can be compute-matched and MFU reported; each config class holds its own formula
+(``training_flops_breakdown``), with the per-stack pieces on ``TransformerConfig``.
+``report``/``print_report`` are ``hat-params``: every preset's parameters and FLOPs per byte.
 
 Convention (PaLM appendix B / Kaplan et al. "6N", plus attention):
 
@@ -27,119 +29,57 @@ directly as "model FLOPs" for MFU (``model_flops_per_byte``).
 
 from __future__ import annotations
 
-from hat.config import BPEConfig, HATConfig, TransformerConfig
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
 
+import torch
+from rich.console import Console
+from rich.table import Table
 
-def mean_keys(seq: float, window: int | None = None) -> float:
-    """Mean number of keys a causal query attends to over a row of ``seq`` positions.
+from hat.config import ModelConfig, mean_keys, preset, preset_names
+from hat.registry import kind_of
 
-    Position ``i`` (0-based) sees ``min(i + 1, window)`` keys. ``seq`` may be fractional (a
-    byte length divided by bytes per word); the continuous formula is used as is.
-    """
-    if seq <= 0:
-        return 0.0
-    if window is None or window >= seq:
-        return (seq + 1) / 2
-    # first `window` positions see 1..window keys, the rest see `window` each
-    return (window * (window + 1) / 2 + (seq - window) * window) / seq
+__all__ = [
+    "count_parameters",
+    "mean_keys",
+    "mfu",
+    "model_flops_per_byte",
+    "print_report",
+    "report",
+    "training_flops_breakdown",
+    "training_flops_per_byte",
+]
 
-
-def block_matmul_params(cfg: TransformerConfig) -> int:
-    """Weights of one block that multiply activations: q, k, v, o and the three SwiGLU maps."""
-    attn = cfg.dim * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)
-    mlp = 3 * cfg.dim * cfg.hidden_dim
-    return attn + mlp
-
-
-def stack_forward_flops(cfg: TransformerConfig, seq: float) -> dict[str, float]:
-    """Forward FLOPs per position of one transformer stack over a row of ``seq`` positions.
-
-    Returns ``{"matmul": ..., "attention": ...}``.
-    """
-    matmul = 2 * block_matmul_params(cfg) * cfg.n_layers
-    attention = 4 * cfg.n_heads * cfg.head_dim * mean_keys(seq, cfg.window) * cfg.n_layers
-    return {"matmul": float(matmul), "attention": float(attention)}
-
-
-def _default_seq_bytes(config: HATConfig | BPEConfig, bytes_per_unit: float) -> float:
-    if isinstance(config, HATConfig):
-        return float(config.max_seq_bytes)
-    return config.max_seq_tokens * bytes_per_unit
+# The compression and row length the paper's compute matching assumes (arXiv 2501.10322):
+# English bytes per word of its splitter, bytes per token of its 64k BPE, 16,384-byte rows.
+PAPER_BYTES_PER_WORD = 5.97
+PAPER_BYTES_PER_TOKEN = 4.12
+PAPER_SEQ_BYTES = 16384
 
 
 def training_flops_breakdown(
-    config: HATConfig | BPEConfig, bytes_per_unit: float, seq_len: int | None = None
+    config: ModelConfig, bytes_per_unit: float, seq_len: int | None = None
 ) -> dict[str, float]:
-    """Training FLOPs per byte of text, per component. ``sum(values())`` is the total.
+    """Training FLOPs per byte by component; ``sum(values())`` is the total.
 
-    ``bytes_per_unit``: measured bytes per word (HAT) or bytes per token (BPE).
-    ``seq_len``: training row length **in bytes** for both model types, so a HAT and a BPE run
-    over the same byte windows compare directly (the BPE row holds ``seq_len / bytes_per_unit``
-    tokens). ``None``: the config's longest input (``max_seq_bytes``; for BPE
-    ``max_seq_tokens * bytes_per_unit``).
-
-    HAT keys: ``encoder``, ``encoder_attention`` (per byte); ``pooling`` (k/v projections and
-    the ragged attention per byte, output projection per word); ``backbone``,
-    ``backbone_attention``, ``guide`` (decoder's guide projection; per word); ``decoder``,
-    ``decoder_attention``, ``byte_head`` (per byte).
-    BPE keys: ``backbone``, ``backbone_attention``, ``head`` (all per token).
+    ``bytes_per_unit``: measured bytes per word (HAT) or per token (twin). ``seq_len``: the
+    training row **in bytes** for every kind (a twin's row holds ``seq_len / bytes_per_unit``
+    tokens); None: the config's longest input.
     """
-    if bytes_per_unit <= 0:
-        raise ValueError(f"bytes_per_unit must be > 0, got {bytes_per_unit}")
-    seq_bytes = (
-        float(seq_len) if seq_len is not None else _default_seq_bytes(config, bytes_per_unit)
-    )
-    if seq_bytes <= 0:
-        raise ValueError(f"seq_len must be > 0, got {seq_len}")
-    seq_units = seq_bytes / bytes_per_unit
-    train = 3.0  # forward + backward
-
-    if isinstance(config, BPEConfig):
-        d = config.backbone.dim
-        bb = stack_forward_flops(config.backbone, seq_units)
-        per_token = {
-            "backbone": bb["matmul"],
-            "backbone_attention": bb["attention"],
-            "head": 2.0 * d * config.vocab_size,  # the input embedding is a free lookup
-        }
-        return {k: train * v / bytes_per_unit for k, v in per_token.items()}
-
-    if not isinstance(config, HATConfig):
-        raise TypeError(f"expected HATConfig or BPEConfig, got {type(config).__name__}")
-    enc, dec, bb_cfg = config.encoder, config.decoder, config.backbone
-    pool_inner = enc.n_heads * enc.head_dim  # the pooler's width (its heads are the encoder's)
-    n_guides = dec.n_layers if config.decoder_guide == "every" else 1
-    e = stack_forward_flops(enc, seq_bytes)
-    dcd = stack_forward_flops(dec, seq_bytes)
-    bb = stack_forward_flops(bb_cfg, seq_units)
-    per_byte = {
-        "encoder": e["matmul"],
-        "encoder_attention": e["attention"],
-        # every byte is a key of exactly one word query: k and v projections, one score and one
-        # value accumulation per byte and head; the output projection runs once per word
-        "pooling": 2.0 * 2 * enc.dim * pool_inner
-        + 4.0 * pool_inner
-        + 2.0 * pool_inner * bb_cfg.dim / bytes_per_unit,
-        "backbone": bb["matmul"] / bytes_per_unit,
-        "backbone_attention": bb["attention"] / bytes_per_unit,
-        # projected once per word, then broadcast (gathered) to that word's bytes
-        "guide": 2.0 * bb_cfg.dim * dec.dim * n_guides / bytes_per_unit,
-        "decoder": dcd["matmul"],
-        "decoder_attention": dcd["attention"],
-        "byte_head": 2.0 * dec.dim * 256,
-    }
-    return {k: train * v for k, v in per_byte.items()}
+    return config.training_flops_breakdown(bytes_per_unit, seq_len)
 
 
 def training_flops_per_byte(
-    config: HATConfig | BPEConfig, bytes_per_unit: float, seq_len: int | None = None
+    config: ModelConfig, bytes_per_unit: float, seq_len: int | None = None
 ) -> float:
     """Training (forward + backward) FLOPs per byte of text; see ``training_flops_breakdown``."""
     return sum(training_flops_breakdown(config, bytes_per_unit, seq_len).values())
 
 
 def model_flops_per_byte(
-    config: HATConfig | BPEConfig, bytes_per_unit: float, seq_len: int | None = None
+    config: ModelConfig, bytes_per_unit: float, seq_len: int | None = None
 ) -> float:
     """ "Model FLOPs" per byte for MFU: the same number as ``training_flops_per_byte``.
 
@@ -151,7 +91,7 @@ def model_flops_per_byte(
 
 
 def mfu(
-    config: HATConfig | BPEConfig,
+    config: ModelConfig,
     bytes_per_unit: float,
     bytes_per_second: float,
     peak_flops: float,
@@ -165,33 +105,146 @@ def mfu(
     return model_flops_per_byte(config, bytes_per_unit, seq_len) * bytes_per_second / peak_flops
 
 
-def count_parameters(config: HATConfig | BPEConfig) -> dict[str, int]:
-    """Parameters per component, counted on a model built on the meta device (no memory).
-
-    HAT: ``encoder``, ``pooling``, ``backbone``, ``decoder`` (with its guide projection and
-    byte head) and ``total``. BPE: ``embedding``, ``backbone``, ``head`` and ``total``
-    (a tied head counts once, under ``embedding``).
-    """
-    import torch
-
+def count_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameters per top-level component (the model's children: HAT ``encoder``, ``pooler``,
+    ``backbone``, ``decoder``; twin ``embed``, ``backbone``, ``head``) and ``total``, counted
+    on a model built on the meta device (no memory). Tied weights count once."""
     with torch.device("meta"):
-        if isinstance(config, BPEConfig):
-            from hat.bpe import BPEForCausalLM
-
-            model = BPEForCausalLM(config)
-        else:
-            from hat.model import HATForCausalLM
-
-            model = HATForCausalLM(config)
-    names = {"pooler": "pooling", "embed": "embedding"}
+        model = kind_of(config).build(config)
     counts: dict[str, int] = {}
     seen: set[int] = set()
-    for child_name, child in model.named_children():
-        n = 0
-        for p in child.parameters():
-            if id(p) not in seen:  # tied weights count once
-                seen.add(id(p))
-                n += p.numel()
-        counts[names.get(child_name, child_name)] = n
+    for name, child in model.named_children():
+        fresh = [p for p in child.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        counts[name] = sum(p.numel() for p in fresh)
     counts["total"] = sum(counts.values())
     return counts
+
+
+# ---- hat-params ----------------------------------------------------------------------------
+def report(
+    names: Sequence[str] | None = None,
+    bytes_per_word: float = PAPER_BYTES_PER_WORD,
+    bytes_per_token: float = PAPER_BYTES_PER_TOKEN,
+    seq_len: int = PAPER_SEQ_BYTES,
+) -> dict[str, Any]:
+    """Every preset's shape, parameters per component and training FLOPs per byte, grouped by
+    model kind, plus each HAT preset beside its twin (``bpe_<name>``) when both are listed."""
+    names = list(names) if names else preset_names()
+    unknown = [n for n in names if n not in preset_names()]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {unknown}; choose from {preset_names()}")
+    per_unit = {"word": bytes_per_word, "token": bytes_per_token}
+    kinds: dict[str, dict[str, Any]] = {}
+    for name in names:
+        config = preset(name)
+        kind = kind_of(config)
+        flops = training_flops_breakdown(config, per_unit[kind.position], seq_len)
+        kinds.setdefault(kind.name, {})[name] = {
+            "shape": {part: _shape(getattr(config, part)) for part in _stacks(config)},
+            "params": count_parameters(config),
+            "train_flops_per_byte": sum(flops.values()),
+            "train_flops_breakdown": flops,
+        }
+    hats, twins = kinds.get("hat", {}), kinds.get("bpe", {})
+    matching = {
+        name: _matching(row, twins[f"bpe_{name}"])
+        for name, row in hats.items()
+        if f"bpe_{name}" in twins
+    }
+    assumptions = {
+        "bytes_per_word": bytes_per_word,
+        "bytes_per_token": bytes_per_token,
+        "seq_len_bytes": seq_len,
+    }
+    return {"assumptions": assumptions, "kinds": kinds, "compute_matching": matching}
+
+
+def _stacks(config: ModelConfig) -> list[str]:
+    return [p for p in ("backbone", "encoder") if hasattr(config, p)]  # decoder = encoder shape
+
+
+def _shape(stack: Any) -> str:
+    kv = f"/{stack.kv_heads}kv" if stack.kv_heads != stack.n_heads else ""
+    window = f" w{stack.window}" if stack.window else ""
+    return f"{stack.n_layers}x{stack.n_heads}h{kv} d{stack.dim} ffn{stack.hidden_dim}{window}"
+
+
+def _matching(hat_row: dict[str, Any], twin_row: dict[str, Any]) -> dict[str, float]:
+    """FLOPs per byte side by side, and the paper's check that what HAT spends outside its
+    backbone (byte stacks, pooling, guide, byte head) is about what the twin's LM head costs."""
+    outside = sum(
+        v for k, v in hat_row["train_flops_breakdown"].items() if not k.startswith("backbone")
+    )
+    head = twin_row["train_flops_breakdown"]["head"]
+    return {
+        "hat_train_flops_per_byte": hat_row["train_flops_per_byte"],
+        "bpe_train_flops_per_byte": twin_row["train_flops_per_byte"],
+        "hat_over_bpe": hat_row["train_flops_per_byte"] / twin_row["train_flops_per_byte"],
+        "hat_byte_level_flops_per_byte": outside,
+        "bpe_head_flops_per_byte": head,
+        "byte_level_over_head": outside / head,
+    }
+
+
+def _num(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def print_report(data: dict[str, Any], console: Console | None = None) -> None:
+    """``report``'s numbers as rich tables."""
+    console = console or Console()
+    a = data["assumptions"]
+    for kind, rows in data["kinds"].items():
+        first = next(iter(rows.values()))
+        table = Table(title=f"{kind} presets: parameters and training FLOPs per byte")
+        table.add_column("preset")
+        for part in first["shape"]:
+            table.add_column(part)
+        for part in first["params"]:
+            table.add_column(f"{part} params", justify="right")
+        table.add_column("GFLOP/byte", justify="right")
+        for name, row in rows.items():
+            table.add_row(
+                name,
+                *row["shape"].values(),
+                *(_num(v) for v in row["params"].values()),
+                f"{row['train_flops_per_byte'] / 1e9:.4g}",
+            )
+        console.print(table)
+    if data["compute_matching"]:
+        table = Table(title="HAT beside its twin (training FLOPs per byte)")
+        for col in (
+            "size",
+            "HAT GFLOP/B",
+            "twin GFLOP/B",
+            "HAT/twin",
+            "HAT outside backbone MFLOP/B",
+            "twin head MFLOP/B",
+            "ratio",
+        ):
+            table.add_column(col, justify="right")
+        for name, m in data["compute_matching"].items():
+            table.add_row(
+                name,
+                f"{m['hat_train_flops_per_byte'] / 1e9:.4g}",
+                f"{m['bpe_train_flops_per_byte'] / 1e9:.4g}",
+                f"{m['hat_over_bpe']:.2f}",
+                f"{m['hat_byte_level_flops_per_byte'] / 1e6:.1f}",
+                f"{m['bpe_head_flops_per_byte'] / 1e6:.1f}",
+                f"{m['byte_level_over_head']:.2f}",
+            )
+        console.print(table)
+    console.print(
+        f"At {a['bytes_per_word']} bytes/word (HAT), {a['bytes_per_token']} bytes/token (twin), "
+        f"{a['seq_len_bytes']}-byte rows; training = 3 x forward, causal attention over the keys "
+        "attended (hat.flops). Parameters counted on the meta device."
+    )
+
+
+def write_json(data: dict[str, Any]) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -9,12 +11,14 @@ from hat.backbone import Backbone
 from hat.batching import collate_documents, document_words, layout_words
 from hat.block import AttentionMask
 from hat.config import HATConfig
+from hat.data.packing import HATFormat
 from hat.decoder import ByteDecoder
 from hat.encoder import ByteEncoder
 from hat.generation import GenerationMixin
+from hat.generation.specs import ModelSpec, hat_spec
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, next_unit_nll, softcap
 from hat.pooling import WordPooler
-from hat.splitter import as_text, make_splitter
+from hat.splitter import EOD, PAD, as_text, make_splitter
 
 
 class HATForCausalLM(GenerationMixin, PreTrainedLM):
@@ -79,7 +83,7 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
             byte_mask,
         )
         logits = softcap(self.decoder.head(hidden), cfg.logit_softcap)
-        return causal_lm_output(logits, labels)
+        return causal_lm_output(logits, labels, end_id=EOD)
 
     # ---- scoring --------------------------------------------------------------------
     def _encode_for_scoring(self, text: str, context: str) -> tuple[list[bytes], int, int]:
@@ -121,3 +125,21 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
     def from_name(cls, name: str) -> HATForCausalLM:
         """A freshly initialised model of a named preset (``tiny``, ``small``, ``1b``, ...)."""
         return cls(HATConfig.from_name(name))
+
+    # ---- what the trainer, data pipeline and generate() ask of each model kind ---------
+    def data_format(self) -> HATFormat:
+        """Documents as bytes cut into words by this model's splitter."""
+        return HATFormat(self.splitter)
+
+    def generation_spec(self) -> ModelSpec:
+        return hat_spec(self)
+
+    def units_per_row(self, row_bytes: int, texts: Iterable[str] = ()) -> int:
+        """A training row of ``row_bytes`` bytes is ``row_bytes`` input ids."""
+        return row_bytes
+
+    @staticmethod
+    def backbone_positions(batch: dict[str, torch.Tensor]) -> int:
+        """Words the backbone reads in a batch (a padded row's padding word is not one)."""
+        padding_words = (batch["input_ids"][:, -1] == PAD).sum()
+        return int((batch["word_lengths"] > 0).sum() - padding_words)

@@ -24,17 +24,29 @@ WEIGHTS_FILE = "model.safetensors"
 
 @dataclass
 class CausalLMOutput:
-    """``loss`` is mean nats per target; ``sum_nll / ln 2 / n_target_bytes`` is bits per byte."""
+    """What a forward pass returns; with labels, the sums for the loss and for bits per byte.
+
+    ``loss`` is the mean nats per target, every target included (the model learns to end
+    documents). Bits per byte count text only, one definition everywhere (the trainer's
+    ``eval_bpb``, ``hat-eval``, ``hat.evaluation.bits_per_byte``): the nats of the targets that
+    are text (not the end-of-document marker) over the bytes those targets spell.
+    """
 
     loss: torch.Tensor | None
     logits: torch.Tensor
     sum_nll: torch.Tensor | None = None  # total nats over all targets
     n_targets: torch.Tensor | None = None  # number of predicted positions
-    n_target_bytes: torch.Tensor | None = None  # bytes those targets spell (== n_targets for HAT)
+    text_nll: torch.Tensor | None = None  # nats over the targets that are text
+    text_bytes: torch.Tensor | None = None  # bytes those text targets spell
 
     @property
     def bits_per_byte(self) -> float:
-        return float(self.sum_nll) / math.log(2) / max(float(self.n_target_bytes), 1.0)
+        return bits_per_byte(float(self.text_nll), float(self.text_bytes))
+
+
+def bits_per_byte(nats: float, num_bytes: float) -> float:
+    """Total nats of some text over its UTF-8 byte count, in bits per byte."""
+    return nats / math.log(2) / max(num_bytes, 1.0)
 
 
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -50,23 +62,27 @@ def next_unit_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def causal_lm_output(
-    logits: torch.Tensor, labels: torch.Tensor | None, label_bytes: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    end_id: int,
+    label_bytes: torch.Tensor | None = None,
 ) -> CausalLMOutput:
-    """Attach loss (mean nats per target) and the sums needed for bits per byte."""
+    """Attach the loss and the sums for bits per byte. ``end_id``: the label that ends a
+    document (not text); ``label_bytes`` [B, T]: bytes each target spells (default 1)."""
     if labels is None:
         return CausalLMOutput(loss=None, logits=logits)
-    nll = next_unit_nll(logits, labels)
+    nll = next_unit_nll(logits, labels)  # [B, T]
     n_targets = (labels != IGNORE).sum()
-    n_bytes = (
-        n_targets if label_bytes is None else label_bytes.masked_fill(labels == IGNORE, 0).sum()
-    )
+    is_text = (labels != IGNORE) & (labels != end_id)
+    spelt = is_text if label_bytes is None else label_bytes.masked_fill(~is_text, 0)
     sum_nll = nll.sum()
     return CausalLMOutput(
         loss=sum_nll / n_targets.clamp_min(1),
         logits=logits,
         sum_nll=sum_nll,
         n_targets=n_targets,
-        n_target_bytes=n_bytes,
+        text_nll=nll.masked_fill(~is_text, 0.0).sum(),
+        text_bytes=spelt.sum(),
     )
 
 
@@ -134,6 +150,12 @@ class PreTrainedLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def empty_copy(self) -> PreTrainedLM:
+        """The same class and config with weights on the meta device (no memory): a shell to
+        ``load_state_dict(..., assign=True)`` into."""
+        with torch.device("meta"):
+            return type(self)(self.config)
 
     # ---- scoring --------------------------------------------------------------------
     @torch.no_grad()
@@ -243,7 +265,10 @@ class PreTrainedLM(nn.Module):
             data = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path} is not valid JSON ({err})") from None
-        config = cls.config_class.from_dict(data).validate()
+        try:
+            config = cls.config_class.from_dict(data).validate()
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}") from None
         model = cls._from_config_and_dir(config, directory)
         weights = directory / WEIGHTS_FILE
         try:

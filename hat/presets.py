@@ -1,4 +1,4 @@
-"""Named model sizes. ``HATConfig.from_name`` / ``BPEConfig.from_name`` look them up here.
+"""The built-in model sizes, registered by name (``hat.preset(name)``, ``HATConfig.from_name``).
 
 ``tiny``: unit tests (< 2 M parameters). ``small``: trains on a 2-core CPU in minutes.
 ``1b`` / ``3b`` / ``7b``: the HAT paper's sizes (arXiv 2501.10322) and ``bpe_*`` their BPE twins.
@@ -30,17 +30,14 @@ decoder 23M / 24M / 55M; twins 1.1B / 3.1B / 7.0B):
 These are reconstructions, not the paper's published widths; each preset's docstring says how
 far its total lands from the reported one.
 
-``PAPER_PARAMS`` / ``PAPER_BYTE_STACK_PARAMS`` hold the paper's figures and
-``PARAM_TOLERANCE`` how far each preset may be from them (tests check it; ``hat-params``
-prints both).
+tests/test_presets.py holds the paper's figures and how far each preset may be from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
-from hat.config import BPEConfig, HATConfig
+from hat.config import BPEConfig, HATConfig, register_preset
 from hat.config import TransformerConfig as T
 
 
@@ -52,6 +49,7 @@ def llama_ffn(dim: int, multiple_of: int = 256) -> int:
 # ---- test / laptop sizes ------------------------------------------------------------------
 
 
+@register_preset("tiny")
 def hat_tiny() -> HATConfig:
     """~0.56 M parameters (backbone 0.39 M): every code path, fast enough for unit tests."""
     return HATConfig(
@@ -63,6 +61,7 @@ def hat_tiny() -> HATConfig:
     )
 
 
+@register_preset("small")
 def hat_small() -> HATConfig:
     """~4 M parameters (backbone 2.9 M, byte stacks 1.0 M).
 
@@ -106,6 +105,7 @@ def _paper_hat(name: str, layers: int, byte_heads: int, byte_layers: int) -> HAT
     )
 
 
+@register_preset("1b")
 def hat_1b() -> HATConfig:
     """Paper 1B: backbone 18 layers x 18 heads, d 2304, ffn 6144; byte stacks 3 layers x 6 heads,
     d 576, ffn 1152.
@@ -117,6 +117,7 @@ def hat_1b() -> HATConfig:
     return _paper_hat("1b", layers=18, byte_heads=6, byte_layers=3)
 
 
+@register_preset("3b")
 def hat_3b() -> HATConfig:
     """Paper 3B: backbone 28 layers x 28 heads, d 3584, ffn 9728; byte stacks 3 layers x 6 heads,
     d 576, ffn 1152.
@@ -127,6 +128,7 @@ def hat_3b() -> HATConfig:
     return _paper_hat("3b", layers=28, byte_heads=6, byte_layers=3)
 
 
+@register_preset("7b")
 def hat_7b() -> HATConfig:
     """Paper 7B: backbone 36 layers x 36 heads, d 4608, ffn 12288; byte stacks 4 layers x 8 heads,
     d 768, ffn 1536.
@@ -136,6 +138,7 @@ def hat_7b() -> HATConfig:
     return _paper_hat("7b", layers=36, byte_heads=8, byte_layers=4)
 
 
+@register_preset("bpe_tiny")
 def bpe_tiny() -> BPEConfig:
     """Twin of hat_tiny: the same backbone, a small vocabulary for test tokenizers."""
     return BPEConfig(
@@ -143,6 +146,7 @@ def bpe_tiny() -> BPEConfig:
     )
 
 
+@register_preset("bpe_small")
 def bpe_small() -> BPEConfig:
     """Twin of hat_small: the same backbone, 4k vocabulary (trained by hat-tokenizer)."""
     return BPEConfig(
@@ -157,6 +161,7 @@ def _paper_bpe(name: str, layers: int) -> BPEConfig:
     )
 
 
+@register_preset("bpe_1b")
 def bpe_1b() -> BPEConfig:
     """Paper 1B baseline: 16 layers x 16 heads, d 2048, ffn 5632, 64k vocabulary.
 
@@ -165,6 +170,7 @@ def bpe_1b() -> BPEConfig:
     return _paper_bpe("bpe_1b", layers=16)
 
 
+@register_preset("bpe_3b")
 def bpe_3b() -> BPEConfig:
     """Paper 3B baseline: 24 layers x 24 heads, d 3072, ffn 8192, 64k vocabulary.
 
@@ -173,6 +179,7 @@ def bpe_3b() -> BPEConfig:
     return _paper_bpe("bpe_3b", layers=24)
 
 
+@register_preset("bpe_7b")
 def bpe_7b() -> BPEConfig:
     """Paper 7B baseline: Llama-2-7B's blocks (32 layers x 32 heads, d 4096, ffn 11008) with an
     untied 64k vocabulary.
@@ -180,73 +187,3 @@ def bpe_7b() -> BPEConfig:
     7.01B parameters vs the paper's 7.0B (+0.2 %).
     """
     return _paper_bpe("bpe_7b", layers=32)
-
-
-HAT_PRESETS: dict[str, Callable[[], HATConfig]] = {
-    "tiny": hat_tiny,
-    "small": hat_small,
-    "1b": hat_1b,
-    "3b": hat_3b,
-    "7b": hat_7b,
-}
-BPE_PRESETS: dict[str, Callable[[], BPEConfig]] = {
-    "bpe_tiny": bpe_tiny,
-    "bpe_small": bpe_small,
-    "bpe_1b": bpe_1b,
-    "bpe_3b": bpe_3b,
-    "bpe_7b": bpe_7b,
-    # short names too, so BPEConfig.from_name("tiny") works like HATConfig.from_name("tiny")
-    "tiny": bpe_tiny,
-    "small": bpe_small,
-    "1b": bpe_1b,
-    "3b": bpe_3b,
-    "7b": bpe_7b,
-}
-
-# ---- the paper's reported figures and how close the presets must stay ----------------------
-
-PAPER_PARAMS: dict[str, float] = {
-    "1b": 1.1e9,
-    "3b": 4.3e9,
-    "7b": 9.2e9,
-    "bpe_1b": 1.1e9,
-    "bpe_3b": 3.1e9,
-    "bpe_7b": 7.0e9,
-}
-"""Total parameters the paper reports per model (HAT presets by size, twins as ``bpe_*``)."""
-
-PAPER_BYTE_STACK_PARAMS: dict[str, float] = {"1b": 23e6, "3b": 24e6, "7b": 55e6}
-"""The paper's encoder + decoder parameters; compared with our encoder + pooling + decoder."""
-
-PARAM_TOLERANCE: dict[str, float] = {
-    "1b": 0.08,  # +6 %: see hat_1b
-    "3b": 0.03,
-    "7b": 0.01,
-    "bpe_1b": 0.02,
-    "bpe_3b": 0.01,
-    "bpe_7b": 0.01,
-}
-"""Allowed relative difference of each preset's total from ``PAPER_PARAMS``."""
-
-BYTE_STACK_TOLERANCE = 0.05
-"""Allowed relative difference of encoder + pooling + decoder from ``PAPER_BYTE_STACK_PARAMS``."""
-
-PAPER_BYTES_PER_WORD = 5.97
-"""English bytes per word (the paper's measurement on its splitter)."""
-
-PAPER_BYTES_PER_TOKEN = 4.12
-"""English bytes per token of the paper's 64k BPE tokenizer."""
-
-PAPER_SEQ_BYTES = 16384
-"""The paper's training sequence length in bytes (72k steps x 1024 sequences)."""
-
-
-def canonical_presets() -> tuple[list[str], list[str]]:
-    """Preset names without aliases: (HAT names, BPE names), in definition order."""
-    bpe: list[str] = []
-    seen: set[Callable[[], BPEConfig]] = set()
-    for name, make in BPE_PRESETS.items():
-        if make not in seen:
-            seen.add(make)
-            bpe.append(name)
-    return list(HAT_PRESETS), bpe

@@ -1,9 +1,10 @@
 """Training throughput of HAT and its BPE twin at equal backbone size, measured in the same run.
 
-Each model runs the trainer's own step (``hat.train.train_step`` + AdamW) on packed batches of
-the built-in sample corpus. Both models get the same bytes per row: HAT rows are ``--seq-len``
-bytes, the twin's rows are ``--seq-len / bytes-per-token`` tokens (measured on the corpus). On
-GPU, MFU comes from ``hat.flops``. Prints JSON (and writes it with ``--out``).
+Each model runs the trainer's own step (``hat.training.trainer.forward_backward`` + AdamW) on
+packed batches of the built-in sample corpus. Both models read the same bytes per row, as in
+``hat-train`` (``trainer.row_bytes``): HAT rows are ``--seq-len`` bytes, the twin's rows the
+tokens of as many bytes (``units_per_row``, measured on the corpus). On GPU, MFU comes from
+``hat.flops``. Prints JSON (and writes it with ``--out``).
 
     python scripts/bench_train.py                       # small vs bpe_small, ~1-2 min on a CPU
     python scripts/bench_train.py --pairs tiny:bpe_tiny small:bpe_small --steps 10
@@ -20,43 +21,27 @@ from pathlib import Path
 
 import torch
 
-from hat.data import DataConfig, build_train_loader, iter_documents
-from hat.metrics import mfu, peak_flops
-from hat.train import (
-    build_model,
-    build_optimizer,
-    make_accelerator,
-    train_step,
-    train_tokenizer,
-    unwrap,
-)
-from hat.train_config import BPEModelConfig, HATModelConfig, TrainConfig, TrainerConfig
+from hat import kind_of, preset
+from hat.data import DataConfig, build_train_loader
+from hat.training import OptimConfig, TrainConfig, TrainerConfig, build_optimizer, train_tokenizer
+from hat.training.metrics import mfu, peak_flops
+from hat.training.trainer import forward_backward, make_accelerator, measure_sample, unwrap
 
 
-def bytes_per_token(tokenizer, docs: int = 200) -> float:
-    texts = [t for _, t in zip(range(docs), iter_documents(DataConfig(), "train"))]
-    return sum(len(t.encode()) for t in texts) / sum(len(tokenizer.encode(t)) for t in texts)
-
-
-def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int) -> dict:
+def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: int) -> dict:
     cfg = TrainConfig(
         model=model_cfg,
-        trainer=TrainerConfig(seq_len=seq_len, global_rows=rows, output_dir=tempfile.mkdtemp()),
+        trainer=TrainerConfig(row_bytes=row_bytes, global_rows=rows, output_dir=tempfile.mkdtemp()),
     )
     accelerator = make_accelerator(cfg)
     torch.manual_seed(0)
-    model = build_model(model_cfg, tokenizer)
-    kind = model.config.model_type
-    optimizer = build_optimizer(model, cfg)
+    kind = kind_of(model_cfg)
+    model = kind.build(model_cfg, tokenizer)
+    seq_len = model.units_per_row(row_bytes, measure_sample(cfg))
+    fmt, count = model.data_format(), model.backbone_positions
+    optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
     model, optimizer = accelerator.prepare(model, optimizer)
-    loader = build_train_loader(
-        cfg.data,
-        kind,
-        seq_len,
-        rows,
-        splitter=getattr(model, "splitter", None),
-        tokenizer=tokenizer,
-    )
+    loader = build_train_loader(cfg.data, fmt, seq_len, rows)
     batches = [next(loader) for _ in range(warmup + steps)]  # data loading is not timed
     n_bytes = n_units = 0.0
     for i, batch in enumerate(batches):
@@ -64,11 +49,11 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
             if accelerator.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        stats = train_step(model, batch, accelerator, cfg.trainer, grad_clip=1.0)
+        stats = forward_backward(model, batch, accelerator, cfg.trainer, 1.0, count(batch))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= warmup:
-            n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_words
+            n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_positions
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -81,12 +66,12 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
         "steps": steps,
         "s_per_step": round(elapsed / steps, 3),
         "bytes_per_s": round(n_bytes / elapsed, 1),
-        ("words_per_s" if kind == "hat" else "tokens_per_s"): round(n_units / elapsed, 1),
+        f"{kind.position}s_per_s": round(n_units / elapsed, 1),
         "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
         "final_loss": round(stats.loss, 4),
     }
     utilisation = mfu(
-        plain.config, seq_len, n_bytes, n_units, n_bytes / elapsed, peak_flops(accelerator)
+        plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak_flops(accelerator)
     )
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
@@ -122,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             hat_name, bpe_name = pair.split(":")
-            bpe_cfg = BPEModelConfig.preset(bpe_name)
+            bpe_cfg = preset(bpe_name)
             if (
                 bpe_cfg.vocab_size not in tokenizers
             ):  # train once per vocabulary size, on the sample
@@ -131,17 +116,10 @@ def main() -> None:
                     DataConfig(), bpe_cfg.vocab_size, path, 4_000_000
                 )
             tokenizer = tokenizers[bpe_cfg.vocab_size]
-            ratio = bytes_per_token(tokenizer)
-            bpe_seq = max(16, round(args.seq_len / ratio))
             hat_result = bench(
-                HATModelConfig.preset(hat_name),
-                None,
-                args.seq_len,
-                args.rows,
-                args.steps,
-                args.warmup,
+                preset(hat_name), None, args.seq_len, args.rows, args.steps, args.warmup
             )
-            bpe_result = bench(bpe_cfg, tokenizer, bpe_seq, args.rows, args.steps, args.warmup)
+            bpe_result = bench(bpe_cfg, tokenizer, args.seq_len, args.rows, args.steps, args.warmup)
             report["pairs"].append(
                 {
                     "hat": hat_result,

@@ -24,7 +24,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 step gpu_tests 150 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py -x
 # FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
 FSDP_ENV="ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
-FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.seq_len=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
+FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
 step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl"
 rm -rf "$OUT/fsdp_run"
 step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"

@@ -60,9 +60,9 @@ def test_bad_config_values_say_what_to_change() -> None:
     cfg.decoder.dim = 96
     with pytest.raises(ValueError, match="decoder.dim"):
         hat.HATForCausalLM(cfg)
-    with pytest.raises(ValueError, match="unknown HAT preset"):
+    with pytest.raises(ValueError, match="unknown HATConfig preset"):
         hat.HATConfig.from_name("huge")
-    with pytest.raises(ValueError, match="unknown HATConfig keys"):
+    with pytest.raises(ValueError, match=r"HATConfig: unknown keys \[.encoderr.\]"):
         hat.HATConfig.from_dict({"encoderr": {}})
     cfg = hat.HATConfig.from_name("tiny")
     cfg.backbone.n_heads = 3

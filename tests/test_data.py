@@ -28,6 +28,7 @@ from hat.splitter import EOD, PAD, make_splitter
 from hat.tokenizer import BOS_ID, PAD_ID
 
 SPLITTER = make_splitter("hat", max_word_bytes=32)
+HAT_FORMAT = HATFormat(SPLITTER)
 
 # documents that stress packing: empty, CJK, emoji, NUL, words over the cap, longer than a row
 DOC = st.one_of(
@@ -196,11 +197,9 @@ def test_config_errors_say_what_to_change(tmp_path: Path) -> None:
         and "content" in message
     )
     with pytest.raises(ValueError, match="divisible"):
-        build_train_loader(
-            DataConfig(), "hat", 64, global_rows=3, rank=0, world_size=2, splitter=SPLITTER
-        )
+        build_train_loader(DataConfig(), HAT_FORMAT, 64, global_rows=3, rank=0, world_size=2)
     with pytest.raises(ValueError, match="max_word_bytes"):
-        build_train_loader(DataConfig(), "hat", 16, global_rows=2, splitter=SPLITTER)
+        build_train_loader(DataConfig(), HAT_FORMAT, 16, global_rows=2)
 
 
 def test_mixing_follows_weights_deterministically(tmp_path: Path) -> None:
@@ -245,31 +244,26 @@ def assert_same_batches(xs: list[dict], ys: list[dict]) -> None:
 
 def test_world_size_and_workers_do_not_change_the_global_batch() -> None:
     cfg = DataConfig()
-    whole = take(build_train_loader(cfg, "hat", 96, 4, splitter=SPLITTER), 4)
-    halves = [
-        take(build_train_loader(cfg, "hat", 96, 4, rank, 2, splitter=SPLITTER), 4)
-        for rank in range(2)
-    ]
+    whole = take(build_train_loader(cfg, HAT_FORMAT, 96, 4), 4)
+    halves = [take(build_train_loader(cfg, HAT_FORMAT, 96, 4, rank, 2), 4) for rank in range(2)]
     assert all(len(b["input_ids"]) == 2 for b in halves[0])
     assert_same_batches(whole, [concat_batches(pair) for pair in zip(*halves)])
-    with_workers = take(
-        build_train_loader(DataConfig(num_workers=2), "hat", 96, 4, splitter=SPLITTER), 4
-    )
+    with_workers = take(build_train_loader(DataConfig(num_workers=2), HAT_FORMAT, 96, 4), 4)
     assert_same_batches(whole, with_workers)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_gives_the_uninterrupted_batches(num_workers: int) -> None:
     cfg = DataConfig(num_workers=num_workers)
-    uninterrupted = take(build_train_loader(cfg, "hat", 64, 2, splitter=SPLITTER), 6)
-    loader = build_train_loader(cfg, "hat", 64, 2, splitter=SPLITTER)
+    uninterrupted = take(build_train_loader(cfg, HAT_FORMAT, 64, 2), 6)
+    loader = build_train_loader(cfg, HAT_FORMAT, 64, 2)
     take(loader, 4)
     state = loader.state_dict()
-    resumed = build_train_loader(cfg, "hat", 64, 2, splitter=SPLITTER)
+    resumed = build_train_loader(cfg, HAT_FORMAT, 64, 2)
     resumed.load_state_dict(state)
     assert_same_batches(take(resumed, 2), uninterrupted[4:])
     with pytest.raises(ValueError, match="seq_len"):
-        build_train_loader(cfg, "hat", 128, 2, splitter=SPLITTER).load_state_dict(state)
+        build_train_loader(cfg, HAT_FORMAT, 128, 2).load_state_dict(state)
 
 
 def lane_documents(batches: list[dict], lane: int, marker: int) -> list[list[int]]:
@@ -287,8 +281,8 @@ def lane_documents(batches: list[dict], lane: int, marker: int) -> list[list[int
 def test_hat_and_bpe_see_the_same_documents(tiny_tokenizer) -> None:
     cfg, rows = DataConfig(eval_every=20), 3
     loaders = {
-        "hat": lambda split, **kw: split(cfg, "hat", 256, rows, splitter=SPLITTER, **kw),
-        "bpe": lambda split, **kw: split(cfg, "bpe", 96, rows, tokenizer=tiny_tokenizer, **kw),
+        "hat": lambda split, **kw: split(cfg, HAT_FORMAT, 256, rows, **kw),
+        "bpe": lambda split, **kw: split(cfg, BPEFormat(tiny_tokenizer), 96, rows, **kw),
     }
     decode = {"hat": lambda d: bytes(d).decode("utf-8"), "bpe": tiny_tokenizer.decode}
     marker = {"hat": EOD, "bpe": BOS_ID}
@@ -310,19 +304,23 @@ def test_hat_and_bpe_see_the_same_documents(tiny_tokenizer) -> None:
     for lane in range(rows):
         assert documents("hat", evals["hat"], lane) == held_out[lane::rows]
         assert documents("bpe", evals["bpe"], lane) == held_out[lane::rows]
-    text_bytes_and_ends = sum(len(d.encode("utf-8")) + 1 for d in held_out)
-    assert sum(int((b["labels"] != IGNORE).sum()) for b in evals["hat"]) == text_bytes_and_ends
-    assert sum(int(b["label_bytes"].sum()) for b in evals["bpe"]) == text_bytes_and_ends
+    text_bytes = sum(len(d.encode("utf-8")) for d in held_out)
+    hat_text = [(b["labels"] != IGNORE) & (b["labels"] != EOD) for b in evals["hat"]]
+    assert sum(int(t.sum()) for t in hat_text) == text_bytes
+    assert sum(int(b["label_bytes"].sum()) for b in evals["bpe"]) == text_bytes
 
 
 def test_batches_run_through_the_models(tiny_hat, tiny_bpe, tiny_tokenizer) -> None:
-    hat_batch = next(build_train_loader(DataConfig(), "hat", 128, 2, splitter=tiny_hat.splitter))
-    bpe_batch = next(build_train_loader(DataConfig(), "bpe", 64, 2, tokenizer=tiny_tokenizer))
+    hat_batch = next(build_train_loader(DataConfig(), tiny_hat.data_format(), 128, 2))
+    bpe_batch = next(build_train_loader(DataConfig(), tiny_bpe.data_format(), 64, 2))
     assert hat_batch["word_lengths"].sum(1).tolist() == [128, 128]
     hat_out, bpe_out = tiny_hat(**hat_batch), tiny_bpe(**bpe_batch)
     assert torch.isfinite(hat_out.loss) and torch.isfinite(bpe_out.loss)
-    assert hat_out.n_target_bytes == (hat_batch["labels"] != IGNORE).sum()
-    assert bpe_out.n_target_bytes == bpe_batch["label_bytes"].sum() > 0
+    # bits per byte count text only: every target but the documents' ends
+    hat_text = (hat_batch["labels"] != IGNORE) & (hat_batch["labels"] != EOD)
+    assert hat_out.text_bytes == hat_text.sum() < (hat_batch["labels"] != IGNORE).sum()
+    assert bpe_out.text_bytes == bpe_batch["label_bytes"].sum() > 0
+    assert hat_out.n_targets == (hat_batch["labels"] != IGNORE).sum()  # the loss counts ends
 
 
 def test_weight_zero_sources_are_evaluated_not_trained(tmp_path: Path) -> None:

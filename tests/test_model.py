@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -169,9 +170,15 @@ def test_corrupt_checkpoint_names_the_file(tiny_hat, tmp_path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match="model.safetensors"):
         hat.HATForCausalLM.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text('{"model_type": "hat", "encoder": {"dimm": 3}}')
-    with pytest.raises(TypeError, match="dimm"):
-        hat.HATForCausalLM.from_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    cases = {  # a config.json that does not describe the weights is an error that names why
+        r"unknown keys \['dimm'\]": {**saved, "encoder": {**saved["encoder"], "dimm": 3}},
+        r"keys missing: \['decoder'\]": {k: v for k, v in saved.items() if k != "decoder"},
+    }
+    for message, broken in cases.items():
+        (tmp_path / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=f"config.json: .*{message}"):
+            hat.HATForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         hat.HATForCausalLM.from_pretrained(tmp_path / "missing")
 

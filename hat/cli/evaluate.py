@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hat.auto import load_pretrained
-from hat.cli.train import config_dir, register_configs
+from hat.cli.common import cli_errors, config_dir, register_configs
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import compare_models, load_bigbench
 
@@ -112,11 +111,8 @@ def print_table(results: dict) -> None:
 @hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     job: EvalJob = OmegaConf.to_object(cfg)
-    try:
+    with cli_errors("hat-eval"):
         results = run(job)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"hat-eval: error: {err}", file=sys.stderr)
-        sys.exit(1)
     print_table(results)
     if job.output:
         Path(job.output).write_text(json.dumps(results, indent=2) + "\n")

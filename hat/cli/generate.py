@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hat.auto import load_pretrained
+from hat.cli.common import cli_errors
 from hat.generation import TextStreamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,16 +74,6 @@ OPTIONS = (
 )
 
 
-def load_model(directory: str, device: str, dtype: torch.dtype):  # noqa: ANN201
-    """A HAT or BPE model from ``save_pretrained`` output, whichever ``config.json`` says."""
-    from hat.auto import load_pretrained
-
-    try:
-        return load_pretrained(directory, device=device, dtype=dtype)
-    except FileNotFoundError as err:
-        raise SystemExit(f"hat-generate: {err}") from None
-
-
 def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt_file is None:
         return [args.prompt or ""]
@@ -92,15 +84,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    model = load_model(args.model, args.device, DTYPES[args.dtype])
+    with cli_errors("hat-generate"):
+        generate(args)
+
+
+def generate(args: argparse.Namespace) -> None:
+    model = load_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
     if "eos_token_id" in options:
         options["eos_token_id"] = list(options["eos_token_id"])
-    config = model.generation_config.update(**options)
-    try:
-        config.validate()
-    except ValueError as err:
-        raise SystemExit(f"hat-generate: {err}") from None
+    config = model.generation_config.update(**options).validate()
     for i, prompt in enumerate(read_prompts(args)):
         if i:
             print()

@@ -2,17 +2,16 @@
 
     hat-tokenizer                                         # 4k vocabulary on the built-in sample
     hat-tokenizer model=bpe_1b data=fineweb_edu output=tok/fineweb-64k.model
-    hat-train model=bpe_1b model.tokenizer=tok/fineweb-64k.model data=fineweb_edu
+    hat-train model=bpe_1b tokenizer.path=tok/fineweb-64k.model data=fineweb_edu
 
 The data and model config groups are hat-train's (configs/data, the presets); the vocabulary
-size defaults to the chosen model's. ``hat-train`` trains one by itself when a BPE model has no
-``model.tokenizer``; this command is for training it once, on more text, ahead of the runs.
+size defaults to the chosen model's. ``hat-train`` trains one by itself when a twin has no
+``tokenizer.path``; this command is for training it once, on more text, ahead of the runs.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +19,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hat.cli.train import config_dir, register_configs
+from hat.cli.common import cli_errors, config_dir, register_configs
 from hat.data import DataConfig
-from hat.train import train_tokenizer
+from hat.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +41,17 @@ ConfigStore.instance().store(name="tokenizer_schema", node=TokenizerJob)
 
 @hydra.main(config_path=config_dir(), config_name="tokenizer", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    job: TokenizerJob = OmegaConf.to_object(cfg)
-    if job.vocab_size < 260 or job.max_bytes < 1:
-        print(
-            "hat-tokenizer: error: vocab_size must be >= 260 (byte fallback) and max_bytes >= 1",
-            file=sys.stderr,
+    with cli_errors("hat-tokenizer"):
+        job: TokenizerJob = OmegaConf.to_object(cfg)
+        if job.vocab_size < 260 or job.max_bytes < 1:
+            raise ValueError("vocab_size must be >= 260 (byte fallback) and max_bytes >= 1")
+        logger.info(
+            f"training a {job.vocab_size}-token BPE on up to {job.max_bytes:,} bytes of training text"
         )
-        sys.exit(1)
-    logger.info(
-        f"training a {job.vocab_size}-token BPE on up to {job.max_bytes:,} bytes of training text"
-    )
-    try:
         tokenizer = train_tokenizer(job.data, job.vocab_size, job.output, job.max_bytes)
-    except (ValueError, RuntimeError) as err:
-        print(f"hat-tokenizer: error: {err}", file=sys.stderr)
-        sys.exit(1)
     logger.info(
-        f"wrote {tokenizer.model_file} ({len(tokenizer)} tokens); use it with model.tokenizer={tokenizer.model_file}"
+        f"wrote {tokenizer.model_file} ({len(tokenizer)} tokens); use it with "
+        f"tokenizer.path={tokenizer.model_file}"
     )
 
 

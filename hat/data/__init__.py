@@ -15,10 +15,10 @@ API::
     iter_documents(data_cfg, split="train", repeat=False) -> Iterator[str]
         Plain text documents of "train" or "eval" (every eval_every-th document of each
         source), mixed by weight, in the loaders' order. repeat=True never ends.
-    build_train_loader(data_cfg, model_kind, seq_len, global_rows, rank=0, world_size=1,
-                       splitter=None, tokenizer=None) -> PackedLoader
-        Endless iterator of this rank's batches; model_kind "hat" needs ``splitter`` (the
-        model's), "bpe" needs ``tokenizer``. ``.state_dict()`` / ``.load_state_dict()`` resume.
+    build_train_loader(data_cfg, fmt, seq_len, global_rows, rank=0, world_size=1) -> PackedLoader
+        Endless iterator of this rank's batches; ``fmt`` is how documents become rows, the
+        model's ``data_format()`` (``HATFormat(splitter)`` or ``BPEFormat(tokenizer)``).
+        ``.state_dict()`` / ``.load_state_dict()`` resume.
     build_eval_batches(same arguments..., max_batches=None) -> PackedLoader
         Finite iterator over the held-out documents, packed the same way (always in-process).
         It ends when this rank's lanes are drained or after max_batches, so with several
@@ -41,10 +41,8 @@ Labels: the next unit of the same document; a document's last unit predicts the 
 (EOD=192 for HAT, BOS for BPE); padding is -100. A row can start mid-document (the model treats
 a row start as a context start); the previous row's last label is then the continuation.
 
-Bits per byte: ``out.sum_nll / ln 2 / out.n_target_bytes`` for both models. HAT counts every
-target byte, the EOD target included; BPE's ``label_bytes`` counts the bytes each target token
-spells and 1 for the BOS target. Over the same complete documents both denominators equal
-text bytes + number of documents.
+Bits per byte: ``out.bits_per_byte`` for both models, text only: the end-of-document targets
+are trained on but not counted (``hat.modeling.CausalLMOutput``).
 
 Determinism: document j of the stream goes to lane j % global_rows; each lane packs its own
 documents into consecutive rows; global batch k is row k of every lane, and rank r owns lanes
@@ -52,12 +50,13 @@ documents into consecutive rows; global batch k is row k of every lane, and rank
 same for any world size and any ``num_workers``; HAT and BPE loaders see the same documents.
 """
 
-from hat.data.loader import PackedLoader, build_eval_batches, build_train_loader, make_format
+from hat.data.loader import PackedLoader, build_eval_batches, build_train_loader
 from hat.data.packing import BPEFormat, HATFormat, pack_rows
-from hat.data.sources import BUILTIN_SAMPLE, DataConfig, SourceConfig, iter_documents
+from hat.data.sources import BUILTIN_SAMPLE, SAMPLE_CORPUS, DataConfig, SourceConfig, iter_documents
 
 __all__ = [
     "BUILTIN_SAMPLE",
+    "SAMPLE_CORPUS",
     "BPEFormat",
     "DataConfig",
     "HATFormat",
@@ -66,6 +65,5 @@ __all__ = [
     "build_eval_batches",
     "build_train_loader",
     "iter_documents",
-    "make_format",
     "pack_rows",
 ]

@@ -11,10 +11,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hat.data.packing import BPEFormat, HATFormat, pack_rows
 from hat.data.sources import DataConfig, iter_documents
-from hat.splitter import Splitter
-from hat.tokenizer import BPETokenizer
 
 Batch = dict[str, torch.Tensor]
+Format = HATFormat | BPEFormat  # how documents become rows: the model's ``data_format()``
 
 
 class PackedLoader:
@@ -36,7 +35,7 @@ class PackedLoader:
     def __init__(
         self,
         cfg: DataConfig,
-        fmt: HATFormat | BPEFormat,
+        fmt: Format,
         seq_len: int,
         global_rows: int,
         rank: int = 0,
@@ -95,6 +94,10 @@ class PackedLoader:
         self.batches_done += 1
         return batch
 
+    def empty_batch(self) -> Batch:
+        """A batch shaped like this rank's batches with nothing to predict (all padding)."""
+        return self.fmt.collate([self.fmt.empty_row(self.seq_len)] * len(self.lanes))
+
     def state_dict(self) -> dict[str, Any]:
         """The data position: global batches consumed, and the layout it refers to."""
         return {"batches": self.batches_done, **self._layout()}
@@ -136,7 +139,7 @@ class LaneBatches(IterableDataset):
     def __init__(
         self,
         cfg: DataConfig,
-        fmt: HATFormat | BPEFormat,
+        fmt: Format,
         split: str,
         lanes: Sequence[int],
         global_rows: int,
@@ -172,49 +175,27 @@ def concat_batches(parts: Sequence[Batch]) -> Batch:
     return out
 
 
-def make_format(
-    model_kind: str, splitter: Splitter | None = None, tokenizer: BPETokenizer | None = None
-) -> HATFormat | BPEFormat:
-    """How documents become units: "hat" needs the model's splitter, "bpe" its tokenizer."""
-    if model_kind == "hat":
-        if splitter is None:
-            raise ValueError(
-                "model_kind='hat' needs the model's splitter, e.g. splitter=model.splitter"
-            )
-        return HATFormat(splitter)
-    if model_kind == "bpe":
-        if tokenizer is None:
-            raise ValueError("model_kind='bpe' needs the tokenizer, e.g. tokenizer=model.tokenizer")
-        return BPEFormat(tokenizer)
-    raise ValueError(f"model_kind must be 'hat' or 'bpe', got {model_kind!r}")
-
-
 def build_train_loader(
     data_cfg: DataConfig,
-    model_kind: str,
+    fmt: Format,
     seq_len: int,
     global_rows: int,
     rank: int = 0,
     world_size: int = 1,
-    splitter: Splitter | None = None,
-    tokenizer: BPETokenizer | None = None,
 ) -> PackedLoader:
-    """The endless train stream of this rank: ``global_rows / world_size`` rows of ``seq_len``."""
-    fmt = make_format(model_kind, splitter, tokenizer)
+    """The endless train stream of this rank: ``global_rows / world_size`` rows of ``seq_len``
+    units of ``fmt`` (the model's ``data_format()``)."""
     return PackedLoader(data_cfg, fmt, seq_len, global_rows, rank, world_size, "train")
 
 
 def build_eval_batches(
     data_cfg: DataConfig,
-    model_kind: str,
+    fmt: Format,
     seq_len: int,
     global_rows: int,
     rank: int = 0,
     world_size: int = 1,
-    splitter: Splitter | None = None,
-    tokenizer: BPETokenizer | None = None,
     max_batches: int | None = None,
 ) -> PackedLoader:
     """A finite iterator over the held-out documents, packed like the train stream."""
-    fmt = make_format(model_kind, splitter, tokenizer)
     return PackedLoader(data_cfg, fmt, seq_len, global_rows, rank, world_size, "eval", max_batches)

@@ -68,11 +68,7 @@ class Row:
 
 
 class HATFormat:
-    """Documents as bytes and words, batches as ``hat.batching.collate_documents`` makes them.
-
-    Every target counts as one byte, the EOD target included, so bits per byte divide by
-    text bytes + documents ended (the model's ``n_target_bytes``).
-    """
+    """Documents as bytes and words, batches as ``hat.batching.collate_documents`` makes them."""
 
     kind = "hat"
 
@@ -104,11 +100,8 @@ class HATFormat:
 
 
 class BPEFormat:
-    """Documents as ``[BOS] + tokens``; batches with ``label_bytes`` for bits per byte.
-
-    ``label_bytes`` is the bytes each target token spells, and 1 for the BOS (end-of-document)
-    target, so the twin divides by the same count as HAT: text bytes + documents ended.
-    """
+    """Documents as ``[BOS] + tokens``; batches with ``label_bytes``, the bytes each target
+    token spells, for bits per byte."""
 
     kind = "bpe"
 
@@ -127,8 +120,7 @@ class BPEFormat:
     def collate(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
         labels = _stack(r.labels for r in rows)
         label_bytes = torch.from_numpy(self.token_bytes[labels.clamp_min(0).numpy()])
-        label_bytes[labels == BOS_ID] = 1
-        label_bytes[labels == IGNORE] = 0
+        label_bytes[labels == IGNORE] = 0  # (BOS, the end-of-document target, spells none)
         return {
             "input_ids": _stack(r.ids for r in rows),
             "labels": labels,

@@ -21,11 +21,10 @@ from typing import IO, Any
 
 import numpy as np
 
-import hat
-
 logger = logging.getLogger(__name__)
 
 BUILTIN_SAMPLE = "builtin:sample"
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample_corpus.txt"
 SAMPLE_BY = ("line", "paragraph", "document")
 SPLITS = ("train", "eval")
 # file suffix (before an optional .gz) -> reader
@@ -225,7 +224,7 @@ def local_files(src: SourceConfig, where: str) -> list[Path] | None:
     """The sorted files of a local source, or None for a hub dataset name."""
     path = src.path
     if path == BUILTIN_SAMPLE:
-        return [Path(hat.__file__).parent / "assets" / "sample_corpus.txt"]
+        return [SAMPLE_CORPUS]
     if not _looks_local(path):
         return None
     is_glob = any(c in path for c in "*?[")

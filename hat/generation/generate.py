@@ -24,7 +24,7 @@ import torch
 
 from hat.generation.config import GENERATION_CONFIG_FILE, GenerateOutput, GenerationConfig
 from hat.generation.processors import build_processors
-from hat.generation.specs import ModelSpec, bpe_spec, hat_spec
+from hat.generation.specs import ModelSpec
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import UTF8_NEED, VocabAutomaton, incomplete_tail, utf8_advance
 
@@ -308,7 +308,7 @@ class GenerationMixin:
         receives the prompt, then the new ids as they come; batch size 1 only.
         """
         config = (generation_config or self.generation_config).update(**kwargs).validate()
-        spec = hat_spec(self) if self.config.model_type == "hat" else bpe_spec(self)
+        spec = self.generation_spec()
         if config.max_new_words is not None and not spec.byte_level:
             raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
         rows, kinds, single, width = _prepare_prompts(spec, inputs, input_ids, attention_mask)

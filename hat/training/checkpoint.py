@@ -20,7 +20,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from hat.train_config import TrainerConfig
+from hat.errors import HatError
+from hat.training.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MANIFEST_FILE = "manifest.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HatError):
     """A checkpoint cannot be used; the message names the file and what to do."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from hat.config import BPEConfig, HATConfig
+from hat.config import ModelConfig
 from hat.flops import mfu as flops_mfu
 
 METRICS_FILE = "metrics.jsonl"
@@ -61,24 +61,25 @@ def peak_flops(accelerator: Accelerator) -> float | None:
 
 
 def mfu(
-    model_cfg: HATConfig | BPEConfig,
-    seq_len: int,
+    model_cfg: ModelConfig,
+    row_bytes: int,
     n_bytes: float,
     n_units: float,
     bytes_per_s: float,
     peak: float | None,
 ) -> float | None:
-    """Model FLOPs utilisation from hat.flops (None off GPU or on an unknown GPU)."""
+    """Model FLOPs utilisation from hat.flops (None off GPU or on an unknown GPU).
+
+    ``n_bytes / n_units``: the bytes per backbone position (word or token) measured in training.
+    """
     if peak is None or n_units <= 0:
         return None
-    bytes_per_unit = n_bytes / n_units
-    seq_bytes = seq_len if model_cfg.model_type == "hat" else round(seq_len * bytes_per_unit)
-    return flops_mfu(model_cfg, bytes_per_unit, bytes_per_s, peak, seq_len=seq_bytes)
+    return flops_mfu(model_cfg, n_bytes / n_units, bytes_per_s, peak, seq_len=row_bytes)
 
 
 @dataclass
 class Throughput:
-    """Bytes and backbone units (HAT words, BPE tokens) per second of training time."""
+    """Bytes and backbone positions (HAT words, twin tokens) per second of training time."""
 
     n_bytes: float = 0.0
     n_units: float = 0.0

@@ -1,21 +1,24 @@
 """The trainer's configuration: typed dataclasses that hydra's YAML (``configs/``) fills.
 
-``TrainConfig`` holds one dataclass per config group (model, data, optim, schedule, trainer,
-logger). ``validate_config`` checks every value before any work is done and says which setting
-to change; hydra itself rejects unknown keys and wrong types.
+``TrainConfig`` holds one field per config group (model, data, optim, schedule, trainer,
+logger) plus what is not architecture: ``init_from`` (start from saved weights) and
+``tokenizer`` (the twin's). ``resolve_config`` turns hydra's node (or a ``TrainConfig`` built in
+Python) into plain dataclasses and validates every value once, before any work, with a message
+that says which setting to change.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hat.config import BPEConfig, HATConfig
+from hat.config import preset
 from hat.data import DataConfig
+from hat.registry import kind_of
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
@@ -23,34 +26,16 @@ LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-@dataclass
-class HATModelConfig(HATConfig):
-    """A HAT architecture (``configs/model/<preset>.yaml``) plus how to initialise it."""
-
-    init_from: str | None = None  # a save_pretrained directory: continue from its weights
-
-    @classmethod
-    def preset(cls, name: str) -> HATModelConfig:
-        """A named preset of hat.presets (tiny, small, 1b, ...) as a trainer model config."""
-        return _preset_as(cls, HATConfig.from_name(name))
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it and says what to change."""
 
 
 @dataclass
-class BPEModelConfig(BPEConfig):
-    """A BPE twin architecture plus its tokenizer and how to initialise it."""
+class TokenizerConfig:
+    """The BPE twin's tokenizer (HAT needs none)."""
 
-    init_from: str | None = None  # a save_pretrained directory (its tokenizer comes along)
-    tokenizer: str | None = None  # a tokenizer.model; None: train one on the training data
-    tokenizer_train_bytes: int = 100_000_000  # text read to train that tokenizer
-
-    @classmethod
-    def preset(cls, name: str) -> BPEModelConfig:
-        """A named preset of hat.presets (bpe_tiny, bpe_small, ...) as a trainer model config."""
-        return _preset_as(cls, BPEConfig.from_name(name))
-
-
-def _preset_as(schema: type, preset: HATConfig | BPEConfig) -> Any:
-    return schema(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)})
+    path: str | None = None  # a tokenizer.model (hat-tokenizer); None: train one at start
+    train_bytes: int = 100_000_000  # training text read to train that tokenizer
 
 
 @dataclass
@@ -79,7 +64,10 @@ class TrainerConfig:
     """Steps, batch, intervals, precision, checkpoints."""
 
     steps: int = 400
-    seq_len: int = 512  # units per row: bytes (HAT) or tokens (BPE)
+    # bytes of text per row, for every model kind: a HAT row is row_bytes bytes; a twin's row
+    # holds as many tokens as its tokenizer needs for row_bytes bytes on this data (measured at
+    # start), so HAT and its twin read the same text per step
+    row_bytes: int = 512
     global_rows: int = 8  # rows per optimizer step, over all ranks and micro-batches
     grad_accum: int = 1  # micro-batches per step on each rank
     log_interval: int = 10
@@ -115,8 +103,9 @@ class LoggerConfig:
 class TrainConfig:
     """Everything ``hat-train`` needs; hydra's config groups fill one field each."""
 
-    # HATModelConfig or BPEModelConfig (typed by the model group's schema in hydra)
-    model: Any = field(default_factory=lambda: HATModelConfig.preset("small"))
+    model: Any = field(default_factory=lambda: preset("small"))  # HATConfig | BPEConfig
+    init_from: str | None = None  # a save_pretrained directory: start from its weights
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -124,75 +113,51 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def resolve_config(cfg: TrainConfig | DictConfig) -> TrainConfig:
-    """A hydra DictConfig or a (possibly interpolated) TrainConfig -> a plain, resolved TrainConfig."""
+def resolve_config(cfg: TrainConfig | DictConfig, world_size: int = 1) -> TrainConfig:
+    """Plain, interpolation-free, validated dataclasses from a hydra node or a ``TrainConfig``.
+
+    A ``model`` given as a plain mapping (a YAML file without a preset to extend) is typed by
+    its ``model_type`` (default HAT).
+    """
     conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     out = OmegaConf.to_object(conf)
-    if isinstance(out.model, dict):  # an untyped model node: pick the schema by model_type
-        kind = out.model.get("model_type", "hat")
-        out.model = (BPEModelConfig if kind == "bpe" else HATModelConfig)(**out.model)
-    return out
-
-
-def architecture(model_cfg: HATModelConfig | BPEModelConfig) -> HATConfig | BPEConfig:
-    """The model config proper: the preset's fields without init_from / tokenizer settings."""
-    base = BPEConfig if model_cfg.model_type == "bpe" else HATConfig
-    names = {f.name for f in dataclasses.fields(base)}
-    return base(**{k: v for k, v in dataclasses.asdict(model_cfg).items() if k in names}).validate()
-
-
-def peak_lr(cfg: TrainConfig) -> float:
-    """optim.lr, or the HAT paper's rule lr = 3e-4 * 32 / backbone heads."""
-    return cfg.optim.lr if cfg.optim.lr is not None else 3e-4 * 32 / cfg.model.backbone.n_heads
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names it and says what to change."""
-
-
-def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Fail before any work, saying which setting to change (raises ConfigError)."""
+    if isinstance(out.model, dict):
+        kind = kind_of(out.model.get("model_type", "hat"))
+        try:
+            out.model = kind.config_class(**out.model)
+        except TypeError as err:
+            raise ConfigError(f"model: {err}") from None
     try:
-        _validate(cfg, world_size)
+        _validate(out, world_size)
     except ConfigError:
         raise
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    return out
 
 
 def _validate(cfg: TrainConfig, world_size: int) -> None:
     t, s, o = cfg.trainer, cfg.schedule, cfg.optim
-    if cfg.model.model_type not in ("hat", "bpe"):
-        raise ValueError(f"model.model_type must be 'hat' or 'bpe', got {cfg.model.model_type!r}")
-    architecture(cfg.model)  # the model's own checks
+    cfg.model.validate()
     cfg.data.validate()
-    for key in ("steps", "seq_len", "global_rows", "grad_accum", "log_interval"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"trainer.{key} must be >= 1, got {getattr(t, key)}")
-    counts = (
-        "eval_interval",
-        "checkpoint_interval",
-        "export_interval",
-        "keep_last",
-        "sample_new_tokens",
-    )
-    for key in counts:
-        if getattr(t, key) < 0:
-            raise ValueError(f"trainer.{key} must be >= 0, got {getattr(t, key)}")
-    if t.eval_batches is not None and t.eval_batches < 1:
-        raise ValueError(
-            f"trainer.eval_batches must be >= 1 or null (the whole held-out split), got {t.eval_batches}"
-        )
-    if t.global_rows % (world_size * t.grad_accum):
-        per_step = world_size * t.grad_accum
+    for key in ("steps", "row_bytes", "global_rows", "grad_accum", "log_interval"):
+        _at_least(f"trainer.{key}", getattr(t, key), 1)
+    for key in ("eval_interval", "checkpoint_interval", "export_interval", "keep_last"):
+        _at_least(f"trainer.{key}", getattr(t, key), 0)
+    _at_least("trainer.sample_new_tokens", t.sample_new_tokens, 0)
+    if t.eval_batches is not None:
+        _at_least("trainer.eval_batches (or null: the whole held-out split)", t.eval_batches, 1)
+    per_step = world_size * t.grad_accum
+    if t.global_rows % per_step:
         raise ValueError(
             f"trainer.global_rows={t.global_rows} must be divisible by world size ({world_size}) x "
-            f"trainer.grad_accum ({t.grad_accum}); e.g. trainer.global_rows={per_step * max(1, t.global_rows // per_step)}"
+            f"trainer.grad_accum ({t.grad_accum}); e.g. "
+            f"trainer.global_rows={per_step * max(1, t.global_rows // per_step)}"
         )
-    if cfg.model.model_type == "hat" and t.seq_len < cfg.model.max_word_bytes:
+    if t.row_bytes < cfg.model.min_row_bytes():
         raise ValueError(
-            f"trainer.seq_len={t.seq_len} is shorter than model.max_word_bytes={cfg.model.max_word_bytes}; "
-            "raise trainer.seq_len (a row must hold the longest word)"
+            f"trainer.row_bytes={t.row_bytes} is shorter than the model's longest word "
+            f"({cfg.model.min_row_bytes()} bytes); raise trainer.row_bytes"
         )
     _check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_choice("schedule.name", s.name, SCHEDULES)
@@ -201,13 +166,13 @@ def _validate(cfg: TrainConfig, world_size: int) -> None:
     if not 0 <= s.warmup_steps < t.steps:
         raise ValueError(
             f"schedule.warmup_steps={s.warmup_steps} must be in [0, trainer.steps={t.steps}); "
-            f"e.g. schedule.warmup_steps={max(t.steps // 10, 0)}"
+            f"e.g. schedule.warmup_steps={t.steps // 10}"
         )
     if not 0.0 <= s.min_lr_ratio <= 1.0:
         raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {s.min_lr_ratio}")
     if not 0.0 < s.decay_fraction <= 1.0:
         raise ValueError(f"schedule.decay_fraction must be in (0, 1], got {s.decay_fraction}")
-    if o.lr is not None and not o.lr > 0:
+    if o.lr is not None and not (math.isfinite(o.lr) and o.lr > 0):
         raise ValueError(f"optim.lr must be > 0 (or null for the paper's rule), got {o.lr}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
@@ -217,16 +182,17 @@ def _validate(cfg: TrainConfig, world_size: int) -> None:
         raise ValueError(
             f"trainer.resume={t.resume!r}: use auto, none, or an existing checkpoint directory"
         )
-    init_from = cfg.model.init_from
-    if init_from and not (Path(init_from) / "config.json").is_file():
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
         raise ValueError(
-            f"model.init_from={init_from!r} has no config.json: pass a directory written by save_pretrained"
+            f"init_from={cfg.init_from!r} has no config.json: pass a directory written by "
+            "save_pretrained (a run's model/ or exports/step_N/)"
         )
-    tokenizer = getattr(cfg.model, "tokenizer", None)
-    if tokenizer and not Path(tokenizer).is_file():
+    if cfg.tokenizer.path and not Path(cfg.tokenizer.path).is_file():
         raise ValueError(
-            f"model.tokenizer={tokenizer!r} does not exist; train one with hat-tokenizer, or leave it unset"
+            f"tokenizer.path={cfg.tokenizer.path!r} does not exist; train one with hat-tokenizer, "
+            "or leave it unset to train one at start"
         )
+    _at_least("tokenizer.train_bytes", cfg.tokenizer.train_bytes, 1)
     if cfg.logger.name == "wandb":
         try:
             import wandb  # noqa: F401
@@ -234,6 +200,11 @@ def _validate(cfg: TrainConfig, world_size: int) -> None:
             raise ValueError(
                 "logger=wandb needs the wandb package: pip install 'hat-lm[wandb]'"
             ) from None
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{key} must be >= {low}, got {value}")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,18 +1,18 @@
 """Pretraining: one loop for HAT and its BPE twin, on CPU, one GPU, DDP or FSDP2 (accelerate).
 
-``hat-train`` (``hat.cli.train``) fills a ``TrainConfig`` from hydra and calls ``train``; Python
-users can call ``train(TrainConfig(...))`` directly. A step is:
+``hat-train`` fills a ``TrainConfig`` from hydra and calls ``train``; Python users can call
+``train(TrainConfig(...))`` or ``Trainer(cfg).fit()``. A step is:
 
-    global batch (trainer.global_rows rows of trainer.seq_len units, the same for any world size)
+    global batch (trainer.global_rows rows of trainer.row_bytes bytes of text, the same for any
+    world size; a twin's row holds the tokens of that many bytes)
       -> this rank's rows, split into trainer.grad_accum micro-batches
       -> forward + backward of each, loss = sum_nll * world_size / global target count
       -> clip, AdamW, schedule
 
 so the gradient is that of the mean loss over every target of the global batch, whatever the
-number of ranks or micro-batches. Checkpoints are written atomically (temp dir, then rename) with
-a manifest of file sizes and checksums; ``trainer.resume=auto`` continues from the newest one.
-The settings are in ``hat.train_config``, checkpoints in ``hat.checkpoint``, metrics (JSONL,
-wandb, MFU) in ``hat.metrics``.
+number of ranks or micro-batches. The trainer never asks which kind of model it trains: it asks
+the model (``data_format``, ``units_per_row``, ``backbone_positions``) and its kind
+(``hat.registry``).
 
 Output directory (``trainer.output_dir``)::
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
@@ -47,8 +47,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hat.auto import load_pretrained
 from hat.batching import IGNORE
-from hat.bpe import BPEForCausalLM
-from hat.checkpoint import (
+from hat.data import build_eval_batches, build_train_loader, iter_documents
+from hat.errors import HatError
+from hat.modeling import PreTrainedLM, bits_per_byte
+from hat.registry import kind_of
+from hat.tokenizer import TOKENIZER_FILE, BPETokenizer
+from hat.training.checkpoint import (
     CHECKPOINT_PREFIX,
     CheckpointError,
     find_resume_checkpoint,
@@ -56,179 +60,68 @@ from hat.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from hat.data import DataConfig, build_eval_batches, build_train_loader, iter_documents
-from hat.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
-from hat.model import HATForCausalLM
-from hat.modeling import PreTrainedLM
-from hat.splitter import PAD
-from hat.tokenizer import TOKENIZER_FILE, BPETokenizer
-from hat.train_config import (  # noqa: F401 - the config classes are part of this module's API
-    BPEModelConfig,
-    ConfigError,
-    HATModelConfig,
-    LoggerConfig,
-    OptimConfig,
-    ScheduleConfig,
-    TrainConfig,
-    TrainerConfig,
-    architecture,
-    peak_lr,
-    resolve_config,
-    validate_config,
-)
+from hat.training.config import TrainConfig, TrainerConfig, resolve_config
+from hat.training.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
+from hat.training.optim import build_optimizer, build_scheduler, peak_lr
+from hat.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
-
 EXPORT_DIR = "model"
+MEASURE_BYTES = 1_000_000  # training text read to measure a twin's tokens per row
 
 
-# ---- model, tokenizer, optimizer, schedule ---------------------------------------------------
-def train_tokenizer(
-    data_cfg: DataConfig, vocab_size: int, output_file: str | Path, max_bytes: int
-) -> BPETokenizer:
-    """Train the twin's sentencepiece BPE on the first ``max_bytes`` of the training documents.
-
-    Written to a temporary file and renamed, so an interrupted run leaves no half tokenizer.
-    """
-
-    def documents() -> Iterator[str]:
-        seen = 0
-        for text in iter_documents(data_cfg, "train"):
-            yield text
-            seen += len(text.encode("utf-8"))
-            if seen >= max_bytes:
-                return
-
-    output_file = Path(output_file)
-    tmp = output_file.with_name(output_file.name + ".tmp")
-    BPETokenizer.train(documents(), vocab_size=vocab_size, output_file=tmp)
-    os.replace(tmp, output_file)
-    return BPETokenizer(output_file)
+class NonFiniteLossError(HatError):
+    """The loss or gradient became NaN/inf and ``trainer.skip_nan_batches`` is off."""
 
 
+# ---- set-up ----------------------------------------------------------------------------------
 def prepare_tokenizer(
     cfg: TrainConfig, accelerator: Accelerator, out_dir: Path
 ) -> BPETokenizer | None:
-    """The BPE twin's tokenizer: model.tokenizer, the init_from model's, or one trained now."""
-    model_cfg = cfg.model
-    if model_cfg.model_type != "bpe":
+    """The twin's tokenizer: ``tokenizer.path``, or one trained now on the training data
+    (rank 0 trains it, the others read the file). None for kinds without one, and with
+    ``init_from`` (the saved model brings its own)."""
+    if not kind_of(cfg.model).uses_tokenizer or cfg.init_from:
         return None
-    if model_cfg.init_from:
-        return None  # from_pretrained loads the saved model's own tokenizer
-    if model_cfg.tokenizer:
-        return BPETokenizer(model_cfg.tokenizer)
+    if cfg.tokenizer.path:
+        return BPETokenizer(cfg.tokenizer.path)
     path = out_dir / TOKENIZER_FILE
-    with accelerator.main_process_first():  # rank 0 trains it, the others then read the file
+    with accelerator.main_process_first():
         if not path.is_file():
-            logger.info(
-                f"training a {model_cfg.vocab_size}-token BPE tokenizer on the training data -> {path}"
-            )
-            train_tokenizer(cfg.data, model_cfg.vocab_size, path, model_cfg.tokenizer_train_bytes)
+            vocab = cfg.model.vocab_size
+            logger.info(f"training a {vocab}-token BPE tokenizer on the training data -> {path}")
+            train_tokenizer(cfg.data, vocab, path, cfg.tokenizer.train_bytes)
     return BPETokenizer(path)
 
 
-def build_model(
-    model_cfg: HATModelConfig | BPEModelConfig, tokenizer: BPETokenizer | None
-) -> PreTrainedLM:
-    """A fresh model of the configured architecture, or the ``init_from`` model."""
-    arch = architecture(model_cfg)
-    if not model_cfg.init_from:
-        return BPEForCausalLM(arch, tokenizer) if arch.model_type == "bpe" else HATForCausalLM(arch)
-    model = load_pretrained(model_cfg.init_from).train()
-    if model.config.model_type != arch.model_type:
+def build_model(cfg: TrainConfig, tokenizer: BPETokenizer | None) -> PreTrainedLM:
+    """A fresh model of ``cfg.model``, or the ``init_from`` model with its saved architecture."""
+    if not cfg.init_from:
+        return kind_of(cfg.model).build(cfg.model, tokenizer)
+    model = load_pretrained(cfg.init_from).train()
+    saved, chosen = model.config, cfg.model
+    if kind_of(saved) is not kind_of(chosen):
         raise ValueError(
-            f"model.init_from={model_cfg.init_from} holds a {model.config.model_type!r} model but the "
-            f"selected model config is {arch.model_type!r}; choose a matching model= preset"
+            f"init_from={cfg.init_from} holds a {saved.model_type!r} model but model= is a "
+            f"{chosen.model_type!r} preset; choose a matching model= preset"
         )
     differ = sorted(
-        k for k, v in arch.to_dict().items() if k != "name" and model.config.to_dict().get(k) != v
+        k for k, v in chosen.to_dict().items() if k != "name" and saved.to_dict().get(k) != v
     )
     if differ:
         logger.warning(
-            f"model.init_from: using the saved architecture; these model.* settings are ignored: {differ}"
+            f"init_from: using the saved architecture; model.* settings ignored: {differ}"
         )
-    if arch.model_type == "bpe" and model.tokenizer is None:
-        raise ValueError(f"model.init_from={model_cfg.init_from} has no {TOKENIZER_FILE}")
     return model
-
-
-def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedLM:
-    """The model itself, without DDP/FSDP wrappers and without torch.compile's wrapper
-    (``trainer.compile=true``): what save_pretrained, generate and score run on."""
-    return accelerator.unwrap_model(model, keep_torch_compile=False)
-
-
-def new_model_like(model: PreTrainedLM) -> PreTrainedLM:
-    """An empty (meta-device) model of the same class, config and tokenizer."""
-    with torch.device("meta"):
-        if isinstance(model, BPEForCausalLM):
-            return BPEForCausalLM(model.config, model.tokenizer)
-        return type(model)(model.config)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on Linear weights only (norms, embeddings, queries, biases: none)."""
-    decay = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    no_decay_types = (torch.nn.Embedding,)
-    no_decay = {
-        id(p) for m in model.modules() if isinstance(m, no_decay_types) for p in m.parameters()
-    }
-    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())  # tied once
-    groups = [
-        {
-            "params": [p for p in params if id(p) in decay and id(p) not in no_decay],
-            "weight_decay": cfg.optim.weight_decay,
-        },
-        {
-            "params": [p for p in params if id(p) not in decay or id(p) in no_decay],
-            "weight_decay": 0.0,
-        },
-    ]
-    return torch.optim.AdamW(
-        groups,
-        lr=peak_lr(cfg),
-        betas=tuple(cfg.optim.betas),
-        eps=cfg.optim.eps,
-        fused=torch.cuda.is_available() or None,
-    )
-
-
-def lr_multiplier(step: int, steps: int, cfg: ScheduleConfig) -> float:
-    """The factor on the peak lr used by optimizer step ``step`` (0-based) of ``steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    floor = cfg.min_lr_ratio
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "wsd":
-        decay_start = steps - max(1, round(cfg.decay_fraction * steps))
-        if step < max(decay_start, cfg.warmup_steps):
-            return 1.0
-        progress = (step - decay_start + 1) / (steps - decay_start)
-        return 1.0 - (1.0 - floor) * min(progress, 1.0)
-    progress = min((step - cfg.warmup_steps + 1) / max(steps - cfg.warmup_steps, 1), 1.0)
-    if cfg.name == "linear":
-        return 1.0 - (1.0 - floor) * progress
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
-    steps, schedule = cfg.trainer.steps, cfg.schedule
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, steps, schedule)
-    )
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """CPU when no GPU is present; bf16 autocast on GPU by default; trackers on rank 0."""
     precision = cfg.trainer.precision
     if precision == "auto":
-        precision = (
-            "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-        )
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "fp32"
     # accelerate keeps its settings (mixed precision, ...) in a process-wide singleton that
     # refuses a second Accelerator with other settings; each run starts from its own config
     # (as transformers' Trainer does). The distributed state (PartialState) is kept.
@@ -245,15 +138,32 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
+def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedLM:
+    """The model itself, without DDP/FSDP wrappers and without torch.compile's wrapper
+    (``trainer.compile=true``): what save_pretrained, generate and score run on."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def measure_sample(cfg: TrainConfig) -> Iterator[str]:
+    """The first ``MEASURE_BYTES`` of training text (to fit a twin's rows to ``row_bytes``)."""
+    seen = 0
+    for text in iter_documents(cfg.data, "train"):
+        yield text
+        seen += len(text.encode("utf-8"))
+        if seen >= MEASURE_BYTES:
+            return
+
+
 # ---- one step and evaluation -----------------------------------------------------------------
 @dataclass
 class StepStats:
     """Global sums over one optimizer step (all ranks and micro-batches)."""
 
-    sum_nll: float
+    sum_nll: float  # nats over every target
     n_targets: float  # target units: bytes (HAT) or tokens (BPE)
-    n_bytes: float  # bytes those targets spell
-    n_words: float  # HAT: words processed by the backbone; BPE: tokens
+    text_nll: float  # nats over the targets that are text (not document ends)
+    n_bytes: float  # bytes of text those targets spell
+    n_positions: float  # backbone positions: HAT words, twin tokens
     grad_norm: float
 
     @property
@@ -262,7 +172,7 @@ class StepStats:
 
     @property
     def bpb(self) -> float:
-        return self.sum_nll / math.log(2) / max(self.n_bytes, 1.0)
+        return bits_per_byte(self.text_nll, self.n_bytes)
 
     @property
     def finite(self) -> bool:
@@ -275,23 +185,23 @@ def split_rows(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, tor
     return [{k: v[i] for k, v in chunks.items()} for i in range(parts)]
 
 
-def count_units(batch: dict[str, torch.Tensor]) -> int:
-    """Backbone positions of a batch: HAT words (without the padding word) or BPE targets."""
-    if "word_lengths" in batch:
-        padding_words = (batch["input_ids"][:, -1] == PAD).sum()  # one padding word per padded row
-        return int((batch["word_lengths"] > 0).sum() - padding_words)
-    return int((batch["labels"] != IGNORE).sum())
+def _sums(out: Any) -> torch.Tensor:
+    return torch.stack(
+        [out.sum_nll.float(), out.n_targets.float(), out.text_nll.float(), out.text_bytes.float()]
+    )
 
 
-def train_step(
+def forward_backward(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     accelerator: Accelerator,
-    cfg: TrainerConfig,
+    trainer: TrainerConfig,
     grad_clip: float,
+    positions: int,
 ) -> StepStats:
-    """Forward and backward over this rank's rows; gradients left for the optimizer."""
-    micro_batches = split_rows(batch, cfg.grad_accum)
+    """Forward and backward over this rank's rows (``positions``: backbone positions in
+    them, for throughput); gradients are left for the optimizer."""
+    micro_batches = split_rows(batch, trainer.grad_accum)
     # normalise by the global target count: each rank's gradients are averaged by DDP (hence
     # * world_size), and micro-batches with more targets weigh more, as one big batch would
     local_targets = torch.tensor(
@@ -299,42 +209,40 @@ def train_step(
     )
     global_targets = accelerator.reduce(local_targets, "sum").clamp_min(1.0)
     scale = accelerator.num_processes / global_targets
-    totals = torch.zeros(3, device=accelerator.device)  # sum_nll, n_targets, n_bytes
+    totals = torch.zeros(4, device=accelerator.device)
     for i, micro in enumerate(micro_batches):
         micro = {k: v.to(accelerator.device, non_blocking=True) for k, v in micro.items()}
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # all-reduce gradients once
             out = model(**micro)
             accelerator.backward(out.sum_nll * scale)
-        totals += torch.stack(
-            [out.sum_nll.detach().float(), out.n_targets.float(), out.n_target_bytes.float()]
-        )
+        totals += _sums(out).detach()
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    words = torch.tensor(float(count_units(batch)), device=accelerator.device)
-    sums = accelerator.reduce(torch.cat([totals, words[None]]), "sum").tolist()
+    counted = torch.tensor([float(positions)], device=accelerator.device)
+    sums = accelerator.reduce(torch.cat([totals, counted]), "sum").tolist()
     norm = float(grad_norm) if grad_norm is not None else 0.0
-    return StepStats(sums[0], sums[1], sums[2], sums[3], norm)
+    return StepStats(*sums, grad_norm=norm)
 
 
 @dataclass
 class EvalResult:
     loss: float  # nats per target unit
-    bpb: float
+    bpb: float  # bits per byte of text
     n_bytes: int
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Any, accelerator: Accelerator) -> EvalResult:
-    """Bits per byte over held-out batches (each rank its own rows, summed over ranks).
+def held_out_loss(model: torch.nn.Module, batches: Any, accelerator: Accelerator) -> EvalResult:
+    """Loss and bits per byte over held-out batches (each rank its own rows, summed).
 
     Ranks may run out of held-out rows at different batches; a rank that has run out
     evaluates an all-padding batch (no targets) so that every rank runs the same forwards
     (FSDP gathers weights inside forward).
     """
     model.eval()
-    totals = torch.zeros(3, device=accelerator.device)
-    iterator, previous = iter(batches), None
+    totals = torch.zeros(4, device=accelerator.device)
+    iterator = iter(batches)
     while True:
         batch = next(iterator, None)
         if accelerator.num_processes > 1:
@@ -343,28 +251,13 @@ def evaluate(model: torch.nn.Module, batches: Any, accelerator: Accelerator) -> 
             )
             if remaining.item() == 0:
                 break
-            if batch is None:
-                batch = padding_batch(previous, batches)
+            batch = batches.empty_batch() if batch is None else batch
         elif batch is None:
             break
-        previous = batch
-        out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
-        totals += torch.stack(
-            [out.sum_nll.float(), out.n_targets.float(), out.n_target_bytes.float()]
-        )
+        totals += _sums(model(**{k: v.to(accelerator.device) for k, v in batch.items()}))
     model.train()
-    sum_nll, n_targets, n_bytes = accelerator.reduce(totals, "sum").tolist()
-    return EvalResult(
-        sum_nll / max(n_targets, 1.0), sum_nll / math.log(2) / max(n_bytes, 1.0), int(n_bytes)
-    )
-
-
-def padding_batch(previous: dict[str, torch.Tensor] | None, loader: Any) -> dict[str, torch.Tensor]:
-    """A batch shaped like this rank's batches that has no targets."""
-    if previous is None:  # this rank had no held-out rows at all
-        rows = len(loader.lanes)
-        return loader.fmt.collate([loader.fmt.empty_row(loader.seq_len)] * rows)
-    return {**previous, "labels": torch.full_like(previous["labels"], IGNORE)}
+    sum_nll, n_targets, text_nll, n_bytes = accelerator.reduce(totals, "sum").tolist()
+    return EvalResult(sum_nll / max(n_targets, 1.0), bits_per_byte(text_nll, n_bytes), int(n_bytes))
 
 
 # ---- export and sample -----------------------------------------------------------------------
@@ -374,7 +267,7 @@ def export_model(accelerator: Accelerator, model: torch.nn.Module, directory: Pa
     sharded = getattr(model, "_orig_mod", model)
     state = accelerator.get_state_dict(sharded)  # gathers FSDP shards; every rank must call it
     if accelerator.is_main_process:
-        shell = new_model_like(unwrap(accelerator, model))
+        shell = unwrap(accelerator, model).empty_copy()
         shell.load_state_dict(state, assign=True)  # no copy: the shell uses the state's tensors
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -411,18 +304,14 @@ class TrainResult:
     output_dir: Path
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf and ``trainer.skip_nan_batches`` is off."""
-
-
 class Trainer:
     """One training run: ``Trainer(cfg).fit()``. Set-up (model, data, resume) happens here."""
 
     def __init__(self, cfg: TrainConfig | DictConfig) -> None:
-        self.cfg = cfg = resolve_config(cfg)
-        t = cfg.trainer
+        # the process group (torchrun / accelerate launch) is known before the Accelerator
+        self.cfg = cfg = resolve_config(cfg, PartialState().num_processes)
         self.accelerator = accelerator = make_accelerator(cfg)
-        validate_config(cfg, accelerator.num_processes)
+        t = cfg.trainer
         if not accelerator.is_main_process:
             logging.getLogger("hat").setLevel(logging.WARNING)  # progress messages from rank 0 only
         self.out_dir = Path(t.output_dir)
@@ -432,27 +321,23 @@ class Trainer:
         set_seed(t.seed, deterministic=t.deterministic)  # the same seed on every rank: same init
 
         resume_from = find_resume_checkpoint(t, self.ckpt_root, accelerator)
-        model = build_model(cfg.model, prepare_tokenizer(cfg, accelerator, self.out_dir))
-        self.model_cfg, self.kind = model.config, model.config.model_type
-        loader_args = dict(
-            rank=accelerator.process_index,
-            world_size=accelerator.num_processes,
-            splitter=getattr(model, "splitter", None),
-            tokenizer=getattr(model, "tokenizer", None),
-        )
-        optimizer = build_optimizer(model, cfg)
+        model = build_model(cfg, prepare_tokenizer(cfg, accelerator, self.out_dir))
+        self.model_cfg, self.kind = model.config, kind_of(model)
+        self.backbone_positions = model.backbone_positions
+        self.seq_len = model.units_per_row(t.row_bytes, measure_sample(cfg))
+        fmt = model.data_format()
+        optimizer = build_optimizer(model, cfg.optim, peak_lr(cfg.optim, model.config))
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
-            model, optimizer, build_scheduler(optimizer, cfg)
+            model, optimizer, build_scheduler(optimizer, t.steps, cfg.schedule)
         )
+        shard = dict(rank=accelerator.process_index, world_size=accelerator.num_processes)
         # held-out data: the training mixture, and with several sources each one on its own
         # (weight-0 sources included: evaluated, never trained on)
         self.eval_sets = {"": cfg.data, **cfg.data.eval_sets()}
         self.eval_batches = lambda data: build_eval_batches(
-            data, self.kind, t.seq_len, t.global_rows, max_batches=t.eval_batches, **loader_args
+            data, fmt, self.seq_len, t.global_rows, max_batches=t.eval_batches, **shard
         )
-        self.loader = build_train_loader(
-            cfg.data, self.kind, t.seq_len, t.global_rows, **loader_args
-        )
+        self.loader = build_train_loader(cfg.data, fmt, self.seq_len, t.global_rows, **shard)
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, accelerator)
         self.config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.step, self.bytes_seen = 0, 0.0
@@ -479,12 +364,12 @@ class Trainer:
         t, accelerator = self.cfg.trainer, self.accelerator
         console = _console_loggers()
         n_params = sum(p.numel() for p in self.plain_model.parameters())
-        unit = "bytes" if self.kind == "hat" else "tokens"
         precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
         logger.info(
-            f"{self.kind} model {self.model_cfg.name} ({n_params / 1e6:.1f} M parameters) on "
-            f"{accelerator.num_processes} x {accelerator.device} ({precision}); "
-            f"{t.steps} steps of {t.global_rows} x {t.seq_len} {unit}; output {self.out_dir}"
+            f"{self.kind.name} model {self.model_cfg.name} ({n_params / 1e6:.1f} M parameters) on "
+            f"{accelerator.num_processes} x {accelerator.device} ({precision}); {t.steps} steps of "
+            f"{t.global_rows} x {self.seq_len} {self.kind.unit} (~{t.row_bytes} bytes of text "
+            f"per row); output {self.out_dir}"
         )
         last_eval = None
         throughput = Throughput()
@@ -494,7 +379,7 @@ class Trainer:
         with logging_redirect_tqdm(console), bar:
             while self.step < t.steps:
                 stats, lr = self.train_step()
-                throughput.add(stats.n_bytes, stats.n_words)
+                throughput.add(stats.n_bytes, stats.n_positions)
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.steps:
                     self.log(stats, lr, throughput)
@@ -527,8 +412,14 @@ class Trainer:
     def train_step(self) -> tuple[StepStats, float]:
         """One optimizer step on the next global batch; NaN/inf stops the run or skips the batch."""
         t = self.cfg.trainer
-        stats = train_step(
-            self.model, next(self.loader), self.accelerator, t, self.cfg.optim.grad_clip
+        batch = next(self.loader)
+        stats = forward_backward(
+            self.model,
+            batch,
+            self.accelerator,
+            t,
+            self.cfg.optim.grad_clip,
+            self.backbone_positions(batch),
         )
         if stats.finite:
             self.optimizer.step()
@@ -552,7 +443,7 @@ class Trainer:
 
     def log(self, stats: StepStats, lr: float, throughput: Throughput) -> None:
         """One line of metrics.jsonl (and wandb): the step's global loss, rates since the last log."""
-        bytes_per_s, units_per_s = throughput.rates()
+        bytes_per_s, positions_per_s = throughput.rates()
         record = {
             "step": self.step,
             "kind": "train",
@@ -561,12 +452,16 @@ class Trainer:
             "lr": lr,
             "grad_norm": stats.grad_norm,
             "bytes_per_s": bytes_per_s,
-            "words_per_s" if self.kind == "hat" else "tokens_per_s": units_per_s,
+            f"{self.kind.position}s_per_s": positions_per_s,
             "bytes_seen": self.bytes_seen,
         }
-        seq_len, peak = self.cfg.trainer.seq_len, peak_flops(self.accelerator)
         utilisation = mfu(
-            self.model_cfg, seq_len, throughput.n_bytes, throughput.n_units, bytes_per_s, peak
+            self.model_cfg,
+            self.cfg.trainer.row_bytes,
+            throughput.n_bytes,
+            throughput.n_units,
+            bytes_per_s,
+            peak_flops(self.accelerator),
         )
         if utilisation is not None:
             record["mfu"] = utilisation
@@ -579,9 +474,8 @@ class Trainer:
         results, by_config = {}, {}  # a set that is the mixture itself is evaluated once
         for name, data in self.eval_sets.items():
             if id(data) not in by_config:
-                by_config[id(data)] = evaluate(
-                    self.model, self.eval_batches(data), self.accelerator
-                )
+                batches = self.eval_batches(data)
+                by_config[id(data)] = held_out_loss(self.model, batches, self.accelerator)
             result = by_config[id(data)]
             where = f" on {name}" if name else ""
             if result.n_bytes == 0:
@@ -608,7 +502,8 @@ class Trainer:
     def export(self, directory: Path) -> None:
         export_model(self.accelerator, self.model, directory)
         logger.info(
-            f"exported the model to {directory} (load it with {type(self.plain_model).__name__}.from_pretrained)"
+            f"exported the model to {directory} (load it with hat.load_pretrained or "
+            f"{type(self.plain_model).__name__}.from_pretrained)"
         )
 
     def finish(self, last_eval: EvalResult) -> TrainResult:
@@ -662,3 +557,16 @@ def _tracker_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     run = {"mode": log.mode, "name": log.run_name, "entity": log.entity, "tags": list(log.tags)}
     run["dir"] = os.environ.get("WANDB_DIR", cfg.trainer.output_dir)
     return {"wandb": run}
+
+
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainResult",
+    "build_model",
+    "export_model",
+    "forward_backward",
+    "held_out_loss",
+    "train",
+    "unwrap",
+]

@@ -1,0 +1,79 @@
+"""What every command-line tool shares: one-line errors, rank 0, the configs and their schemas."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from hat.config import preset, preset_names
+from hat.errors import HatError
+from hat.registry import KINDS
+from hat.training.config import TrainConfig
+
+# errors whose message is the whole story: bad settings, files, inputs (ValueError and
+# OSError include FileNotFoundError, UnicodeDecodeError, JSONDecodeError, ...)
+USER_ERRORS = (ValueError, OSError, HatError)
+
+
+def verbose() -> bool:
+    """Show tracebacks instead of one-line errors (``HYDRA_FULL_ERROR=1`` or ``HAT_VERBOSE=1``)."""
+    return any(os.environ.get(k) == "1" for k in ("HYDRA_FULL_ERROR", "HAT_VERBOSE"))
+
+
+@contextmanager
+def cli_errors(prog: str) -> Iterator[None]:
+    """Turn a user error raised inside into ``prog: error: message`` on stderr and exit code 1
+    (printed by rank 0 only); anything else, or any error when ``verbose()``, propagates."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if verbose():
+            raise
+        if is_rank_zero():
+            message = " ".join(str(err).split()) or type(err).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a single process); hydra runs before any
+    process group exists, so ask the launcher's environment."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def config_dir() -> str:
+    """The YAML configs: the installed ``hat.conf`` package, else the source checkout's configs/."""
+    try:
+        installed = resources.files("hat.conf")
+        if installed.joinpath("train.yaml").is_file():
+            return str(installed)
+    except ModuleNotFoundError:
+        pass
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if (checkout / "train.yaml").is_file():
+        return str(checkout)
+    raise FileNotFoundError("hat's configs are missing: reinstall hat-lm (pip install hat-lm)")
+
+
+def register_configs() -> None:
+    """Hydra's typed schemas: the training config (``train_schema``), and every preset of
+    ``hat.config.preset_names()`` as an option of the ``model`` group, typed by its config
+    class (``configs/model/`` adds custom ones; ``base_hat``/``base_bpe`` are blank schemas)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig(model=MISSING))  # the model group fills it
+    for kind in KINDS.values():
+        store.store(group="model", name=f"base_{kind.name}", node=kind.config_class)
+    for name in preset_names():
+        store.store(group="model", name=name, node=preset(name))
+    if not OmegaConf.has_resolver("hat.if_rank_zero"):
+        # hydra writes .hydra/ and train.log on rank 0 only: `${hat.if_rank_zero:a,b}` is a there, b elsewhere
+        OmegaConf.register_new_resolver(
+            "hat.if_rank_zero", lambda a, b=None: a if is_rank_zero() else b
+        )

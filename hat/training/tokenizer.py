@@ -1,0 +1,37 @@
+"""Training the BPE twin's tokenizer on the training documents (``hat-tokenizer``, and the
+trainer when a twin has no tokenizer yet)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from hat.data import DataConfig, iter_documents
+from hat.tokenizer import BPETokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def train_tokenizer(
+    data: DataConfig, vocab_size: int, output_file: str | Path, max_bytes: int
+) -> BPETokenizer:
+    """A sentencepiece BPE trained on the first ``max_bytes`` of ``data``'s training documents.
+
+    Written to a temporary file and renamed, so an interrupted run leaves no half tokenizer.
+    """
+
+    def documents() -> Iterator[str]:
+        seen = 0
+        for text in iter_documents(data, "train"):
+            yield text
+            seen += len(text.encode("utf-8"))
+            if seen >= max_bytes:
+                return
+
+    output_file = Path(output_file)
+    tmp = output_file.with_name(output_file.name + ".tmp")
+    BPETokenizer.train(documents(), vocab_size=vocab_size, output_file=tmp)
+    os.replace(tmp, output_file)
+    return BPETokenizer(output_file)
