@@ -92,9 +92,12 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
             labels[row, target_from - 1 : n - 1] = input_ids[row, target_from:n]
         return {"input_ids": input_ids, "labels": labels}
 
-    def _save_extras(self, directory: Path) -> None:
+    def _save_extras(self, directory: Path) -> list[str]:
+        written = super()._save_extras(directory)
         if self.tokenizer is not None:
             self.tokenizer.save(directory)
+            written.append(TOKENIZER_FILE)
+        return written
 
     @classmethod
     def _from_config_and_dir(cls, config: BPEConfig, directory: Path) -> BPEForCausalLM:

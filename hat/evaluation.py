@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from hat.modeling import PreTrainedLM
 from hat.modeling import bits_per_byte as nats_to_bpb
 
@@ -96,6 +98,7 @@ def compare_models(
     tasks: dict[str, Sequence[MultipleChoiceExample]] | None = None,
     window_bytes: int | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Every model on the same evaluations: bits per byte of each named document set (each
     document scored whole, in rolling windows when long) and accuracy on each named
@@ -103,29 +106,39 @@ def compare_models(
     {...}}}}`` plus ``"window_bytes"``.
 
     Every model reads long documents through the same window (default: the smallest context
-    among the models), so HAT and its twin are compared on equal terms.
+    among the models), so HAT and its twin are compared on equal terms. ``progress``: a
+    progress bar over models x evaluations.
     """
     if not models:
         raise ValueError("compare_models needs at least one model")
     window = window_bytes or min(m.max_window_bytes() for m in models.values())
     results: dict[str, Any] = {"window_bytes": window, "models": {}}
+    doc_sets = {id(docs): docs for docs in (documents or {}).values() if any(docs)}
+    bar = tqdm(
+        total=len(models) * (len(doc_sets) + len(tasks or {})),
+        desc="evaluating",
+        unit="eval",
+        disable=not progress,
+    )
     for name, model in models.items():
         row: dict[str, Any] = {
             "model_type": model.config.model_type,
             "params": model.num_parameters(),
         }
         scored: dict[int, float] = {}  # one list under two names (a mixture of one source)
-        for docs in (documents or {}).values():
-            if any(docs) and id(docs) not in scored:
-                scored[id(docs)] = bits_per_byte(
-                    model, list(docs), batch_size=batch_size, rolling=True, window_bytes=window
-                )
+        for key, docs in doc_sets.items():
+            scored[key] = bits_per_byte(
+                model, list(docs), batch_size=batch_size, rolling=True, window_bytes=window
+            )
+            bar.update()
         row["bits_per_byte"] = {
             name: scored[id(docs)] for name, docs in (documents or {}).items() if any(docs)
         }
-        row["tasks"] = {
-            task: dataclasses.asdict(multiple_choice(model, examples, batch_size=batch_size))
-            for task, examples in (tasks or {}).items()
-        }
+        row["tasks"] = {}
+        for task, examples in (tasks or {}).items():
+            result = multiple_choice(model, examples, batch_size=batch_size)
+            row["tasks"][task] = dataclasses.asdict(result)
+            bar.update()
         results["models"][name] = row
+    bar.close()
     return results

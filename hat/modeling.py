@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from hat.batching import IGNORE
+from hat.manifest import DamagedFileError, verify_manifest, write_manifest
 from hat.splitter import as_text
 
 CONFIG_FILE = "config.json"
@@ -180,6 +181,8 @@ class PreTrainedLM(nn.Module):
         """
         if isinstance(texts, str | bytes):
             raise TypeError("score() takes a list of texts; wrap a single text in a list")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         texts = [as_text(t) for t in texts]
         contexts = [as_text(c) for c in contexts] if contexts is not None else [""] * len(texts)
         if len(contexts) != len(texts):
@@ -187,7 +190,7 @@ class PreTrainedLM(nn.Module):
         if not rolling:
             return self._score_pieces(texts, contexts, batch_size)
         window = self.max_window_bytes() if window_bytes is None else window_bytes
-        if not 8 <= window <= self.max_window_bytes():
+        if not isinstance(window, int) or not 8 <= window <= self.max_window_bytes():
             raise ValueError(
                 f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
             )
@@ -238,16 +241,25 @@ class PreTrainedLM(nn.Module):
 
     # ---- save / load ----------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
+        """Write ``config.json``, ``model.safetensors`` (no pickle), the subclass's extra files
+        and, last, ``manifest.json`` (each file's size and checksum) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         save_model(self, str(directory / WEIGHTS_FILE))
-        self._save_extras(directory)
+        write_manifest(directory, [WEIGHTS_FILE, *self.save_config(directory)])
         return directory
 
-    def _save_extras(self, directory: Path) -> None:
-        """Tokenizer files, generation config: whatever the subclass needs besides weights."""
+    def save_config(self, directory: Path) -> list[str]:
+        """Everything ``from_pretrained`` reads but the weights: ``config.json`` and the
+        subclass's files. Returns the file names written. (Training checkpoints get these
+        beside accelerate's ``model.safetensors``, so they load like an exported model.)"""
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return [CONFIG_FILE, *self._save_extras(directory)]
+
+    def _save_extras(self, directory: Path) -> list[str]:
+        """Write what the subclass needs besides config and weights (tokenizer, generation
+        config); return the file names written."""
+        return []
 
     @classmethod
     def from_pretrained(
@@ -255,12 +267,22 @@ class PreTrainedLM(nn.Module):
         directory: str | Path,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        verify: bool = True,
     ) -> PreTrainedLM:
-        """Load a model written by ``save_pretrained``. Errors name the file that is wrong."""
+        """Load a model written by ``save_pretrained``. Its files are checked against
+        ``manifest.json`` first (``verify=False`` skips that; directories saved before
+        manifests existed load unchecked). Errors name the file that is wrong."""
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: is {directory} a saved hat model?")
+        if verify:
+            try:
+                verify_manifest(directory, required=False)
+            except DamagedFileError as err:
+                raise DamagedFileError(
+                    err.path, f"{err.problem}; save or download it again"
+                ) from None
         try:
             data = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
@@ -271,6 +293,11 @@ class PreTrainedLM(nn.Module):
             raise ValueError(f"{config_path}: {err}") from None
         model = cls._from_config_and_dir(config, directory)
         weights = directory / WEIGHTS_FILE
+        if not weights.is_file() and (directory / "trainer_state.json").is_file():
+            raise ValueError(
+                f"{directory} is a sharded (FSDP) training checkpoint without {WEIGHTS_FILE}; "
+                "load the run's exported model instead (<output_dir>/model or exports/step_N)"
+            )
         try:
             state = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError) as err:

@@ -17,12 +17,25 @@ which autograd and torch.compile handle natively.
 annotations of the registered functions at runtime.)
 """
 
+import os
+
 import torch
 from torch import Tensor
 
 from hat_kernels.reference import broadcast_words_reference, ragged_attention_pool_reference
 
+# Triton kernels run on a CUDA device, or on the CPU in Triton's interpreter (tests). Elsewhere
+# importing triton (and torch._inductor with it, for triton_op) would cost seconds at every
+# start for nothing: only the reference path can run there. HAT_TRITON=1 imports it anyway
+# (to inspect what torch.compile makes of the ops on a CPU machine).
+KERNELS_CAN_RUN = (
+    torch.cuda.is_available()
+    or os.environ.get("TRITON_INTERPRET") == "1"
+    or os.environ.get("HAT_TRITON") == "1"
+)
 try:  # triton is optional: without it only the reference path exists
+    if not KERNELS_CAN_RUN:
+        raise ImportError("not imported: no CUDA device (set HAT_TRITON=1 to import it anyway)")
     from hat_kernels import triton_pool as _tp
 
     # called by name inside the ops: torch finds the kernels of a triton_op by reading its source

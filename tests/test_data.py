@@ -157,20 +157,30 @@ def test_local_formats(tmp_path: Path) -> None:
     assert docs("*.txt") == ["first para\nstill first", "second", "more"]
 
 
-def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:
+def test_invalid_utf8_is_an_error_or_replaced_on_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "bad.txt").write_bytes(b"ok \xff\xfe text\n\nnext")
     (tmp_path / "bad.jsonl").write_bytes(
         b'{"text": "caf\xe9"}\n{"text": "lone \\ud800 surrogate"}\n'
     )
-    docs = {
-        path: list(iter_documents(DataConfig([SourceConfig(str(tmp_path / path))], eval_every=0)))
-        for path in ("bad.txt", "bad.jsonl")
-    }
+
+    def read(path: str, errors: str) -> list[str]:
+        source = SourceConfig(str(tmp_path / path), encoding_errors=errors)
+        return list(iter_documents(DataConfig([source], eval_every=0)))
+
+    for path, where in (("bad.txt", "byte 3"), ("bad.jsonl", "line 1")):
+        with pytest.raises(ValueError, match=f"bad.*{where}.*encoding_errors=replace"):
+            read(path, "strict")
+    docs = {path: read(path, "replace") for path in ("bad.txt", "bad.jsonl")}
     assert docs == {
         "bad.txt": ["ok \ufffd\ufffd text", "next"],
         "bad.jsonl": ["caf\ufffd", "lone ? surrogate"],
     }
+    assert "1 documents hold U+FFFD" in caplog.text and "1 lines were not valid" in caplog.text
     assert list(pack_rows([*docs["bad.txt"], *docs["bad.jsonl"]], HATFormat(SPLITTER), [0], 1, 64))
+    with pytest.raises(ValueError, match="encoding_errors='ignore' is not one of"):
+        read("bad.txt", "ignore")
 
 
 def test_config_errors_say_what_to_change(tmp_path: Path) -> None:

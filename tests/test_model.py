@@ -170,7 +170,13 @@ def test_corrupt_checkpoint_names_the_file(tiny_hat, tmp_path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match="model.safetensors"):
         hat.HATForCausalLM.from_pretrained(tmp_path)
+    tiny_hat.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "unused": 1}))
+    with pytest.raises(
+        ValueError, match="config.json is (corrupt|truncated)"
+    ):  # the manifest notices edits
+        hat.HATForCausalLM.from_pretrained(tmp_path)
     cases = {  # a config.json that does not describe the weights is an error that names why
         r"unknown keys \['dimm'\]": {**saved, "encoder": {**saved["encoder"], "dimm": 3}},
         r"keys missing: \['decoder'\]": {k: v for k, v in saved.items() if k != "decoder"},
@@ -178,7 +184,7 @@ def test_corrupt_checkpoint_names_the_file(tiny_hat, tmp_path) -> None:
     for message, broken in cases.items():
         (tmp_path / "config.json").write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=f"config.json: .*{message}"):
-            hat.HATForCausalLM.from_pretrained(tmp_path)
+            hat.HATForCausalLM.from_pretrained(tmp_path, verify=False)
     with pytest.raises(FileNotFoundError, match="config.json"):
         hat.HATForCausalLM.from_pretrained(tmp_path / "missing")
 

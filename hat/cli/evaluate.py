@@ -27,6 +27,7 @@ from rich.table import Table
 
 from hat.auto import load_pretrained
 from hat.cli.common import cli_errors, config_dir, register_configs
+from hat.config_keys import check_known_keys
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import compare_models, load_bigbench
 
@@ -65,6 +66,17 @@ def held_out_documents(data: DataConfig, max_docs: int | None) -> dict[str, list
     return {name: read[id(cfg)] for name, cfg in sets.items()}
 
 
+def read_text_file(path: str) -> str:
+    """A text file as one document; errors name the file."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}); convert it to UTF-8"
+        ) from None
+
+
 def run(job: EvalJob) -> dict:
     """Load the models and data, evaluate, return ``compare_models``' results."""
     if not job.models:
@@ -75,13 +87,13 @@ def run(job: EvalJob) -> dict:
     models = {m: load_pretrained(m, device=device) for m in job.models}
     documents = held_out_documents(job.data, job.max_docs)
     for path in job.texts:
-        documents[Path(path).name] = [Path(path).read_text(encoding="utf-8", errors="replace")]
+        documents[Path(path).name] = [read_text_file(path)]
     tasks = {Path(p).stem: load_bigbench(p, job.bigbench_limit) for p in job.bigbench}
     logger.info(
         f"{len(models)} model(s); {sum(map(len, documents.values()))} documents in "
         f"{len(documents)} set(s); {len(tasks)} task(s); device {device}"
     )
-    return compare_models(models, documents, tasks, job.window_bytes, job.batch_size)
+    return compare_models(models, documents, tasks, job.window_bytes, job.batch_size, progress=True)
 
 
 def print_table(results: dict) -> None:
@@ -110,8 +122,9 @@ def print_table(results: dict) -> None:
 
 @hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    job: EvalJob = OmegaConf.to_object(cfg)
     with cli_errors("hat-eval"):
+        check_known_keys(cfg)
+        job: EvalJob = OmegaConf.to_object(cfg)
         results = run(job)
     print_table(results)
     if job.output:

@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hat.cli.common import cli_errors, config_dir, register_configs
+from hat.config_keys import check_known_keys
 from hat.data import DataConfig
 from hat.training.tokenizer import train_tokenizer
 
@@ -42,6 +43,7 @@ ConfigStore.instance().store(name="tokenizer_schema", node=TokenizerJob)
 @hydra.main(config_path=config_dir(), config_name="tokenizer", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     with cli_errors("hat-tokenizer"):
+        check_known_keys(cfg)
         job: TokenizerJob = OmegaConf.to_object(cfg)
         if job.vocab_size < 260 or job.max_bytes < 1:
             raise ValueError("vocab_size must be >= 260 (byte fallback) and max_bytes >= 1")

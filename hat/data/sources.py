@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_SAMPLE = "builtin:sample"
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample_corpus.txt"
 SAMPLE_BY = ("line", "paragraph", "document")
+ENCODING_ERRORS = ("strict", "replace")
 SPLITS = ("train", "eval")
 # file suffix (before an optional .gz) -> reader
 FORMATS = {
@@ -53,6 +54,8 @@ class SourceConfig:
     label: its name in the evaluation metrics (``eval_bpb/<label>``); default: from the path.
     sample_by: what a document is in a text file: "line", "paragraph" (blank-line separated)
         or "document" (the whole file).
+    encoding_errors: local files that are not valid UTF-8 are an error ("strict", naming the
+        file) or decoded with U+FFFD for each bad byte ("replace", counted in the log).
     """
 
     path: str
@@ -63,6 +66,7 @@ class SourceConfig:
     sample_by: str = "paragraph"
     streaming: bool = True
     label: str | None = None
+    encoding_errors: str = "strict"
 
     def display_name(self) -> str:
         """``label``, else a short name from the path: file stem or folder, hub name (+ config)."""
@@ -103,6 +107,10 @@ class DataConfig:
             where = f"data.sources[{i}]"
             if src.sample_by not in SAMPLE_BY:
                 raise ValueError(f"{where}.sample_by={src.sample_by!r} is not one of {SAMPLE_BY}")
+            if src.encoding_errors not in ENCODING_ERRORS:
+                raise ValueError(
+                    f"{where}.encoding_errors={src.encoding_errors!r} is not one of {ENCODING_ERRORS}"
+                )
             if not (math.isfinite(src.weight) and src.weight >= 0):
                 raise ValueError(f"{where}.weight must be a finite number >= 0, got {src.weight}")
             local_files(src, where)  # raises on missing files / unknown formats
@@ -209,15 +217,41 @@ def open_source(src: SourceConfig) -> Callable[[], Iterator[str]]:
 
     def read() -> Iterator[str]:
         if dataset is None:
-            texts = (t for f in files or [] for t in _read_json(f, text_field))
+            texts = (t for f in files or [] for t in _read_json(f, text_field, src.encoding_errors))
         else:
             texts = _column(dataset, text_field, where)
-        for text in texts:
-            text = text.strip("\n") if strip else text
-            if text.strip():
-                yield text
+        replaced = 0
+        try:
+            for text in texts:
+                text = text.strip("\n") if strip else text
+                if text.strip():
+                    replaced += "\ufffd" in text
+                    yield text
+        except UnicodeDecodeError:  # a text file, strictly decoded by datasets
+            raise _not_utf8(files or [], where) from None
+        if replaced and fmt == "text" and src.encoding_errors == "replace":
+            logger.warning(
+                f"{where}: {replaced} documents hold U+FFFD (invalid UTF-8 replaced, "
+                "encoding_errors=replace)"
+            )
 
     return read
+
+
+def _not_utf8(files: list[Path], where: str) -> ValueError:
+    """The error for a source with a file that is not UTF-8, naming the first such file."""
+    for path in files:
+        with _open_binary(path) as f:
+            data = f.read()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return ValueError(
+                f"{path} is not UTF-8 text (byte {err.start}: {data[err.start : err.start + 4]!r}); "
+                "convert it to UTF-8, remove it, or decode it with replacement: "
+                "encoding_errors=replace on its data source"
+            )
+    return ValueError(f"{where}: not UTF-8 text")
 
 
 def local_files(src: SourceConfig, where: str) -> list[Path] | None:
@@ -270,9 +304,17 @@ def _load(src: SourceConfig, fmt: str, files: list[Path] | None) -> Any:
     from datasets import config, load_dataset
 
     if files is None:
-        return load_dataset(src.path, src.name, split=src.split, streaming=src.streaming)
+        try:
+            return load_dataset(src.path, src.name, split=src.split, streaming=src.streaming)
+        except Exception as err:  # offline, unknown name, gated, ...: datasets raises many kinds
+            raise ValueError(
+                f"source {src.path!r}: cannot open the hub dataset ({type(err).__name__}: {err}). "
+                "Check the name and the network (offline: HF_DATASETS_OFFLINE=1 needs it cached), "
+                "or give local files as the path"
+            ) from None
     # invalid UTF-8 in text files becomes U+FFFD rather than failing inside the builder
-    options = {"sample_by": src.sample_by, "encoding_errors": "replace"} if fmt == "text" else {}
+    options = {"sample_by": src.sample_by, "encoding_errors": src.encoding_errors}
+    options = options if fmt == "text" else {}
     # datasets pings the hub to count uses of its builders even for local files; offline that
     # blocks for up to 3 s per call (per source, per worker)
     counting, config.HF_UPDATE_DOWNLOAD_COUNTS = config.HF_UPDATE_DOWNLOAD_COUNTS, False
@@ -318,13 +360,16 @@ def _text_of(record: Any, text_field: str, where: str) -> str:
     return text
 
 
-def _read_json(path: Path, text_field: str) -> Iterator[str]:
+def _read_json(path: Path, text_field: str, errors: str = "strict") -> Iterator[str]:
     """JSON lines (or one JSON array) read here: datasets' JSON builder fails deep inside pyarrow
     on invalid UTF-8 or lone surrogate escapes and cannot say which record lacks the field."""
     surrogates = 0
     with _open_binary(path) as f:
         is_array = f.peek(64).lstrip()[:1] == b"["
-        chunks = [(1, f.read().decode("utf-8", "replace"))] if is_array else _decoded_lines(f)
+        if is_array:
+            chunks = [(1, _decode(f.read(), errors, str(path))[0])]
+        else:
+            chunks = _decoded_lines(f, errors)
         for n, chunk in chunks:
             if not chunk.strip():
                 continue
@@ -348,18 +393,26 @@ def _read_json(path: Path, text_field: str) -> Iterator[str]:
         )
 
 
-def _decoded_lines(f: IO[bytes]) -> Iterator[tuple[int, str]]:
+def _decode(data: bytes, errors: str, where: str) -> tuple[str, bool]:
+    """UTF-8 text of ``data`` and whether bytes were replaced (``errors="replace"``); with
+    ``errors="strict"`` invalid UTF-8 is an error naming ``where``."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError as err:
+        if errors == "strict":
+            raise ValueError(
+                f"{where} is not UTF-8 text (byte {err.start}); convert it to UTF-8, or decode it "
+                "with replacement: encoding_errors=replace on its data source"
+            ) from None
+        return data.decode("utf-8", "replace"), True
+
+
+def _decoded_lines(f: IO[bytes], errors: str) -> Iterator[tuple[int, str]]:
     bad = 0
     for n, raw in enumerate(f, 1):
-        try:
-            yield n, raw.decode("utf-8")
-        except UnicodeDecodeError:
-            if not bad:
-                logger.warning(
-                    "%s: line %d is not valid UTF-8; decoding with replacement", f.name, n
-                )
-            bad += 1
-            yield n, raw.decode("utf-8", "replace")
+        text, replaced = _decode(raw, errors, f"{f.name}, line {n}")
+        bad += replaced
+        yield n, text
     if bad:
         logger.warning(
             "%s: %d lines were not valid UTF-8 (invalid bytes became U+FFFD)", f.name, bad

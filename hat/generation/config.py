@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,19 @@ class GenerationConfig:
         return dataclasses.replace(self, **kwargs)
 
     def validate(self) -> GenerationConfig:
+        """Raise ValueError naming the first setting that is out of range or of the wrong type."""
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
 
+        for name in ("max_new_tokens", "max_new_words", "min_new_tokens", "top_k"):
+            value = getattr(self, name)
+            need(value is None or _is_int(value), f"{name} must be a whole number, got {value!r}")
+        need(_is_int(self.num_return_sequences), "num_return_sequences must be a whole number")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            need(_is_real(value), f"{name} must be a finite number, got {value!r}")
         need(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         need(
             self.max_new_words is None or self.max_new_words >= 0,
@@ -97,3 +107,11 @@ class GenerateOutput:
     sequences: torch.Tensor | list
     scores: tuple[torch.Tensor, ...] | None = None  # processed (what was sampled from)
     logits: tuple[torch.Tensor, ...] | None = None  # raw model output
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -140,6 +140,12 @@ def run_generation(
         set(_as_list(config.eos_token_id)) if config.eos_token_id is not None else set()
     )
     banned = spec.banned | set(config.suppress_tokens or [])
+    vocab = set(range(len(spec.token_bytes)))
+    if vocab <= banned or (config.min_new_tokens and vocab <= banned | end_ids):
+        raise ValueError(
+            "suppress_tokens (with min_new_tokens) leave no id that can be generated; "
+            "suppress fewer ids"
+        )
     automaton = _automaton(spec, end_ids, banned, device)
     end_t = torch.tensor(sorted(end_ids), device=device)
     stops = [s.encode("utf-8") for s in _as_list(config.stop_strings or [])]
@@ -270,10 +276,9 @@ class GenerationMixin:
     def generation_config(self, value: GenerationConfig) -> None:
         self.__dict__["_generation_config"] = value
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        directory = super().save_pretrained(directory)
+    def _save_extras(self, directory: Path) -> list[str]:
         self.generation_config.save_pretrained(directory)
-        return directory
+        return [*super()._save_extras(directory), GENERATION_CONFIG_FILE]
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *args: Any, **kwargs: Any) -> Any:

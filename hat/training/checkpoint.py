@@ -9,11 +9,11 @@ damaged one is an error that names the file and the intact previous checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,17 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from hat.errors import HatError
+from hat.manifest import (
+    DamagedFileError,
+    verify_manifest,
+    write_json,
+    write_manifest,
+)
 from hat.training.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
-MANIFEST_FILE = "manifest.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 
@@ -46,58 +51,45 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """Record every file's size and checksum, so a damaged checkpoint is caught by name."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-    manifest = {
-        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in files
-    }
-    _write_json(directory / MANIFEST_FILE, manifest)
-
-
-def verify_checkpoint(directory: Path, previous: Path | None = None) -> None:
-    """Raise CheckpointError naming the first missing, truncated or corrupt file."""
-    hint = (
-        f" The previous checkpoint {previous} is intact: resume from it with trainer.resume={previous}, "
-        f"or delete {directory}."
-        if previous is not None
-        else f" Delete {directory} to start over."
-    )
-    manifest_path = directory / MANIFEST_FILE
+def verify_checkpoint(directory: Path, earlier: list[Path] | None = None) -> None:
+    """Raise CheckpointError naming the first missing, truncated or corrupt file, and the way
+    out: the newest of ``earlier`` checkpoints that is intact (checked here), or starting over."""
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{manifest_path} is missing or unreadable ({err}).{hint}") from None
-    for name, expected in manifest.items():
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint file {path} is missing.{hint}")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise CheckpointError(
-                f"checkpoint file {path} is truncated or damaged ({size} bytes, expected {expected['bytes']}).{hint}"
+        verify_manifest(directory)
+    except DamagedFileError as err:
+        intact = next((p for p in reversed(earlier or []) if _intact(p)), None)
+        if intact is not None:
+            hint = (
+                f"The earlier checkpoint {intact} is intact: resume from it with "
+                f"trainer.resume={intact}, or delete {directory}."
             )
-        if _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"checkpoint file {path} is corrupt (checksum mismatch).{hint}")
+        elif earlier:
+            hint = (
+                f"No earlier checkpoint is intact either: delete {directory.parent} to start over."
+            )
+        else:
+            hint = f"Delete {directory} to start over."
+        raise CheckpointError(f"checkpoint file {err}. {hint}") from None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+def _intact(directory: Path) -> bool:
+    try:
+        return verify_manifest(directory)
+    except DamagedFileError:
+        return False
 
 
 def save_checkpoint(
-    accelerator: Accelerator, root: Path, step: int, state: dict[str, Any], keep_last: int
+    accelerator: Accelerator,
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    keep_last: int,
+    save_config: Callable[[Path], Any] | None = None,
 ) -> Path:
-    """accelerate's save_state into a temp dir, then trainer state, manifest, and an atomic rename.
+    """accelerate's save_state into a temp dir, then trainer state, ``save_config`` (the
+    model's ``config.json`` and extras, so the checkpoint loads like an exported model),
+    manifest, and an atomic rename.
 
     A kill at any point leaves either the previous checkpoints only, or a complete new one.
     """
@@ -110,7 +102,9 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))  # model, optimizer, scheduler, RNG states (all ranks)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(tmp / TRAINER_STATE_FILE, state)
+        write_json(tmp / TRAINER_STATE_FILE, state)
+        if save_config is not None:
+            save_config(tmp)
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -133,13 +127,13 @@ def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelera
     if cfg.resume == "auto":
         if not checkpoints:
             return None
-        path, previous = checkpoints[-1], (checkpoints[-2] if len(checkpoints) > 1 else None)
+        path, earlier = checkpoints[-1], checkpoints[:-1]
     else:
-        path, previous = Path(cfg.resume), None
+        path, earlier = Path(cfg.resume), []
     error = [None]
     if accelerator.is_main_process:
         try:
-            verify_checkpoint(path, previous)
+            verify_checkpoint(path, earlier)
         except CheckpointError as err:
             error = [str(err)]
     broadcast_object_list(error)  # every rank stops with the same message
@@ -148,10 +142,18 @@ def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelera
     return path
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state a checkpoint was written with (step, data position, config)."""
+    try:
+        return json.loads((path / TRAINER_STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path / TRAINER_STATE_FILE}: {err}") from None
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
+    state = read_trainer_state(path)
     try:
-        state = json.loads((path / TRAINER_STATE_FILE).read_text())
         # weights from safetensors; optimizer, scheduler and RNG states through torch.load with
         # weights_only=True (accelerate's default, made explicit): loading never runs pickled code
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hat.config import preset
+from hat.config_keys import check_known_keys
 from hat.data import DataConfig
 from hat.registry import kind_of
 
@@ -120,6 +121,10 @@ def resolve_config(cfg: TrainConfig | DictConfig, world_size: int = 1) -> TrainC
     its ``model_type`` (default HAT).
     """
     conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    try:
+        check_known_keys(conf)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = OmegaConf.to_object(conf)
     if isinstance(out.model, dict):
         kind = kind_of(out.model.get("model_type", "hat"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from accelerate import Accelerator
 from hat.config import ModelConfig
 from hat.flops import mfu as flops_mfu
 
+logger = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -24,11 +27,21 @@ class MetricsLog:
         self.path, self.accelerator = path, accelerator
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines of steps after ``step`` (written by a run killed after its last checkpoint)."""
+        """Drop lines of steps after ``step`` (written by a run killed after its last
+        checkpoint), and a line that is not JSON (cut short by the kill), with a warning."""
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        kept = []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                logger.warning(
+                    f"{self.path}, line {n}: not complete JSON (cut by a kill?); dropped"
+                )
+                continue
+            if record is not None and record["step"] <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from hat.data import DataConfig, iter_documents
 from hat.tokenizer import BPETokenizer
 
@@ -23,12 +25,12 @@ def train_tokenizer(
     """
 
     def documents() -> Iterator[str]:
-        seen = 0
-        for text in iter_documents(data, "train"):
-            yield text
-            seen += len(text.encode("utf-8"))
-            if seen >= max_bytes:
-                return
+        with tqdm(total=max_bytes, unit="B", unit_scale=True, desc="reading text") as bar:
+            for text in iter_documents(data, "train"):
+                yield text
+                bar.update(len(text.encode("utf-8")))
+                if bar.n >= max_bytes:
+                    return
 
     output_file = Path(output_file)
     tmp = output_file.with_name(output_file.name + ".tmp")

@@ -58,11 +58,13 @@ from hat.training.checkpoint import (
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_trainer_state,
     save_checkpoint,
 )
 from hat.training.config import TrainConfig, TrainerConfig, resolve_config
 from hat.training.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
-from hat.training.optim import build_optimizer, build_scheduler, peak_lr
+from hat.training.optim import build_optimizer, build_scheduler, lr_multiplier, peak_lr
+from hat.training.resume import RunLock, apply_optimizer_settings, compare_settings, log_changes
 from hat.training.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -316,8 +318,10 @@ class Trainer:
             logging.getLogger("hat").setLevel(logging.WARNING)  # progress messages from rank 0 only
         self.out_dir = Path(t.output_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
+        self.lock = RunLock(self.out_dir)
         if accelerator.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()  # one live run per directory (released by fit)
         set_seed(t.seed, deterministic=t.deterministic)  # the same seed on every rank: same init
 
         resume_from = find_resume_checkpoint(t, self.ckpt_root, accelerator)
@@ -348,6 +352,9 @@ class Trainer:
         )
 
     def resume(self, path: Path) -> None:
+        """Continue from a checkpoint of this run: the same run settings (else an error naming
+        them), the current optimizer and schedule settings applied, and logged if changed."""
+        changes = compare_settings(read_trainer_state(path)["config"], self.config_dict, path)
         state = load_checkpoint(self.accelerator, path)
         try:
             self.loader.load_state_dict(state["data"])
@@ -356,11 +363,29 @@ class Trainer:
                 f"{path}: {err}; resume with the same data and batch settings"
             ) from None
         self.step, self.bytes_seen = state["step"], state["bytes_seen"]
+        o, t = self.cfg.optim, self.cfg.trainer
+        apply_optimizer_settings(
+            self.optimizer,
+            self.scheduler.scheduler,  # accelerate's wrapper holds the LambdaLR
+            peak_lr(o, self.model_cfg),
+            o.betas,
+            o.eps,
+            o.weight_decay,
+            self.step,
+            lr_multiplier(self.step, t.steps, self.cfg.schedule),
+        )
+        log_changes(changes, self.cfg.schedule)
         self.metrics.truncate_after(self.step)
         logger.info(f"resumed from {path} at step {self.step}")
 
     def fit(self) -> TrainResult:
         """Train to trainer.steps; evaluate, checkpoint and export on the way and at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> TrainResult:
         t, accelerator = self.cfg.trainer, self.accelerator
         console = _console_loggers()
         n_params = sum(p.numel() for p in self.plain_model.parameters())
@@ -494,7 +519,12 @@ class Trainer:
         state = {"step": self.step, "data": self.loader.state_dict(), "bytes_seen": self.bytes_seen}
         state.update(world_size=self.accelerator.num_processes, config=self.config_dict)
         path = save_checkpoint(
-            self.accelerator, self.ckpt_root, self.step, state, self.cfg.trainer.keep_last
+            self.accelerator,
+            self.ckpt_root,
+            self.step,
+            state,
+            self.cfg.trainer.keep_last,
+            self.plain_model.save_config,
         )
         logger.info(f"step {self.step}: checkpoint {path}")
         return path
