@@ -74,8 +74,8 @@ def compare_settings(
         more = f" (and {len(conflicts) - 6} more)" if len(conflicts) > 6 else ""
         raise ResumeError(
             f"{checkpoint} was written by a different run ({shown}{more}). Train it in a new "
-            f"directory (trainer.output_dir=...), start this one over (delete "
-            f"{checkpoint.parent}), or restore those settings to continue it"
+            f"directory (trainer.output_dir=...), start over in this one (trainer.resume=none "
+            f"overwrites its checkpoints), or restore those settings to continue it"
         )
     return [(k, old.get(k), new.get(k)) for k in changed if _in(k, APPLIED)]
 
