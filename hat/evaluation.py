@@ -82,12 +82,26 @@ def multiple_choice(
 
 
 def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
-    """Read a BIG-bench JSON task (examples with ``input`` and ``target_scores``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a BIG-bench JSON task (examples with ``input`` and ``target_scores``); a file that
+    is not one is a ValueError naming the file and the example."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON task file ({err})") from None
+    raw_examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(raw_examples, list):
+        raise ValueError(f"{path} has no 'examples' list: it is not a BIG-bench JSON task")
     examples = []
-    for raw in data["examples"][:limit]:
-        choices = list(raw["target_scores"])
-        answer = max(range(len(choices)), key=lambda i: raw["target_scores"][choices[i]])
+    for i, raw in enumerate(raw_examples[:limit]):
+        has_input = isinstance(raw, dict) and isinstance(raw.get("input"), str)
+        scores = raw.get("target_scores") if has_input else None
+        if not (isinstance(scores, dict) and scores):
+            raise ValueError(
+                f"{path}, example {i}: needs 'input' (text) and 'target_scores' (choice -> "
+                "score); only multiple-choice tasks can be scored (not generative ones)"
+            )
+        choices = list(scores)
+        answer = max(range(len(choices)), key=lambda k: scores[choices[k]])
         examples.append(MultipleChoiceExample(raw["input"], choices, answer))
     return examples
 

@@ -187,13 +187,13 @@ class PreTrainedLM(nn.Module):
         contexts = [as_text(c) for c in contexts] if contexts is not None else [""] * len(texts)
         if len(contexts) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
-        if not rolling:
-            return self._score_pieces(texts, contexts, batch_size)
         window = self.max_window_bytes() if window_bytes is None else window_bytes
         if not isinstance(window, int) or not 8 <= window <= self.max_window_bytes():
-            raise ValueError(
+            raise ValueError(  # checked without rolling too: a wrong value is never ignored
                 f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
             )
+        if not rolling:
+            return self._score_pieces(texts, contexts, batch_size)
         owners, piece_texts, piece_contexts = [], [], []
         for i, (text, context) in enumerate(zip(texts, contexts)):
             doc = (context + text).encode("utf-8")

@@ -84,3 +84,38 @@ def test_lone_surrogate_is_a_clear_error(model) -> None:
 def test_tokenizer_rejects_lone_surrogates(tiny_tokenizer) -> None:
     with pytest.raises(ValueError, match="lone surrogate"):
         tiny_tokenizer.encode("a\ud800b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": -1}, "batch_size must be a whole number >= 1, got -1"),
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number >= 1, got 2.5"),
+        ({"window_bytes": 2.5, "rolling": True}, r"window_bytes=2.5 must be in \[8, "),
+        ({"window_bytes": 2.5}, r"window_bytes=2.5 must be in \[8, "),  # not ignored either
+    ],
+)
+def test_score_arguments_are_checked(model, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model.score(["some text"], **kwargs)
+
+
+def test_generate_arguments_are_checked(model) -> None:
+    every_id = list(range(len(model.generation_spec().token_bytes)))
+    cases = [
+        ({"temperature": float("inf"), "do_sample": True}, "temperature must be a finite number"),
+        ({"temperature": float("nan"), "do_sample": True}, "temperature must be a finite number"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number, got 2.5"),
+        ({"suppress_tokens": every_id}, "leave no id that can be generated; suppress fewer"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.generate("a prompt", **kwargs)
+
+
+def test_odd_prompts_generate_and_a_too_long_one_is_named(model) -> None:
+    for prompt in ["日本語のテキスト", "a\x00b", "👨‍👩‍👧"]:
+        assert isinstance(model.generate(prompt, max_new_tokens=3), str)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model.generate("x" * 200_000, max_new_tokens=3)

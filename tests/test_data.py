@@ -177,7 +177,10 @@ def test_invalid_utf8_is_an_error_or_replaced_on_request(
         "bad.txt": ["ok \ufffd\ufffd text", "next"],
         "bad.jsonl": ["caf\ufffd", "lone ? surrogate"],
     }
-    assert "1 documents hold U+FFFD" in caplog.text and "1 lines were not valid" in caplog.text
+    assert (
+        "2 U+FFFD characters in 1 documents" in caplog.text
+        and "1 lines were not valid" in caplog.text
+    )
     assert list(pack_rows([*docs["bad.txt"], *docs["bad.jsonl"]], HATFormat(SPLITTER), [0], 1, 64))
     with pytest.raises(ValueError, match="encoding_errors='ignore' is not one of"):
         read("bad.txt", "ignore")

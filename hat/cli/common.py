@@ -42,6 +42,19 @@ def cli_errors(prog: str) -> Iterator[None]:
         sys.exit(1)
 
 
+def read_text_file(path: str) -> str:
+    """A UTF-8 text file (``-``: standard input); errors name the file (and the byte)."""
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        name = "standard input" if path == "-" else path
+        raise ValueError(
+            f"{name} is not UTF-8 text (byte {err.start}: {data[err.start : err.start + 4]!r}); "
+            "convert it to UTF-8"
+        ) from None
+
+
 def is_rank_zero() -> bool:
     """Rank 0 of a torchrun / accelerate launch (or a single process); hydra runs before any
     process group exists, so ask the launcher's environment."""

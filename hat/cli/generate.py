@@ -11,13 +11,12 @@ Defaults come from the model's ``generation_config.json`` (if saved), else from
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 import torch
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors
+from hat.cli.common import cli_errors, read_text_file
 from hat.generation import TextStreamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,11 +74,17 @@ OPTIONS = (
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """``--prompt``, or the lines of ``--prompt-file`` (``\n``, ``\r\n`` or ``\r`` ended)."""
     if args.prompt_file is None:
         return [args.prompt or ""]
-    source = sys.stdin if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8")
-    with source:
-        return [line.rstrip("\r\n") for line in source]
+    text = read_text_file(args.prompt_file)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # the end of the last line, not an empty prompt after it
+        lines.pop()
+    if not lines:
+        name = "standard input" if args.prompt_file == "-" else args.prompt_file
+        raise ValueError(f"--prompt-file: {name} is empty; give one prompt per line")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,12 +94,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
+    prompts = read_prompts(args)  # before the model: a bad file fails at once
     model = load_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
     options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
     if "eos_token_id" in options:
         options["eos_token_id"] = list(options["eos_token_id"])
     config = model.generation_config.update(**options).validate()
-    for i, prompt in enumerate(read_prompts(args)):
+    for i, prompt in enumerate(prompts):
         if i:
             print()
         seed = None if args.seed is None else args.seed + i

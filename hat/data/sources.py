@@ -215,24 +215,29 @@ def open_source(src: SourceConfig) -> Callable[[], Iterator[str]]:
         fmt == "text" and src.sample_by == "paragraph"
     )  # blank lines separate, they are not text
 
+    reported = False  # the count is logged after the first pass, not after every epoch
+
     def read() -> Iterator[str]:
+        nonlocal reported
         if dataset is None:
             texts = (t for f in files or [] for t in _read_json(f, text_field, src.encoding_errors))
         else:
             texts = _column(dataset, text_field, where)
-        replaced = 0
+        replaced = documents = 0
         try:
             for text in texts:
                 text = text.strip("\n") if strip else text
                 if text.strip():
-                    replaced += "\ufffd" in text
+                    replaced += text.count("\ufffd")
+                    documents += "\ufffd" in text
                     yield text
         except UnicodeDecodeError:  # a text file, strictly decoded by datasets
             raise _not_utf8(files or [], where) from None
-        if replaced and fmt == "text" and src.encoding_errors == "replace":
+        if replaced and fmt == "text" and src.encoding_errors == "replace" and not reported:
+            reported = True
             logger.warning(
-                f"{where}: {replaced} documents hold U+FFFD (invalid UTF-8 replaced, "
-                "encoding_errors=replace)"
+                f"{where}: {replaced} U+FFFD characters in {documents} documents (invalid "
+                "UTF-8 replaced, encoding_errors=replace)"
             )
 
     return read

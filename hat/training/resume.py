@@ -61,6 +61,12 @@ def _in(key: str, groups: tuple[str, ...]) -> bool:
     return any(key == g or key.startswith(g + ".") for g in groups)
 
 
+def _most_telling_first(key: str) -> tuple[bool, int, str]:
+    """Kinds and names (``model.model_type``) first, then the broadest keys: one line that
+    says "another model" beats twenty nested settings that differ because of it."""
+    return key.rsplit(".", 1)[-1] not in ("model_type", "name"), key.count("."), key
+
+
 def compare_settings(
     saved: dict[str, Any], now: dict[str, Any], checkpoint: Path
 ) -> list[tuple[str, Any, Any]]:
@@ -68,14 +74,17 @@ def compare_settings(
     ``ResumeError`` if any setting that makes the run what it is changed."""
     old, new = flatten(saved), flatten(now)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    conflicts = [k for k in changed if _in(k, SAME_RUN) and not _in(k, FREE)]
+    conflicts = sorted(
+        (k for k in changed if _in(k, SAME_RUN) and not _in(k, FREE)), key=_most_telling_first
+    )
     if conflicts:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in conflicts[:6])
         more = f" (and {len(conflicts) - 6} more)" if len(conflicts) > 6 else ""
         raise ResumeError(
             f"{checkpoint} was written by a different run ({shown}{more}). Train it in a new "
-            f"directory (trainer.output_dir=...), start over in this one (trainer.resume=none "
-            f"overwrites its checkpoints), or restore those settings to continue it"
+            f"directory (trainer.output_dir=...), restore those settings to continue it, or "
+            f"delete {checkpoint.parent} to start over in this directory (trainer.resume=none "
+            f"refuses a directory that holds checkpoints)"
         )
     return [(k, old.get(k), new.get(k)) for k in changed if _in(k, APPLIED)]
 

@@ -310,8 +310,10 @@ class Trainer:
     """One training run: ``Trainer(cfg).fit()``. Set-up (model, data, resume) happens here."""
 
     def __init__(self, cfg: TrainConfig | DictConfig) -> None:
-        # the process group (torchrun / accelerate launch) is known before the Accelerator
-        self.cfg = cfg = resolve_config(cfg, PartialState().num_processes)
+        # the process group (torchrun / accelerate launch) is known before the Accelerator;
+        # cpu= as make_accelerator's: without it a CPU-only launch would be taken for one process
+        world_size = PartialState(cpu=not torch.cuda.is_available()).num_processes
+        self.cfg = cfg = resolve_config(cfg, world_size)
         self.accelerator = accelerator = make_accelerator(cfg)
         t = cfg.trainer
         if not accelerator.is_main_process:
@@ -322,9 +324,20 @@ class Trainer:
         if accelerator.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()  # one live run per directory (released by fit)
-        set_seed(t.seed, deterministic=t.deterministic)  # the same seed on every rank: same init
+        try:
+            self._set_up()
+        except BaseException:  # no lock left behind by a run that never started
+            self.lock.release()
+            raise
 
+    def _set_up(self) -> None:
+        cfg, t, accelerator = self.cfg, self.cfg.trainer, self.accelerator
+        self.config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         resume_from = find_resume_checkpoint(t, self.ckpt_root, accelerator)
+        if resume_from is not None:  # another run's directory: say so before any work
+            saved = read_trainer_state(resume_from)["config"]
+            changes = compare_settings(saved, self.config_dict, resume_from)
+        set_seed(t.seed, deterministic=t.deterministic)  # the same seed on every rank: same init
         model = build_model(cfg, prepare_tokenizer(cfg, accelerator, self.out_dir))
         self.model_cfg, self.kind = model.config, kind_of(model)
         self.backbone_positions = model.backbone_positions
@@ -343,18 +356,16 @@ class Trainer:
         )
         self.loader = build_train_loader(cfg.data, fmt, self.seq_len, t.global_rows, **shard)
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, accelerator)
-        self.config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         self.step, self.bytes_seen = 0, 0.0
         if resume_from is not None:
-            self.resume(resume_from)
+            self.resume(resume_from, changes)
         accelerator.init_trackers(
             cfg.logger.project, config=self.config_dict, init_kwargs=_tracker_kwargs(cfg)
         )
 
-    def resume(self, path: Path) -> None:
-        """Continue from a checkpoint of this run: the same run settings (else an error naming
-        them), the current optimizer and schedule settings applied, and logged if changed."""
-        changes = compare_settings(read_trainer_state(path)["config"], self.config_dict, path)
+    def resume(self, path: Path, changes: list[tuple[str, Any, Any]]) -> None:
+        """Continue from a checkpoint of this run (``compare_settings`` checked that it is):
+        the current optimizer and schedule settings applied, and the ``changes`` logged."""
         state = load_checkpoint(self.accelerator, path)
         try:
             self.loader.load_state_dict(state["data"])
