@@ -312,8 +312,8 @@ def replay_mixture(
     The data pipeline draws *documents* by weight, so each group's weight is its share of units
     divided by its mean units per document (measured with ``fmt``, the model's data format, on
     the first training documents of each source). Within a group the sources keep their relative
-    weights; a weight-0 source stays evaluated only. A weight-0 new source that is also a replay
-    source is listed once (as the replay source).
+    weights; a weight-0 source stays evaluated only. A weight-0 source that is also in the other
+    list is dropped (e.g. the new language, evaluated only while pretraining).
     """
     data.validate()
     for i, src in enumerate(replay):
@@ -328,8 +328,12 @@ def replay_mixture(
                 f"{where}[{i}] ({src.path}) is empty: it has no documents; fix its path or "
                 "text_field, or leave it out"
             )
+    # a source in both lists is listed once: as the one that is trained on (as the replay
+    # source when neither is), so it is evaluated once
     replayed = {_identity(s) for s in replay}
     new = [s for s in data.sources if not (s.weight == 0 and _identity(s) in replayed)]
+    kept = {_identity(s) for s in new}
+    replay = [s for s in replay if not (s.weight == 0 and _identity(s) in kept)]
     if fraction > 0 and sum(s.weight for s in replay) <= 0:
         raise ValueError(
             f"replay.fraction={fraction} but no replay source has a weight > 0; give one a "
