@@ -409,14 +409,16 @@ class Experiment:
 
         a = self.args
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        styles = {"hat": "-", "bpe": "--"}
+        colors = {"hat": "C0", "bpe": "C1"}  # HAT blue, twin orange
+        lines = {"continue": "-", "scratch": ":"}  # continued solid, from scratch dotted
         for ax, lang in zip(axes, (a.new_label, a.old_label)):
             for name in RUNS[2:]:
                 r = res["runs"][name]
                 points = r["curve"][lang]
                 if points:
                     xs, ys = zip(*points)
-                    ax.plot(xs, ys, styles[r["kind"]], marker="o", ms=3, label=name)
+                    style = dict(color=colors[r["kind"]], ls=lines[name.split("_")[0]])
+                    ax.plot(xs, ys, marker="o", ms=3, label=name, **style)
             ax.set(
                 xlabel="training FLOPs of the run", ylabel="bits per byte", title=f"held-out {lang}"
             )
