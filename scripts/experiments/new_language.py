@@ -364,7 +364,7 @@ class Experiment:
         for name, r in runs.items():
             lines.append(
                 f"| {name} | {r['kind']} | {r['steps']} | {r['bytes_trained']:,.0f} | "
-                f"{r['flops']:.3g} | {fmt(r[f'bpb_{new}'])} | {fmt(r[f'bpb_{old}'])} |"
+                f"{r['flops']:.2e} | {fmt(r[f'bpb_{new}'])} | {fmt(r[f'bpb_{old}'])} |"
             )
         t = res["target"]
         reach = t["flops_to_reach"]
@@ -375,8 +375,10 @@ class Experiment:
             "",
             "| run | FLOPs to reach it |",
             "|---|---:|",
-            f"| continue_hat | {fmt(reach['continue_hat'], '.3g')} |",
-            f"| continue_twin | {fmt(reach['continue_twin'], '.3g')} |",
+            *(
+                f"| {name} | {reached(reach[name], runs[name][f'bpb_{new}'])} |"
+                for name in ("continue_hat", "continue_twin")
+            ),
             f"| ratio twin / HAT | {fmt(t.get('twin_over_hat'), '.2f')} |",
             "",
             "Backbone positions per byte (words per byte for HAT, tokens per byte for the twin) on "
@@ -390,11 +392,9 @@ class Experiment:
             ("continue_twin", f"twin, {old} tokenizer"),
             ("scratch_twin", f"twin, {new} tokenizer"),
         ):
-            r = runs[name]
-            lines.append(
-                f"| {label} | {fmt(r[f'positions_per_byte_{new}'], '.3f')} | "
-                f"{fmt(r[f'positions_per_byte_{old}'], '.3f')} |"
-            )
+            r, unit = runs[name], "word" if name.endswith("hat") else "token"
+            cells = [per_byte(r[f"positions_per_byte_{lang}"], unit) for lang in (new, old)]
+            lines.append(f"| {label} | {' | '.join(cells)} |")
         lines += ["", f"![bits per byte against training FLOPs]({figure.name})", ""]
         path = self.out / "report.md"
         path.write_text("\n".join(lines))
@@ -433,6 +433,14 @@ class Experiment:
 
 def fmt(value: float | None, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
+
+
+def reached(flops: float | None, final_bpb: float) -> str:
+    return f"{flops:.2e}" if flops is not None else f"not reached ({final_bpb:.4f} at the end)"
+
+
+def per_byte(value: float | None, unit: str) -> str:
+    return "—" if not value else f"{value:.3f} ({1 / value:.2f} bytes/{unit})"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
