@@ -170,21 +170,56 @@ def test_continue_from_checkpoint_with_its_optimizer_state(
     assert read_training_record(out / "model")["continued_from"]["replay"] == ["sample"]
 
 
+CLI_ERRORS = {  # case: (settings, what the one-line message must say)
+    "init_from missing": ([], "init_from is required"),
+    "not a model": (["init_from={run}"], "is not a model"),
+    "a checkpoint of the other kind": (
+        ["init_from={hat}", "optimizer_state={twin_checkpoint}"],
+        "is a checkpoint of a 'bpe' model; init_from holds a 'hat' model",
+    ),
+    "replay fraction 1": (["init_from={hat}", "replay.fraction=1.0"], "must be in [0, 1)"),
+    "empty replay source": (
+        ["init_from={hat}", "replay.sources=[{{path: {empty}}}]"],
+        "replay.sources[0] ({empty}) is empty",
+    ),
+    "freeze target": (
+        ["init_from={hat}", "freeze.modules=[backbon]", "freeze.steps=2"],
+        "'backbon' names no module of this hat model; its modules are ['encoder', 'pooler', "
+        "'backbone', 'decoder']",
+    ),
+}
+
+
 @pytest.mark.slow
-def test_cli_errors_are_one_line(pretrained: dict, tmp_path: Path) -> None:
-    proc = run_cli(continue_cli(f"init_from={tmp_path}", f"trainer.output_dir={tmp_path / 'o'}"))
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("hat-continue: error: init_from=")
-    assert "is not a model" in proc.stderr
-    wrong_kind = [f"init_from={pretrained['hat'] / 'model'}", "model=bpe_tiny"]
-    proc = run_cli(continue_cli(*wrong_kind, f"trainer.output_dir={tmp_path / 'o'}"))
-    assert proc.returncode == 1 and "holds a 'hat' model but model= is a 'bpe'" in proc.stderr
+@pytest.mark.parametrize("case", list(CLI_ERRORS))
+def test_cli_errors_are_one_line(case: str, pretrained: dict, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    paths = {
+        "run": pretrained["hat"],
+        "hat": pretrained["hat"] / "model",
+        "twin_checkpoint": pretrained["twin"] / "checkpoints" / "step_00000004",
+        "empty": empty,
+    }
+    settings, message = CLI_ERRORS[case]
+    out = tmp_path / "out"
+    args = [s.format(**paths) for s in settings]
+    proc = run_cli(continue_cli(*args, f"trainer.output_dir={out}"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("hat-continue: error: ") and message.format(**paths) in last, last
+    assert not (out / "metrics.jsonl").exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_help_lists_the_config_groups() -> None:
     help_text = run_cli([sys.executable, "-m", "hat.cli.continue_", "--help"]).stdout
     for group in ("data:", "optim:", "schedule:", "trainer:", "logger:"):
         assert group in help_text
+    assert "init_from" in help_text and "replay" in help_text
 
 
-# ---- errors (in-process: they come before any training) ---------------------------------------
+# ---- more errors (in-process: they come before any training) ---------------------------------------
 def error_of(pretrained: dict, tmp_path: Path, **settings: object) -> str:
     settings.setdefault("init_from", str(pretrained["hat"] / "model"))
     cfg = ContinueConfig(**settings)
@@ -196,28 +231,20 @@ def error_of(pretrained: dict, tmp_path: Path, **settings: object) -> str:
 
 @pytest.mark.slow
 def test_errors_say_what_to_change(pretrained: dict, tmp_path: Path) -> None:
-    missing = error_of(pretrained, tmp_path, init_from=None)
-    assert "init_from is required" in missing
     assert "does not exist" in error_of(pretrained, tmp_path, init_from=str(tmp_path / "nope"))
     run_dir = error_of(pretrained, tmp_path, init_from=str(pretrained["hat"]))
-    assert "is not a model" in run_dir and "did you mean init_from=" in run_dir
-    for fraction in (1.0, -0.1, float("nan")):
-        assert "replay.fraction must be in [0, 1)" in error_of(
-            pretrained, tmp_path, replay=ReplayConfig(fraction=fraction)
-        )
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n")
-    assert "is empty" in error_of(
-        pretrained, tmp_path, replay=ReplayConfig([SourceConfig(str(empty))], 0.1)
-    )
-    no_module = error_of(pretrained, tmp_path, freeze=FreezeConfig(["backbon"], 5))
-    assert "'backbon' names no module" in no_module and "backbone" in no_module
-    twin_checkpoint = pretrained["twin"] / "checkpoints" / "step_00000004"
-    other_kind = error_of(pretrained, tmp_path, optimizer_state=str(twin_checkpoint))
-    assert "checkpoint of a 'bpe' model" in other_kind
+    assert f"did you mean init_from={pretrained['hat'] / 'model'}?" in run_dir
+    for fraction in (-0.1, float("nan")):
+        too_small = error_of(pretrained, tmp_path, replay=ReplayConfig(fraction=fraction))
+        assert "replay.fraction must be in [0, 1)" in too_small
+    other_kind = error_of(pretrained, tmp_path, model=hat.preset("bpe_tiny"))
+    assert "holds a 'hat' model but model= is a 'bpe' model" in other_kind
+    missing = error_of(pretrained, tmp_path, replay=ReplayConfig([SourceConfig("/no/*.txt")], 0.1))
+    assert "replay.sources[0] (/no/*.txt)" in missing and "no file matches" in missing
     assert "needs init_from to be a training checkpoint" in error_of(
         pretrained, tmp_path, optimizer_state="init_from"
     )
+    assert "freeze.steps >= 1" in error_of(pretrained, tmp_path, freeze=FreezeConfig(["encoder"]))
     assert not (tmp_path / "never").exists()  # nothing started
 
 
