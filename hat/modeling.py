@@ -304,6 +304,8 @@ class PreTrainedLM(nn.Module):
             raise ValueError(
                 f"{weights} cannot be read ({err}); the file is truncated or corrupt"
             ) from None
+        # a training checkpoint of a torch.compile'd model prefixes every weight name
+        state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         # tied weights are stored once; anything else missing means a mismatched checkpoint
         missing = [k for k in missing if k not in model._tied_keys()]
