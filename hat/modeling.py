@@ -298,6 +298,13 @@ class PreTrainedLM(nn.Module):
                 f"{directory} is a sharded (FSDP) training checkpoint without {WEIGHTS_FILE}; "
                 "load the run's exported model instead (<output_dir>/model or exports/step_N)"
             )
+        model.load_weights(weights, described_by=str(config_path))
+        return model.to(device=device, dtype=dtype)
+
+    def load_weights(self, weights: Path, described_by: str) -> None:
+        """Load a ``model.safetensors`` (an export's, or a training checkpoint's) into this
+        model; an unreadable file or one whose names differ from the architecture
+        ``described_by`` is an error naming it."""
         try:
             state = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError) as err:
@@ -306,14 +313,14 @@ class PreTrainedLM(nn.Module):
             ) from None
         # a training checkpoint of a torch.compile'd model prefixes every weight name
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = self.load_state_dict(state, strict=False)
         # tied weights are stored once; anything else missing means a mismatched checkpoint
-        missing = [k for k in missing if k not in model._tied_keys()]
+        missing = [k for k in missing if k not in self._tied_keys()]
         if missing or unexpected:
             raise ValueError(
-                f"{weights} does not match {config_path}: missing {missing}, unexpected {unexpected}"
+                f"{weights} does not match {described_by}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
             )
-        return model.to(device=device, dtype=dtype)
 
     @classmethod
     def _from_config_and_dir(cls, config: Any, directory: Path) -> PreTrainedLM:

@@ -37,8 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from hat.auto import load_pretrained
 from hat.batching import IGNORE
@@ -232,7 +230,7 @@ def _from_checkpoint(directory: Path) -> Pretrained:
     kind = kind_of(model_config)
     tokenizer = _checkpoint_tokenizer(directory, config) if kind.uses_tokenizer else None
     model = kind.build(model_config, tokenizer)
-    _load_weights(model, directory / WEIGHTS_FILE)
+    model.load_weights(directory / WEIGHTS_FILE, described_by=f"{where} (config.model)")
     lr = peak_lr(OptimConfig(**config["optim"]), model_config) if "optim" in config else None
     return Pretrained(model, directory, True, data, lr, state.get("step"))
 
@@ -252,25 +250,6 @@ def _checkpoint_tokenizer(directory: Path, config: dict[str, Any]) -> BPETokeniz
         f"cannot find the tokenizer of the BPE checkpoint {directory} (looked for "
         f"{[str(c) for c in candidates if c is not None]}); pass the run's exported model/ instead"
     )
-
-
-def _load_weights(model: PreTrainedLM, path: Path) -> None:
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(
-            f"{path} cannot be read ({err}); an FSDP-sharded checkpoint has no single weights "
-            "file: pass the run's exported model/ instead"
-        ) from None
-    # torch.compile's wrapper prefixes every weight name
-    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in model._tied_keys()]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match the architecture its run recorded: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
 
 
 def check_model_choice(chosen: Any, pre: Pretrained) -> None:
