@@ -11,20 +11,16 @@ import torch
 
 import hat
 from hat.batching import collate_documents
-from hat.block import Attention, AttentionMask, KVCacheLayer, apply_rope, rope_angles
+from hat.block import Attention
 from hat.generation import (
     GenerationConfig,
     HATCachedEngine,
     RepetitionPenaltyLogitsProcessor,
-    RopeTable,
-    StepLayer,
-    StepPooler,
     TemperatureLogitsWarper,
     TextStreamer,
     TopKLogitsWarper,
     TopPLogitsWarper,
     WordTracker,
-    rotate,
     word_starts,
 )
 from hat.hf_tokenizer import HATTokenizer
@@ -151,6 +147,11 @@ def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
     assert max(shifts) > 0, "the column buffers never slid"
 
 
+def sharpen(attn: Attention) -> None:
+    """Scale an attention layer's queries up (the q rows of its fused projection)."""
+    attn.qkv.weight[: attn.n_heads * attn.head_dim].mul_(8)
+
+
 class Force:
     """A logits processor that makes row 0 emit ``data`` first (then samples freely)."""
 
@@ -238,7 +239,7 @@ def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> 
         with torch.no_grad():
             for module in model.modules():
                 if isinstance(module, Attention):
-                    module.q_proj.weight.mul_(8)
+                    sharpen(module)
     out = model.generate(
         **batch_of(prompts),
         max_new_tokens=30,
@@ -262,42 +263,8 @@ def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> 
             torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(("qk_norm", "fuse"), [(False, True), (True, True), (False, False)])
-def test_step_path_matches_modules(qk_norm: bool, fuse: bool) -> None:
-    """The cached step's ``rotate`` / ``StepLayer`` / ``StepPooler`` compute what
-    ``apply_rope`` / ``Block`` / ``WordPooler`` compute (``rotate`` bit for bit)."""
-    cfg = hat.HATConfig.from_name("tiny")
-    cfg.backbone.qk_norm = qk_norm  # backbone: GQA (4 heads, 2 kv heads)
-    cfg.pool_qk_norm = qk_norm
-    torch.manual_seed(0)
-    model = hat.HATForCausalLM(cfg).eval()
-    table, pos = RopeTable(64, 32, 10000.0, torch.device("cpu")), torch.randint(0, 64, (3, 5))
-    x = torch.randn(3, 5, 6, 32)
-    assert torch.equal(rotate(x, table(pos)), apply_rope(x, rope_angles(pos, 32, 10000.0)))
-    assert torch.equal(rotate(x, table.span(7, 5)), rotate(x, table(pos * 0 + torch.arange(7, 12))))
-
-    block = model.backbone.transformer.layers[0]
-    table = RopeTable(8, block.attn.head_dim, 10000.0, torch.device("cpu"))
-    with torch.no_grad():
-        step, cache_ref, cache_step = StepLayer(block, fuse), KVCacheLayer(), KVCacheLayer()
-        for t in range(4):  # grow a cache one position at a time, as generation does
-            h, p = torch.randn(2, 1, cfg.backbone.dim), torch.full((2, 1), t)
-            mask = AttentionMask(dense=torch.ones(2, 1, 1, t + 1, dtype=torch.bool))
-            ref = block(h, rope_angles(p, block.attn.head_dim, 10000.0), mask, cache_ref)
-            out = step(h[:, 0], 2, table(p), None, cache_step)  # no mask: sees all it cached
-            torch.testing.assert_close(out, ref[:, 0], atol=1e-6, rtol=0)
-
-        pooler = model.pooler
-        states, offsets = torch.randn(7, cfg.encoder.dim), torch.tensor([0, 3, 7])
-        pos, ends = torch.tensor([4, 5, 6, 0, 1, 2, 3]), torch.tensor([6, 3])
-        table = RopeTable(8, pooler.head_dim, pooler.theta, states.device)
-        ref = pooler(states, pos, offsets, ends)
-        out = StepPooler(pooler, table)(states, table(pos), table(ends), offsets)
-        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
-
-
 def test_cached_equals_uncached_qk_norm_and_equal_lengths() -> None:
-    """QK-norm in every stack (the step path's other branch), no pool QK-norm; equal-length
+    """QK-norm in every stack (the attention's other branch), no pool QK-norm; equal-length
     prompts share positions (views instead of index ops) yet finish words at different steps."""
     torch.manual_seed(0)
     cfg = hat.HATConfig.from_name("tiny")
@@ -340,7 +307,7 @@ def test_bpe_cached_equals_uncached(tiny_bpe) -> None:
     ids=["ragged-sharp", "equal-sharp", "b1-sharp"],  # equal: 4 tokens each, no padding
 )
 def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> None:
-    """The twin's cached steps (``StepLayer`` on left-padded rows) give, at every step, the
+    """The twin's cached steps (its backbone on left-padded rows) give, at every step, the
     logits of the full model on that row alone; queries scaled up so that attention, hence
     RoPE positions and hidden padding, matter. Greedy cached == uncached on the same model."""
     from hat.tokenizer import BOS_ID, EOS_ID
@@ -348,7 +315,7 @@ def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> Non
     with torch.no_grad():
         for module in tiny_bpe.modules():
             if isinstance(module, Attention):
-                module.q_proj.weight.mul_(8)
+                sharpen(module)
     tok = tiny_bpe.tokenizer
     rows = [[tok.bos_id, *tok.encode(t)] for t in texts]
     width = max(map(len, rows))
