@@ -350,7 +350,7 @@ def test_weight_decay_only_on_linear_weights(tiny_bpe: hat.BPEForCausalLM) -> No
     names = {id(p): n for n, p in tiny_bpe.named_parameters()}
     assert all(
         names[id(p)].endswith(
-            ("proj.weight", "gate.weight", "up.weight", "down.weight", "head.weight")
+            ("proj.weight", "qkv.weight", "gate_up.weight", "down.weight", "head.weight")
         )
         for p in decay
     )
