@@ -4,14 +4,15 @@ restricted as specified, streaming equals the returned text, bad input fails cle
 from __future__ import annotations
 
 import io
+import logging
 import random
 
 import pytest
 import torch
 
 import hat
-from hat.batching import collate_documents
-from hat.block import Attention
+from hat.batching import collate_documents, document_words, layout_words
+from hat.block import Attention, AttentionMask
 from hat.generation import (
     GenerationConfig,
     HATCachedEngine,
@@ -23,6 +24,7 @@ from hat.generation import (
     WordTracker,
     word_starts,
 )
+from hat.generation.lean import announce, lean_view
 from hat.hf_tokenizer import HATTokenizer
 from hat.splitter import EOD, PAD, make_splitter
 
@@ -134,17 +136,22 @@ def test_cached_equals_uncached_sampled(variant: dict, monkeypatch) -> None:
 def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
     """Long enough that the sliding windows slide and the column buffers are compacted."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
-    shifts = []
+    shifts, slides = [], []
+
+    def make_room(self, n):
+        original(self, n)
+        shifts.append(self.base)
+        slides.append(min(c.offset for c in self.enc_caches + self.dec_caches))
+
     original = HATCachedEngine._make_room
-    monkeypatch.setattr(
-        HATCachedEngine, "_make_room", lambda self, n: original(self, n) or shifts.append(self.base)
-    )
+    monkeypatch.setattr(HATCachedEngine, "_make_room", make_room)
     model = tiny(max_word_bytes=8)
     cached, uncached = generate_both(
         model, [b"A longer prompt, with words.", b"x"], max_new_tokens=90, do_sample=True, seed=1
     )
     assert torch.equal(cached, uncached)
     assert max(shifts) > 0, "the column buffers never slid"
+    assert max(slides) > 0, "the encoder and decoder KV caches never slid"
 
 
 def sharpen(attn: Attention) -> None:
@@ -261,6 +268,70 @@ def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> 
             with torch.no_grad():
                 full = model(**collate_documents([words])).logits[0, len(data) - 1]
             torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
+
+
+def test_lean_view_runs_the_modules_code() -> None:
+    """The cached step calls the modules through lean views: the same forward code, hence
+    bit-identical results; a module with hooks stays a module (its hooks run)."""
+    model = tiny(decoder_guide="every")
+    batch = collate_documents([document_words("Lean views, same code. 日本", model.splitter)])
+    layout = layout_words(batch["input_ids"], batch["word_lengths"])
+    mask = AttentionMask.packed(layout.doc_ids, model.config.encoder.window, "sdpa")
+    word_states = torch.randn(1, 4, model.config.backbone.dim)
+    with torch.no_grad():
+        for module in (model, lean_view(model)):
+            states = module.encoder(batch["input_ids"], layout.byte_pos, mask)
+            guides = module.decoder.guides(word_states)
+            index = layout.guide_index.clamp(max=4)
+            hidden = module.decoder(states, guides, index, layout.byte_pos, mask)
+            words = module.pooler(
+                states[0], layout.byte_pos[0], layout.offsets, layout.word_end_pos[0]
+            )
+            if module is model:
+                reference = (states, hidden, words)
+        for got, want in zip((states, hidden, words), reference):
+            assert torch.equal(got, want)
+    assert type(lean_view(model.decoder.head)).__name__ == "_LeanLinear"
+    seen = []
+    model.encoder.embed.register_forward_hook(lambda *_: seen.append(1))
+    assert lean_view(model.encoder).embed is model.encoder.embed
+    model.generate("hooked", max_new_tokens=3)
+    assert seen, "a hooked module was bypassed"
+
+
+def test_compile_step_option(monkeypatch, caplog) -> None:
+    """``compile_step=True`` runs the cached step through ``torch.compile`` (replaced here by
+    a recorder: compiling takes minutes on a CPU; tests/test_generation.py's GPU test runs the
+    real thing) and says so in the log; the default says it runs eagerly."""
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    announce.cache_clear()  # it logs once per process
+    model = tiny()
+    with caplog.at_level(logging.INFO, logger="hat.generation.lean"):
+        eager = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20)
+        again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20, compile_step=True)
+    assert torch.equal(eager, again)
+    names = [name for name, _ in compiled]
+    assert names == ["ByteEncoder", "WordPooler", "Backbone", "ByteDecoder"]
+    assert all(kwargs == {"dynamic": True} for _, kwargs in compiled)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("eager modules" in line for line in lines)
+    assert any("torch.compile'd" in line for line in lines)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_step_equals_eager_on_gpu() -> None:
+    model = tiny().cuda()
+    batch = {k: v.cuda() for k, v in batch_of(PROMPTS).items()}
+    eager = model.generate(**batch, max_new_tokens=40)
+    compiled = model.generate(**batch, max_new_tokens=40, compile_step=True)
+    assert torch.equal(eager, compiled)
 
 
 def test_cached_equals_uncached_qk_norm_and_equal_lengths() -> None:
