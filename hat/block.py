@@ -194,7 +194,8 @@ class KVCache:
         [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``)."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
-            self._make_room(pos, end)
+            if end - self.offset > self.k.shape[2]:
+                self._make_room(pos, end)
             a, b = pos - self.offset, end - self.offset
             self.k[:, :, a:b] = k
             self.v[:, :, a:b] = v
@@ -204,16 +205,16 @@ class KVCache:
         else:
             if end is None or self.window is not None:
                 raise ValueError("per-row positions need `end` and a cache without a window")
-            self._make_room(0, end)
+            if end > self.k.shape[2]:
+                self._make_room(0, end)
             self.k[self.rows, :, pos] = k[:, :, 0]  # [B, Hkv, Dh] at slot pos[b] of row b
             self.v[self.rows, :, pos] = v[:, :, 0]
             start = 0
         return self.k[:, :, start : end - self.offset], self.v[:, :, start : end - self.offset]
 
     def _make_room(self, pos: int, end: int) -> None:
+        """Grow, or slide, so that positions up to ``end`` fit."""
         capacity = self.k.shape[2]
-        if end - self.offset <= capacity:
-            return
         if self.window is None:  # grow
             batch, heads, _, head_dim = self.k.shape
             pad = self.k.new_zeros(batch, heads, max(end, 2 * capacity) - capacity, head_dim)

@@ -7,6 +7,11 @@ GPU, MFU comes from ``hat.flops``. Prints JSON (and writes it with ``--out``).
 
     python scripts/bench_train.py                       # small vs bpe_small, ~1-2 min on a CPU
     python scripts/bench_train.py --pairs tiny:bpe_tiny small:bpe_small --steps 10
+    python scripts/bench_train.py --compare-ref ee44999 --steps 8   # old vs this tree
+
+``--compare-ref REV`` measures the median step time of every model on git revision REV and on
+this tree in alternating subprocess rounds (``scripts/compare_ref.py``) and reports every
+round, the medians and the new/old ratios.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,19 +66,18 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
     )
     batches = [next(loader) for _ in range(warmup + steps)]  # data loading is not timed
     n_bytes = n_units = 0.0
+    step_times = []
     for i, batch in enumerate(batches):
-        if i == warmup:
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        sync(accelerator)
+        step_start = time.perf_counter()
         stats = train_step(model, batch, accelerator, cfg.trainer, grad_clip=1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync(accelerator)
         if i >= warmup:
+            step_times.append(time.perf_counter() - step_start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_words
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    elapsed = sum(step_times)
     plain = unwrap(accelerator, model)
     result = {
         "model": plain.config.name,
@@ -80,6 +86,7 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
         "rows": rows,
         "steps": steps,
         "s_per_step": round(elapsed / steps, 3),
+        "s_per_step_median": round(statistics.median(step_times), 4),
         "bytes_per_s": round(n_bytes / elapsed, 1),
         ("words_per_s" if kind == "hat" else "tokens_per_s"): round(n_units / elapsed, 1),
         "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
@@ -91,6 +98,11 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
     return result
+
+
+def sync(accelerator) -> None:  # noqa: ANN001
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -110,7 +122,17 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--compare-ref", metavar="REV", help="step times of git revision REV vs this tree"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-ref")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare_ref:
+        return compare(args)
 
     device = (
         torch.cuda.get_device_name()
@@ -151,6 +173,43 @@ def main() -> None:
                     ),
                 }
             )
+    if args.worker:  # one side of a --compare-ref round
+        metrics = {
+            f"{r[kind]['model']}_s_per_step": r[kind]["s_per_step_median"]
+            for r in report["pairs"]
+            for kind in ("hat", "bpe")
+        }
+        losses = {
+            f"{r[kind]['model']}_final_loss": r[kind]["final_loss"]
+            for r in report["pairs"]
+            for kind in ("hat", "bpe")
+        }
+        print(json.dumps({"metrics": metrics, "fingerprints": losses}))
+        return None
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return None
+
+
+def compare(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_ref import compare as interleave
+
+    forward = ["--pairs", *args.pairs, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    forward += ["--seq-len", str(args.seq_len), "--rows", str(args.rows)]
+    forward += ["--threads", str(args.threads)] if args.threads else []
+    report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=False)
+    report = {
+        "benchmark": "training step time (median over the timed steps), seconds",
+        "device": f"CPU ({platform.processor() or platform.machine()})"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(),
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        **report,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
