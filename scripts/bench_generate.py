@@ -13,7 +13,7 @@ Uncached means a full forward over everything at every step (``use_cache=False``
 grows with the length, so the cached/uncached ratio at 96 bytes understates the one at 1 KB.
 
 ``--compare-ref REV`` measures cached generation (bytes/s per model and batch) of git revision
-REV and of this tree in alternating subprocess rounds (``scripts/compare_ref.py``) and reports
+REV and of this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports
 every round, the medians and the new/old ratios.
 """
 
@@ -58,7 +58,10 @@ def parse_args() -> argparse.Namespace:
         metavar="REV",
         help="cached generation of git revision REV vs this tree, interleaved rounds",
     )
-    p.add_argument("--rounds", type=int, default=5, help="rounds of --compare-ref")
+    p.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="--compare-ref: fastest of this many calls"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()
@@ -78,15 +81,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(model, texts: list[str], units: int, suppress: list[int], cache: bool, device: str, **kw):  # noqa: ANN001, ANN201
-    """One timed generate() call -> (new bytes, seconds, the texts)."""
+def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
+    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts)."""
     kwargs = dict(do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache, **kw)
     model.generate(texts, max_new_tokens=4, **kwargs)  # warm up
-    sync(device)
-    start = time.perf_counter()
-    out = model.generate(texts, max_new_tokens=units, **kwargs)
-    sync(device)
-    return sum(len(t.encode("utf-8")) for t in out), time.perf_counter() - start, out
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = model.generate(texts, max_new_tokens=units, **kwargs)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return sum(len(t.encode("utf-8")) for t in out), best, out
 
 
 def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
@@ -114,22 +120,33 @@ def setups(args: argparse.Namespace) -> dict:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One side of a --compare-ref round: cached bytes/s per model and batch, as one JSON line
-    (plus a short hash of the generated text, to see that both sides did the same work)."""
-    metrics, fingerprints = {}, {}
+    """One side of --compare-ref: cached bytes/s per model and batch, on demand, with a short
+    hash of the generated text (both sides should do the same work)."""
+    from compare_ref import serve
+
     models = setups(args)
     extra = {"compile_step": True} if args.compile_step else {}
-    for batch in (int(b) for b in args.batch_sizes.split(",")):
+
+    def measurement(name: str, batch: int):  # noqa: ANN202
+        model, units, suppress = models[name]
         texts = prompts(batch, args.prompt_bytes)
-        for name, (model, units, suppress) in models.items():
-            new_bytes, seconds, text = run(
-                model, texts, units, suppress, True, args.device, **extra
+
+        def measure() -> tuple[float, str]:
+            new_bytes, seconds, out = run(
+                model, texts, units, suppress, True, args.device, args.repeats, **extra
             )
-            metrics[f"{name}_b{batch}_bytes_per_s"] = round(new_bytes / seconds, 1)
-            fingerprints[f"{name}_b{batch}_text_sha1"] = hashlib.sha1(
-                "\0".join(text).encode()
-            ).hexdigest()[:12]
-    print(json.dumps({"metrics": metrics, "fingerprints": fingerprints}))
+            digest = hashlib.sha1("\0".join(out).encode()).hexdigest()[:12]
+            return round(new_bytes / seconds, 1), digest
+
+        return measure
+
+    serve(
+        {
+            f"{name}_b{batch}_bytes_per_s": measurement(name, batch)
+            for batch in (int(b) for b in args.batch_sizes.split(","))
+            for name in models
+        }
+    )
 
 
 def compare(args: argparse.Namespace) -> dict:
@@ -140,6 +157,7 @@ def compare(args: argparse.Namespace) -> dict:
     forward += ["--device", args.device, "--dtype", args.dtype, "--models", args.models]
     forward += ["--threads", str(args.threads)] if args.threads else []
     forward += ["--compile-step"] if args.compile_step else []
+    forward += ["--repeats", str(args.repeats)]
     report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=True)
     return {
         "benchmark": "cached generation, bytes of new text per second",

@@ -10,7 +10,7 @@ GPU, MFU comes from ``hat.flops``. Prints JSON (and writes it with ``--out``).
     python scripts/bench_train.py --compare-ref ee44999 --steps 8   # old vs this tree
 
 ``--compare-ref REV`` measures the median step time of every model on git revision REV and on
-this tree in alternating subprocess rounds (``scripts/compare_ref.py``) and reports every
+this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports every
 round, the medians and the new/old ratios.
 """
 
@@ -45,40 +45,57 @@ def bytes_per_token(tokenizer, docs: int = 200) -> float:
     return sum(len(t.encode()) for t in texts) / sum(len(tokenizer.encode(t)) for t in texts)
 
 
-def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int) -> dict:
-    cfg = TrainConfig(
-        model=model_cfg,
-        trainer=TrainerConfig(seq_len=seq_len, global_rows=rows, output_dir=tempfile.mkdtemp()),
-    )
-    accelerator = make_accelerator(cfg)
-    torch.manual_seed(0)
-    model = build_model(model_cfg, tokenizer)
-    kind = model.config.model_type
-    optimizer = build_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loader = build_train_loader(
-        cfg.data,
-        kind,
-        seq_len,
-        rows,
-        splitter=getattr(model, "splitter", None),
-        tokenizer=tokenizer,
-    )
-    batches = [next(loader) for _ in range(warmup + steps)]  # data loading is not timed
-    n_bytes = n_units = 0.0
-    step_times = []
-    for i, batch in enumerate(batches):
-        sync(accelerator)
-        step_start = time.perf_counter()
-        stats = train_step(model, batch, accelerator, cfg.trainer, grad_clip=1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(accelerator)
-        if i >= warmup:
-            step_times.append(time.perf_counter() - step_start)
+class Bench:
+    """One model set up for the trainer's step on pre-loaded batches (loading is not timed)."""
+
+    def __init__(self, model_cfg, tokenizer, seq_len: int, rows: int, batches: int) -> None:  # noqa: ANN001
+        self.seq_len = seq_len
+        cfg = TrainConfig(
+            model=model_cfg,
+            trainer=TrainerConfig(seq_len=seq_len, global_rows=rows, output_dir=tempfile.mkdtemp()),
+        )
+        self.trainer = cfg.trainer
+        self.accelerator = make_accelerator(cfg)
+        torch.manual_seed(0)
+        model = build_model(model_cfg, tokenizer)
+        self.kind = model.config.model_type
+        optimizer = build_optimizer(model, cfg)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        loader = build_train_loader(
+            cfg.data,
+            self.kind,
+            seq_len,
+            rows,
+            splitter=getattr(model, "splitter", None),
+            tokenizer=tokenizer,
+        )
+        self.batches = [next(loader) for _ in range(batches)]
+        self.next = 0
+
+    def steps(self, count: int) -> tuple[list[float], float, float, float]:
+        """``count`` timed steps -> (seconds per step, bytes, words or tokens, last loss)."""
+        times, n_bytes, n_units = [], 0.0, 0.0
+        for _ in range(count):
+            batch = self.batches[self.next % len(self.batches)]
+            self.next += 1
+            sync(self.accelerator)
+            start = time.perf_counter()
+            stats = train_step(self.model, batch, self.accelerator, self.trainer, grad_clip=1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            sync(self.accelerator)
+            times.append(time.perf_counter() - start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_words
+        return times, n_bytes, n_units, stats.loss
+
+
+def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int) -> dict:  # noqa: ANN001
+    runner = Bench(model_cfg, tokenizer, seq_len, rows, warmup + steps)
+    runner.steps(warmup)
+    step_times, n_bytes, n_units, loss = runner.steps(steps)
     elapsed = sum(step_times)
-    plain = unwrap(accelerator, model)
+    plain = unwrap(runner.accelerator, runner.model)
+    kind = runner.kind
     result = {
         "model": plain.config.name,
         "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
@@ -90,10 +107,15 @@ def bench(model_cfg, tokenizer, seq_len: int, rows: int, steps: int, warmup: int
         "bytes_per_s": round(n_bytes / elapsed, 1),
         ("words_per_s" if kind == "hat" else "tokens_per_s"): round(n_units / elapsed, 1),
         "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
-        "final_loss": round(stats.loss, 4),
+        "final_loss": round(loss, 4),
     }
     utilisation = mfu(
-        plain.config, seq_len, n_bytes, n_units, n_bytes / elapsed, peak_flops(accelerator)
+        plain.config,
+        seq_len,
+        n_bytes,
+        n_units,
+        n_bytes / elapsed,
+        peak_flops(runner.accelerator),
     )
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
@@ -126,13 +148,15 @@ def main() -> None:
     parser.add_argument(
         "--compare-ref", metavar="REV", help="step times of git revision REV vs this tree"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-ref")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare_ref:
         return compare(args)
+    if args.worker:
+        return worker(args)
 
     device = (
         torch.cuda.get_device_name()
@@ -173,24 +197,41 @@ def main() -> None:
                     ),
                 }
             )
-    if args.worker:  # one side of a --compare-ref round
-        metrics = {
-            f"{r[kind]['model']}_s_per_step": r[kind]["s_per_step_median"]
-            for r in report["pairs"]
-            for kind in ("hat", "bpe")
-        }
-        losses = {
-            f"{r[kind]['model']}_final_loss": r[kind]["final_loss"]
-            for r in report["pairs"]
-            for kind in ("hat", "bpe")
-        }
-        print(json.dumps({"metrics": metrics, "fingerprints": losses}))
-        return None
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     return None
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side of --compare-ref: the median time of ``--steps`` training steps per model, on
+    demand (models set up once; warm-up steps first), fingerprinted by the last loss."""
+    from compare_ref import serve
+
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in args.pairs:
+            hat_name, bpe_name = pair.split(":")
+            bpe_cfg = BPEModelConfig.preset(bpe_name)
+            path = Path(tmp) / f"tok{bpe_cfg.vocab_size}.model"
+            tokenizer = train_tokenizer(DataConfig(), bpe_cfg.vocab_size, path, 4_000_000)
+            bpe_seq = max(16, round(args.seq_len / bytes_per_token(tokenizer)))
+            for name, model_cfg, tok, seq in (
+                (hat_name, HATModelConfig.preset(hat_name), None, args.seq_len),
+                (bpe_name, bpe_cfg, tokenizer, bpe_seq),
+            ):
+                runners[name] = Bench(model_cfg, tok, seq, args.rows, args.warmup + args.steps)
+                runners[name].steps(args.warmup)
+
+    def measurement(runner: Bench):  # noqa: ANN202
+        def measure() -> tuple[float, str]:
+            times, _, _, loss = runner.steps(args.steps)
+            return round(statistics.median(times), 4), f"{loss:.3f}"
+
+        return measure
+
+    serve({f"{name}_s_per_step": measurement(r) for name, r in runners.items()})
 
 
 def compare(args: argparse.Namespace) -> None:
