@@ -196,12 +196,12 @@ class KVCache:
             end = pos + k.shape[2]
             if end - self.offset > self.k.shape[2]:
                 self._make_room(pos, end)
-            a, b = pos - self.offset, end - self.offset
-            self.k[:, :, a:b] = k
-            self.v[:, :, a:b] = v
             start = self.read_start(pos) - self.offset
             if start < 0:
                 raise ValueError(f"KVCache: position {pos} needs keys this cache slid past")
+            a, b = pos - self.offset, end - self.offset
+            self.k[:, :, a:b] = k
+            self.v[:, :, a:b] = v
         else:
             if end is None or self.window is not None:
                 raise ValueError("per-row positions need `end` and a cache without a window")
