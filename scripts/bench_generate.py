@@ -191,7 +191,10 @@ def main() -> None:
         texts = prompts(batch, args.prompt_bytes)
         for name, (model, units, suppress) in models.items():
             for cache in (True, False) if not args.no_uncached else (True,):
-                new_bytes, seconds, _ = run(model, texts, units, suppress, cache, args.device)
+                extra = {"compile_step": True} if args.compile_step and cache else {}
+                new_bytes, seconds, _ = run(
+                    model, texts, units, suppress, cache, args.device, **extra
+                )
                 results.append(
                     {
                         "model": name,
@@ -214,6 +217,7 @@ def main() -> None:
         "new_bytes_per_row": args.new_bytes,
         "prompt_bytes": args.prompt_bytes,
         "quick": args.quick,
+        "compile_step": args.compile_step,
         "params": {name: m.num_parameters() for name, (m, _, _) in models.items()},
         "results": results,
         "ratios": ratios(results),
