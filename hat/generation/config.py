@@ -37,6 +37,7 @@ class GenerationConfig:
     stop_strings: str | list[str] | None = None
     num_return_sequences: int = 1
     use_cache: bool = True
+    compile_step: bool = False  # torch.compile the cached step (for GPUs; compiles on first use)
 
     def update(self, **kwargs: Any) -> GenerationConfig:
         """A copy with ``kwargs`` replaced; unknown names are an error."""

@@ -162,7 +162,10 @@ def run_generation(
     # a budget only refuses ids once a row has <= max(UTF8_NEED) ids left (the mask's `cap`)
     tight_from = min(r.budget for r in out if not r.done) - max(UTF8_NEED)
 
-    engine = spec.engines[0 if config.use_cache else 1](model, rows, steps)
+    if config.use_cache:
+        engine = spec.engines[0](model, rows, steps, compile=config.compile_step)
+    else:
+        engine = spec.engines[1](model, rows, steps)
     logits = engine.prefill()
     for step in range(steps):
         left = (budgets - step).clamp(min=1) if step >= tight_from else None  # done rows: any
