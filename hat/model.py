@@ -12,6 +12,7 @@ from hat.config import HATConfig
 from hat.decoder import ByteDecoder
 from hat.encoder import ByteEncoder
 from hat.generation import GenerationMixin
+from hat.hf_batch import batch_from_token_ids
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, next_unit_nll, softcap
 from hat.pooling import WordPooler
 from hat.splitter import as_text, make_splitter
@@ -22,6 +23,9 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
 
     Takes a batch from ``hat.batching`` (``input_ids``, ``word_lengths``, optional ``labels``)
     and returns next-byte logits [B, T, 256] and, with labels, the loss in nats per byte.
+    Without ``word_lengths`` it takes a tokenizer's batch, as transformers users write it:
+    ``model(**HATTokenizer()(texts, return_tensors="pt", padding=True), labels=...)``, where
+    ``labels`` are the input ids themselves (shifted inside; see ``hat.hf_batch``).
     """
 
     config_class = HATConfig
@@ -41,10 +45,15 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
     def forward(
         self,
         input_ids: torch.Tensor,
-        word_lengths: torch.Tensor,
+        word_lengths: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
+        if word_lengths is None:  # a tokenizer's batch: words from our splitter, HF-style labels
+            input_ids, word_lengths, labels = batch_from_token_ids(
+                input_ids, attention_mask, labels, self.splitter
+            )
         cfg = self.config
         batch, seq = input_ids.shape
         if input_ids.is_cuda:

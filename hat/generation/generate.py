@@ -27,6 +27,7 @@ from hat.generation.processors import build_processors
 from hat.generation.specs import ModelSpec, bpe_spec, hat_spec
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import UTF8_NEED, VocabAutomaton, incomplete_tail, utf8_advance
+from hat.hub import pop_hub_kwargs, resolve_model_dir
 
 
 # ==== the generic loop ================================================================
@@ -277,9 +278,11 @@ class GenerationMixin:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *args: Any, **kwargs: Any) -> Any:
-        model = super().from_pretrained(directory, *args, **kwargs)
-        if (Path(directory) / GENERATION_CONFIG_FILE).is_file():
-            model.generation_config = GenerationConfig.from_pretrained(directory)
+        local = resolve_model_dir(directory, **pop_hub_kwargs(kwargs))  # a Hub id: its snapshot
+        model = super().from_pretrained(local, *args, **kwargs)
+        if (local / GENERATION_CONFIG_FILE).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(local)
+        model.name_or_path = str(directory)
         return model
 
     @torch.no_grad()
