@@ -19,6 +19,7 @@ from hat.splitter import EOD, PAD
 SPECIAL_TOKENS = {EOD: "<eod>", PAD: "<pad>"}
 SPECIAL_IDS = {token: i for i, token in SPECIAL_TOKENS.items()}
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+_TRANSFORMERS_LOAD_ARGS = ("trust_remote_code", "use_fast", "subfolder")
 
 
 class BatchEncoding(dict):
@@ -88,6 +89,8 @@ class HATTokenizer:
         from hat.hub import pop_hub_kwargs, resolve_model_dir
 
         path = resolve_model_dir(directory, **pop_hub_kwargs(kwargs))
+        for name in [k for k in kwargs if k.startswith("_") or k in _TRANSFORMERS_LOAD_ARGS]:
+            del kwargs[name]  # what AutoTokenizer passes along: bookkeeping, nothing to apply
         unknown = sorted(set(kwargs) - {"padding_side", "model_max_length"})
         if unknown:
             raise TypeError(f"HATTokenizer.from_pretrained got unknown arguments {unknown}")
