@@ -246,8 +246,12 @@ def _token_id(token: str) -> int:
     return ord(token)
 
 
-def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+def _as_list(ids: int | Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(ids, int):  # transformers' decode takes a single id too
+        return [ids]
     if isinstance(ids, torch.Tensor):
+        if ids.dim() == 0:
+            return [int(ids)]
         if ids.dim() != 1:
             raise ValueError(f"expected one sequence of ids (1-D), got shape {tuple(ids.shape)}")
         return ids.tolist()

@@ -5,8 +5,10 @@ Tasks are written by the tests (a YAML and a local JSONL): nothing is downloaded
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,41 +145,31 @@ def test_adapter_generation_stops_at_until(model) -> None:
     assert text == piece * 5  # max_gen_toks counts the model's units
 
 
+def _task_writer():
+    """scripts/lm_eval_tasks.py: the YAML the docs' harness runs use."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "lm_eval_tasks.py"
+    spec = importlib.util.spec_from_file_location("lm_eval_tasks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _write_tasks(directory, examples: list[MultipleChoiceExample], documents: list[str]) -> None:
-    rows = [{"input": e.input, "choices": e.choices, "answer": e.answer} for e in examples]
-    (directory / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (directory / "docs.jsonl").write_text(
-        "".join(json.dumps({"text": d}) + "\n" for d in documents)
-    )
-    (directory / "hat_test_mc.yaml").write_text(
-        f"""task: hat_test_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {directory / "mc.jsonl"}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{input}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-target_delimiter: " "
-metric_list:
-  - metric: acc
-"""
-    )
+    tasks = _task_writer()
+    bigbench = {
+        "examples": [
+            {
+                "input": e.input,
+                "target_scores": {c: int(i == e.answer) for i, c in enumerate(e.choices)},
+            }
+            for e in examples
+        ]
+    }
+    (directory / "hat_test_mc.json").write_text(json.dumps(bigbench))
+    tasks.write_bigbench(directory, directory / "hat_test_mc.json", None)
+    data = tasks.write_jsonl(directory / "docs.jsonl", [{"text": d} for d in documents])
     (directory / "hat_test_ppl.yaml").write_text(
-        f"""task: hat_test_ppl
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {directory / "docs.jsonl"}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: bits_per_byte
-"""
+        tasks.ROLLING.format(name="hat_test_ppl", data=data)
     )
 
 
@@ -187,7 +179,7 @@ def _examples(sample_text: str) -> list[MultipleChoiceExample]:
     examples = []
     for i in range(12):
         at = 50 + 97 * i
-        choices = [words[at + 5], words[at + 40], words[at + 77]]
+        choices = list(dict.fromkeys(words[at + 5 : at + 90 : 7]))[:3]  # 3 different words
         examples.append(MultipleChoiceExample(" ".join(words[at : at + 5]), choices, i % 3))
     return examples
 

@@ -24,6 +24,7 @@ from transformers import (  # noqa: E402
     LogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     TextIteratorStreamer,
+    TextStreamer,
 )
 
 from hat.integrations.transformers import (  # noqa: E402
@@ -187,12 +188,22 @@ def _content_ids(model, text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", ["hat", "bpe"])
-def test_transformers_streamer(kind, tiny_hat, tiny_bpe) -> None:
+def test_transformers_streamers(kind, tiny_hat, tiny_bpe) -> None:
     model = tiny_hat if kind == "hat" else tiny_bpe
     tok = HATTokenizer() if kind == "hat" else model.tokenizer
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     text = model.generate("Once upon", max_new_tokens=20, streamer=streamer)
     assert "".join(streamer) == text and text
+
+    class Printed(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            shown.append(text)
+
+    shown: list[str] = []  # a prompt ending in a newline: transformers decodes a single id
+    text = model.generate(
+        "Chapter 1\n", max_new_tokens=20, streamer=Printed(tok, skip_special_tokens=True)
+    )
+    assert "".join(shown) == "Chapter 1\n" + text
 
 
 def test_hooks_run_after_their_module_is_imported(tmp_path, monkeypatch) -> None:

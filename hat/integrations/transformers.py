@@ -27,16 +27,19 @@ so a saved directory writes no ``auto_map``; install hat (``pip install hat-lm``
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from transformers import PreTrainedConfig
 
+from hat.bpe import BPEForCausalLM
 from hat.config import BPEConfig, HATConfig
 from hat.hub import pop_hub_kwargs, resolve_model_dir
 from hat.integrations import resolve_dtype
-from hat.modeling import WEIGHTS_FILE, PreTrainedLM
+from hat.model import HATForCausalLM
+from hat.modeling import CONFIG_FILE, WEIGHTS_FILE, PreTrainedLM
 
 ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex_attention": "flex"}
 # from_pretrained arguments of transformers that change nothing for hat's models
@@ -87,7 +90,7 @@ class _HatAutoModel:
     """What ``AutoModelForCausalLM`` calls for a hat model type; builds hat's own model."""
 
     config_class: type
-    model_class: type  # set below (imported lazily: hat.model imports this package)
+    model_class: type
 
     @classmethod
     def from_pretrained(
@@ -173,25 +176,17 @@ def _device(device_map: Any) -> str | torch.device | None:
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((directory / "config.json").read_text())
+    return json.loads((directory / CONFIG_FILE).read_text())
 
 
 class HATAutoModelForCausalLM(_HatAutoModel):
     config_class = HATTransformersConfig
+    model_class = HATForCausalLM
 
 
 class BPEAutoModelForCausalLM(_HatAutoModel):
     config_class = BPETransformersConfig
-
-
-def _bind_model_classes() -> None:
-    from hat.bpe import BPEForCausalLM
-    from hat.model import HATForCausalLM
-
-    HATAutoModelForCausalLM.model_class = HATForCausalLM
-    BPEAutoModelForCausalLM.model_class = BPEForCausalLM
+    model_class = BPEForCausalLM
 
 
 # ---- registration (called by hat.integrations when transformers' auto modules load) --------
@@ -205,7 +200,6 @@ def register_config() -> None:
 def register_models() -> None:
     from transformers import AutoModelForCausalLM
 
-    _bind_model_classes()
     for auto in (HATAutoModelForCausalLM, BPEAutoModelForCausalLM):
         AutoModelForCausalLM.register(auto.config_class, auto, exist_ok=True)
 
