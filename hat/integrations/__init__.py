@@ -64,10 +64,14 @@ def _register_lm_eval() -> None:
         return
     try:
         from lm_eval.api.registry import model_registry
-    except ImportError:  # an lm-eval without this registry: the adapter's own import will say
-        return
-    if "hat" not in model_registry:
-        model_registry.register("hat", target="hat.integrations.lm_eval:HATEvalLM")
+
+        if "hat" not in model_registry:
+            model_registry.register("hat", target="hat.integrations.lm_eval:HATEvalLM")
+    except Exception as err:  # never break `import hat` (an lm-eval without this registry)
+        warnings.warn(
+            f"hat could not register --model hat with lm-eval ({type(err).__name__}: {err})",
+            stacklevel=2,
+        )
 
 
 # transformers modules -> what to register once each has been imported
