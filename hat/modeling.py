@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from hat.batching import IGNORE
+from hat.hub import resolve_model_dir
 from hat.manifest import DamagedFileError, verify_manifest, write_manifest
 from hat.splitter import as_text
 
@@ -149,6 +150,10 @@ class PreTrainedLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -167,7 +172,8 @@ class PreTrainedLM(nn.Module):
         batch_size: int = 16,
         rolling: bool = False,
         window_bytes: int | None = None,
-    ) -> list[float]:
+        return_greedy: bool = False,
+    ) -> list[float] | list[tuple[float, bool]]:
         """Total log-likelihood (nats) of each text's bytes given its context.
 
         Each (context + text) is its own document, starting from the end-of-document marker;
@@ -178,6 +184,11 @@ class PreTrainedLM(nn.Module):
         takes), each predicting the next half window from the half window before it (the
         first window predicts all of its bytes). A document that fits is scored in one piece,
         exactly as without ``rolling``. Pass the same ``window_bytes`` to models you compare.
+
+        ``return_greedy=True`` returns ``(log-likelihood, is_greedy)`` pairs, computed in the same
+        forward passes: ``is_greedy`` says whether every predicted unit (byte for HAT, token for
+        the twin) of the text is the model's most likely one given everything before it, i.e.
+        greedy decoding would produce the text (lm-evaluation-harness's flag).
         """
         if isinstance(texts, str | bytes):
             raise TypeError("score() takes a list of texts; wrap a single text in a list")
@@ -188,7 +199,7 @@ class PreTrainedLM(nn.Module):
         if len(contexts) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
         if not rolling:
-            return self._score_pieces(texts, contexts, batch_size)
+            return self._score_pieces(texts, contexts, batch_size, return_greedy)
         window = self.max_window_bytes() if window_bytes is None else window_bytes
         if not isinstance(window, int) or not 8 <= window <= self.max_window_bytes():
             raise ValueError(
@@ -201,19 +212,24 @@ class PreTrainedLM(nn.Module):
                 owners.append(i)
                 piece_contexts.append(doc[ctx_start:start].decode("utf-8"))
                 piece_texts.append(doc[start:end].decode("utf-8"))
-        scores = [0.0] * len(texts)
-        for i, value in zip(owners, self._score_pieces(piece_texts, piece_contexts, batch_size)):
+        scores, greedy = [0.0] * len(texts), [True] * len(texts)
+        pieces = self._score_pieces(piece_texts, piece_contexts, batch_size, return_greedy)
+        for i, piece in zip(owners, pieces):
+            value, piece_greedy = piece if return_greedy else (piece, True)
             scores[i] += value
-        return scores
+            greedy[i] = greedy[i] and piece_greedy
+        return list(zip(scores, greedy)) if return_greedy else scores
 
     def max_window_bytes(self) -> int:
         """The longest context + text (in UTF-8 bytes) that ``score`` always accepts."""
         raise NotImplementedError
 
-    def _score_pieces(self, texts: list[str], contexts: list[str], batch_size: int) -> list[float]:
+    def _score_pieces(
+        self, texts: list[str], contexts: list[str], batch_size: int, return_greedy: bool = False
+    ) -> list[float] | list[tuple[float, bool]]:
         """Score (context, text) pairs that each fit the model, longest first, in batches."""
         items = [self._encode_for_scoring(t, c) if t else None for t, c in zip(texts, contexts)]
-        scores = [0.0] * len(texts)
+        scores, greedy = [0.0] * len(texts), [True] * len(texts)
         todo = sorted(
             (i for i, it in enumerate(items) if it is not None), key=lambda i: -items[i][2]
         )
@@ -225,12 +241,17 @@ class PreTrainedLM(nn.Module):
                 batch = self._collate_for_scoring([items[i] for i in chunk])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 out = self(**batch)
-                logprob = -next_unit_nll(out.logits, batch["labels"]).sum(dim=1)
+                labels = batch["labels"]
+                logprob = -next_unit_nll(out.logits, labels).sum(dim=1)
                 for i, value in zip(chunk, logprob.tolist()):
                     scores[i] = value
+                if return_greedy:  # every target is the argmax (ignored positions pass)
+                    hit = (out.logits.argmax(dim=-1) == labels) | (labels == IGNORE)
+                    for i, value in zip(chunk, hit.all(dim=1).tolist()):
+                        greedy[i] = value
         finally:
             self.train(was_training)
-        return scores
+        return list(zip(scores, greedy)) if return_greedy else scores
 
     def _encode_for_scoring(self, text: str, context: str) -> tuple[Any, int, int]:
         """-> (units, index of the first target unit, length in units)."""
@@ -261,6 +282,13 @@ class PreTrainedLM(nn.Module):
         config); return the file names written."""
         return []
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload to the Hugging Face Hub with a generated model card (``hat.hub.push_to_hub``:
+        ``private``, ``token``, ``revision``, ``commit_message``, ``create_pr``, ``run_dir``)."""
+        from hat.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -268,11 +296,17 @@ class PreTrainedLM(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         verify: bool = True,
+        config: Any = None,
+        **hub_kwargs: Any,
     ) -> PreTrainedLM:
-        """Load a model written by ``save_pretrained``. Its files are checked against
-        ``manifest.json`` first (``verify=False`` skips that; directories saved before
-        manifests existed load unchecked). Errors name the file that is wrong."""
-        directory = Path(directory)
+        """Load a model written by ``save_pretrained`` (or a training checkpoint) from a
+        directory or the Hugging Face Hub (``org/name`` or ``org/name@revision``; ``revision``,
+        ``cache_dir``, ``token``, ``local_files_only``, ``force_download`` as in
+        ``huggingface_hub``: see ``hat.hub``). Its files are checked against ``manifest.json``
+        first (``verify=False`` skips that; directories saved before manifests existed load
+        unchecked). ``config``: use it instead of the saved ``config.json`` (the weights must
+        fit it). Errors name the file that is wrong."""
+        name, directory = str(directory), resolve_model_dir(directory, **hub_kwargs)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: is {directory} a saved hat model?")
@@ -283,15 +317,21 @@ class PreTrainedLM(nn.Module):
                 raise DamagedFileError(
                     err.path, f"{err.problem}; save or download it again"
                 ) from None
+        if config is None:
+            try:
+                data = json.loads(config_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+            try:
+                config = cls.config_class.from_dict(data)
+            except ValueError as err:
+                raise ValueError(f"{config_path}: {err}") from None
         try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err})") from None
-        try:
-            config = cls.config_class.from_dict(data).validate()
+            config = config.validate()
         except ValueError as err:
             raise ValueError(f"{config_path}: {err}") from None
         model = cls._from_config_and_dir(config, directory)
+        model.name_or_path = name  # where it came from (a directory or a Hub id)
         weights = directory / WEIGHTS_FILE
         if not weights.is_file() and (directory / "trainer_state.json").is_file():
             raise ValueError(

@@ -3,6 +3,7 @@
     hat-generate outputs/small/model --prompt "Once upon a time" --max-new-tokens 200
     hat-generate MODEL --prompt-file prompts.txt --do-sample --temperature 0.8 --top-p 0.95
     hat-generate MODEL --prompt "Q: why?" --stop $'\\n' --seed 0 --num-return-sequences 3
+    hat-generate org/name@main --prompt "Hello"      # a model on the Hugging Face Hub
 
 Defaults come from the model's ``generation_config.json`` (if saved), else from
 ``hat.generation.GenerationConfig``; every flag given here overrides them.
@@ -27,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hat-generate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("model", help="directory written by save_pretrained (HAT or BPE twin)")
+    p.add_argument(
+        "model",
+        help="directory written by save_pretrained (HAT or BPE twin), or a Hub id org/name[@revision]",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="the prompt (default: empty, i.e. a new document)")
     src.add_argument("--prompt-file", help="one prompt per line ('-' reads stdin)")
