@@ -65,24 +65,31 @@ def _text(codes: np.ndarray) -> str:
     return codes.astype(np.uint32, copy=False).tobytes().decode("utf-32-le", "surrogatepass")
 
 
-def _table(predicate: Callable[[str], bool]) -> np.ndarray:
-    return np.array([predicate(chr(i)) for i in range(128)])
+def _table(predicate: Callable[[str], bool], size: int = 128) -> np.ndarray:
+    return np.array([predicate(chr(i)) for i in range(size)])
+
+
+@functools.lru_cache(maxsize=8)
+def _bmp_table(predicate: Callable[[str], bool]) -> np.ndarray:
+    """``predicate`` of every code point below 0x10000 (64 KB, built once, ~20 ms)."""
+    return _table(predicate, 0x10000)
 
 
 def _has(
     codes: np.ndarray, predicate: Callable[[str], bool], ascii_table: np.ndarray
 ) -> np.ndarray:
-    """``predicate(chr(c))`` for every code point: a table for ASCII, one call per distinct
-    other character."""
+    """``predicate(chr(c))`` for every code point: a table for ASCII text, a table of the
+    Basic Multilingual Plane otherwise, one call per distinct character above it (emoji)."""
     if codes.dtype == np.uint8:
         return ascii_table[codes]
-    is_ascii = codes < 128
+    bmp = codes < 0x10000
+    if bmp.all():
+        return _bmp_table(predicate)[codes]
     result = np.zeros(len(codes), dtype=bool)
-    result[is_ascii] = ascii_table[codes[is_ascii]]
-    if not is_ascii.all():
-        distinct, inverse = np.unique(codes[~is_ascii], return_inverse=True)
-        values = np.fromiter((predicate(chr(c)) for c in distinct.tolist()), bool, len(distinct))
-        result[~is_ascii] = values[inverse]
+    result[bmp] = _bmp_table(predicate)[codes[bmp]]
+    distinct, inverse = np.unique(codes[~bmp], return_inverse=True)
+    values = np.fromiter((predicate(chr(c)) for c in distinct.tolist()), bool, len(distinct))
+    result[~bmp] = values[inverse]
     return result
 
 
@@ -255,7 +262,13 @@ _NEIGHBOUR_TABLE = np.zeros((128, max(map(len, KEYBOARD_NEIGHBOURS.values()))), 
 for _ch, _near in KEYBOARD_NEIGHBOURS.items():
     _NEIGHBOUR_COUNT[ord(_ch)] = len(_near)
     _NEIGHBOUR_TABLE[ord(_ch), : len(_near)] = np.frombuffer(_near.encode(), dtype=np.uint8)
-_ASCII_LETTER = _table(lambda c: c.isascii() and c.isalpha())
+
+
+def _is_ascii_letter(c: str) -> bool:
+    return c.isascii() and c.isalpha()
+
+
+_ASCII_LETTER = _table(_is_ascii_letter)
 
 
 def keyboard(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
@@ -264,7 +277,7 @@ def keyboard(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
     ASCII letters comes back unchanged."""
     codes = _codes(text)
     rng = _rng(seed)
-    chosen = _sample(_has(codes, lambda c: False, _ASCII_LETTER), rate, rng)
+    chosen = _sample(_has(codes, _is_ascii_letter, _ASCII_LETTER), rate, rng)
     if not len(chosen):
         return text
     old = codes[chosen].astype(np.int64)
@@ -292,12 +305,20 @@ def strip_accents(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
     if text.isascii():
         return text
     text = unicodedata.normalize("NFC", text)
-    table = {
-        ord(c): _without_marks(c)
-        for c in set(text)
-        if not c.isascii() and not unicodedata.combining(c)
-    }
-    return text.translate({k: v for k, v in table.items() if v != chr(k)})
+    codes = _codes(text)
+    distinct = np.unique(codes[codes >= 128]).tolist()
+    changed = {c: _without_marks(chr(c)) for c in distinct if not unicodedata.combining(chr(c))}
+    changed = {c: new for c, new in changed.items() if new != chr(c)}
+    if not changed:
+        return text
+    if any(len(new) != 1 for new in changed.values()):  # ligatures, fractions: rare
+        return text.translate(changed)
+    keys = np.array(sorted(changed), dtype=np.uint32)
+    values = np.array([ord(changed[k]) for k in keys.tolist()], dtype=np.uint32)
+    hit = np.isin(codes, keys)
+    out = codes.copy()
+    out[hit] = values[np.searchsorted(keys, codes[hit])]
+    return _text(out)
 
 
 # Latin letters and the Cyrillic letters that look the same in most fonts (both directions)
@@ -336,7 +357,7 @@ def misspellings() -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in table.items()}
 
 
-_WORD = re.compile(r"\b[A-Za-z]+\b")
+_WORDS = re.compile(r"\b([A-Za-z]+)\b")  # split() keeps the words at the odd indices
 
 
 def _same_case(template: str, word: str) -> str:
@@ -352,23 +373,17 @@ def misspell(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
     looked up (``because`` but not ``Because1`` nor ``naïve``); a text with none of these words
     (any non-English text, most likely) comes back unchanged."""
     table = misspellings()
-    found = [m for m in _WORD.finditer(text) if m.group().lower() in table and _cased(m.group())]
+    parts = _WORDS.split(text)
+    found = [i for i in range(1, len(parts), 2) if parts[i].lower() in table and _cased(parts[i])]
+    if int(len(found) * rate) == 0:
+        return text
     rng = _rng(seed)
     chosen = _sample(np.ones(len(found), dtype=bool), rate, rng)
-    if not len(chosen):
-        return text
-    draws = rng.random(len(chosen))
-    pieces, last = [], 0
-    for i, u in zip(chosen.tolist(), draws.tolist()):
-        match = found[i]
-        options = table[match.group().lower()]
-        pieces += [
-            text[last : match.start()],
-            _same_case(match.group(), options[int(u * len(options))]),
-        ]
-        last = match.end()
-    pieces.append(text[last:])
-    return "".join(pieces)
+    for i, u in zip(chosen.tolist(), rng.random(len(chosen)).tolist()):
+        word = parts[found[i]]
+        options = table[word.lower()]
+        parts[found[i]] = _same_case(word, options[int(u * len(options))])
+    return "".join(parts)
 
 
 def _cased(word: str) -> bool:
