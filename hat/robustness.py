@@ -533,7 +533,12 @@ def degradation_figure(result: RobustnessResult):  # -> matplotlib.figure.Figure
     """Relative degradation (%) with its confidence interval: one panel per dataset x
     measure, perturbations along x, one bar per model. A bare ``Figure`` (no pyplot state,
     no backend change): a notebook shows it, ``plot_degradation`` saves it."""
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "the figure needs matplotlib: pip install 'hat-lm[plot]' (or plot=false)"
+        ) from None
 
     panels = list(dict.fromkeys((r.dataset, r.measure) for r in result.rows))
     models = list(dict.fromkeys(r.model for r in result.rows))

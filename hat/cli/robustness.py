@@ -159,7 +159,7 @@ def _main(cfg: DictConfig) -> None:
     job: RobustnessJob = OmegaConf.to_object(cfg)
     try:
         result = run(job)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:  # FileNotFoundError is an OSError
         print(f"hat-robustness: error: {err}", file=sys.stderr)
         sys.exit(1)
     print(result.markdown())
