@@ -121,6 +121,12 @@ class RobustnessResult:
             "rows": [_finite(dataclasses.asdict(r)) for r in self.rows],
         }
 
+    @classmethod
+    def load(cls, path: str | Path) -> RobustnessResult:
+        """Read a ``robustness.json`` back (e.g. to plot it again)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls([RobustnessRow(**row) for row in data["rows"]], data["settings"])
+
     def write(self, output_dir: str | Path, plot: bool = True) -> list[Path]:
         """``robustness.csv``, ``robustness.json`` and (``plot``) ``robustness.png``."""
         out = Path(output_dir)
@@ -557,7 +563,8 @@ def degradation_figure(result: RobustnessResult):  # -> matplotlib.figure.Figure
             high = np.array([100 * r.degradation_high for r in picked], dtype=float)
             err = np.nan_to_num(np.stack([y - low, high - y]).clip(min=0))
             x = np.arange(len(perturbations)) + (m - (len(models) - 1) / 2) * width
-            ax.bar(x, y, width, yerr=err, capsize=3, label=_short(model))
+            label = f"{_short(model)} ({picked[0].model_type})"
+            ax.bar(x, y, width, yerr=err, capsize=3, label=label)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(np.arange(len(perturbations)), perturbations, rotation=20)
         ax.set_title(f"{dataset}: {measure}", fontsize=10)

@@ -20,6 +20,7 @@ from hat.evaluation import MultipleChoiceExample, bits_per_byte, load_task, mult
 from hat.perturb import perturb_texts
 from hat.robustness import (
     CSV_COLUMNS,
+    RobustnessResult,
     bootstrap_indices,
     evaluate_robustness,
     percentile_interval,
@@ -308,6 +309,7 @@ def test_hat_robustness_cli_end_to_end_equals_the_python_api(
             else:
                 assert got[key] == want[key], key
     assert any(r["ratio"] is not None for r in saved["rows"])
+    assert RobustnessResult.load(out / "robustness.json").to_dict() == saved
 
     bad = subprocess.run(
         [
