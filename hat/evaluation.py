@@ -111,7 +111,7 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
                 "({choice: 1 for the right one, 0 otherwise})"
             )
         choices = list(scores)
-        answer = max(range(len(choices)), key=lambda i: scores[choices[i]])
+        answer = max(range(len(choices)), key=lambda j: scores[choices[j]])
         examples.append(MultipleChoiceExample(raw["input"], choices, answer))
     return examples
 
@@ -161,9 +161,14 @@ def load_task(path: str | Path, limit: int | None = None) -> list[MultipleChoice
     """A multiple-choice task from ``.jsonl`` (``load_jsonl_task``) or BIG-bench ``.json``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"task file {path} not found")
-    if Path(path).suffix == ".jsonl":
-        return load_jsonl_task(path, limit)
-    return load_bigbench(path, limit)
+    try:
+        if Path(path).suffix == ".jsonl":
+            return load_jsonl_task(path, limit)
+        return load_bigbench(path, limit)
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"task file {path} is not UTF-8: convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def compare_models(

@@ -212,6 +212,8 @@ def test_bad_input_errors_name_the_fix(tiny_hat, tmp_path: Path) -> None:
     no_choices.write_text(json.dumps({"context": "Q?", "choices": [], "label": 0}) + "\n")
     bigbench_empty = tmp_path / "bb.json"
     bigbench_empty.write_text(json.dumps({"examples": [{"input": "Q?", "target_scores": {}}]}))
+    latin1_task = tmp_path / "latin1.jsonl"
+    latin1_task.write_bytes(b'{"context": "caf\xe9", "choices": ["a"], "label": 0}\n')
     (tmp_path / "nomodel").mkdir()
     cases = [
         (dict(perturbations=["shout"]), "unknown perturbation 'shout'; known: permute, replace"),
@@ -220,6 +222,7 @@ def test_bad_input_errors_name_the_fix(tiny_hat, tmp_path: Path) -> None:
         (dict(tasks=[str(empty)]), "has no examples: write one JSON object per line"),
         (dict(tasks=[str(no_choices)]), '"choices" must be a non-empty list'),
         (dict(tasks=[str(bigbench_empty)]), 'non-empty "target_scores"'),
+        (dict(tasks=[str(latin1_task)]), "latin1.jsonl is not UTF-8: convert it"),
         (
             dict(models=[str(tmp_path / "nomodel")]),
             "config.json not found: is .* a saved hat model",
