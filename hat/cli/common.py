@@ -18,8 +18,9 @@ from hat.registry import KINDS
 from hat.training.config import TrainConfig
 
 # errors whose message is the whole story: bad settings, files, inputs (ValueError and
-# OSError include FileNotFoundError, UnicodeDecodeError, JSONDecodeError, ...)
-USER_ERRORS = (ValueError, OSError, HatError)
+# OSError include FileNotFoundError, UnicodeDecodeError, JSONDecodeError, ...), a missing
+# optional extra (ImportError: its message names the pip install)
+USER_ERRORS = (ValueError, OSError, ImportError, HatError)
 
 
 def verbose() -> bool:
@@ -40,6 +41,23 @@ def cli_errors(prog: str) -> Iterator[None]:
             message = " ".join(str(err).split()) or type(err).__name__
             print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(1)
+
+
+def read_text_file(path: str, setting: str) -> str:
+    """A UTF-8 text file given by ``setting`` (named in the errors: a missing file, a file
+    that is not UTF-8 text, with the offending byte and a way to convert it)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{setting}: {path} not found (or not a file)")
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{setting}: {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); convert it first, e.g. iconv -f latin1 -t utf-8 {path} > "
+            f"{file.stem}.utf8.txt"
+        ) from None
 
 
 def is_rank_zero() -> bool:

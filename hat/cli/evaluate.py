@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors, config_dir, register_configs
+from hat.cli.common import cli_errors, config_dir, read_text_file, register_configs
 from hat.config_keys import check_known_keys
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import compare_models, load_bigbench
@@ -67,17 +67,6 @@ def held_out_documents(data: DataConfig, max_docs: int | None) -> dict[str, list
     return {name: read[id(cfg)] for name, cfg in sets.items()}
 
 
-def read_text_file(path: str) -> str:
-    """A text file as one document; errors name the file."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte {err.start}); convert it to UTF-8"
-        ) from None
-
-
 def run(job: EvalJob) -> dict:
     """Load the models and data, evaluate, return ``compare_models``' results."""
     if not job.models:
@@ -88,7 +77,7 @@ def run(job: EvalJob) -> dict:
     models = {m: load_pretrained(m, device=device) for m in job.models}
     documents = held_out_documents(job.data, job.max_docs)
     for path in job.texts:
-        documents[Path(path).name] = [read_text_file(path)]
+        documents[Path(path).name] = [read_text_file(path, "texts")]
     tasks = {Path(p).stem: load_bigbench(p, job.bigbench_limit) for p in job.bigbench}
     logger.info(
         f"{len(models)} model(s); {sum(map(len, documents.values()))} documents in "

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors
+from hat.cli.common import cli_errors, read_text_file
 from hat.generation import TextStreamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,11 +79,17 @@ OPTIONS = (
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts: ``--prompt``, or one per line of ``--prompt-file`` (``-``: stdin)."""
     if args.prompt_file is None:
         return [args.prompt or ""]
-    source = sys.stdin if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8")
-    with source:
-        return [line.rstrip("\r\n") for line in source]
+    if args.prompt_file == "-":
+        text = sys.stdin.read()
+    else:
+        text = read_text_file(args.prompt_file, "--prompt-file")
+    prompts = text.splitlines()
+    if not prompts:
+        raise ValueError(f"--prompt-file {args.prompt_file} holds no prompt (one per line)")
+    return prompts
 
 
 def main(argv: Sequence[str] | None = None) -> None:
