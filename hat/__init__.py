@@ -17,6 +17,11 @@ from hat.tokenizer import BPETokenizer
 
 __version__ = "0.1.0"
 
+# lm-eval's `--model hat` and transformers' Auto classes, when those libraries are installed
+from hat.integrations import register_integrations  # noqa: E402
+
+register_integrations()
+
 __all__ = [
     "BPEConfig",
     "BPEForCausalLM",

@@ -5,13 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hat.block import AttentionMask, KVCacheLayer, RMSNorm, Transformer
+from hat.block import AttentionMask, KVCache, RMSNorm, Transformer
 from hat.config import TransformerConfig
 
 
 class Backbone(nn.Module):
     """Predicts, at each word, a vector that guides the spelling of the next word (HAT) or the
-    next token's logits (BPE twin). Shared unchanged by both models."""
+    next token's logits (BPE twin). Shared unchanged by both models.
+
+    With ``caches`` it runs new positions after the cached ones: ``cache_pos`` is where they
+    are written, an int for every row or a tensor [B] of one position per row (then
+    ``cache_end`` bounds the positions any row reads), see ``KVCache.update``.
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -21,8 +26,11 @@ class Backbone(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: AttentionMask,
-        caches: list[KVCacheLayer] | None = None,
+        positions: torch.Tensor | int,
+        mask: AttentionMask | None,
+        caches: list[KVCache] | None = None,
+        cache_pos: int | torch.Tensor = 0,
+        cache_end: int | None = None,
     ) -> torch.Tensor:
-        return self.norm(self.transformer(x, positions, mask, caches))  # [B, W, D]
+        h = self.transformer(x, positions, mask, caches, cache_pos, cache_end)
+        return self.norm(h)  # [B, W, D]

@@ -3,12 +3,18 @@
 Llama-style: pre-RMSNorm, rotary position embeddings, grouped-query attention (optional
 QK-norm, optional sliding window), SwiGLU MLP. Sequences are packed: several documents share a
 row, and ``AttentionMask`` keeps every query inside its own document.
+
+One implementation serves training, scoring and cached decoding. Inside a stack activations
+are flat rows [B * S, D], so every projection is a single 2-D matrix product whether S is a
+training row or one decoded position; with a ``KVCache`` per layer, a forward over new
+positions attends to everything cached before them.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,32 +35,76 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+# ---- rotary position embeddings -------------------------------------------------------------
 def rope_angles(
     positions: torch.Tensor, head_dim: int, theta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles for integer positions [..., S] -> 2 x [..., S, 1, Dh/2].
-
-    Computed once per stack and reused by every layer (the trailing 1 broadcasts over heads).
-    """
+    """cos and sin of the rotation angles for integer positions [..., S] -> 2 x [..., S, 1, Dh/2]."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
     angles = positions.float()[..., None, None] * inv_freq  # fp32: positions reach 1e4+
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate pairs (x[..., :Dh/2], x[..., Dh/2:]) of x [..., S, H, Dh] by ``rope_angles``."""
-    cos, sin = rotary
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: rotate the pairs (x[..., :Dh/2], x[..., Dh/2:]) of x [..., Dh] by the angles of
+    ``RotaryEmbedding`` (cos laid out as [cos, cos], sin as [-sin, sin]).
+
+    x1 cos + x2 (-sin) and x2 cos + x1 sin: the textbook rotation, exactly, in two products and
+    a sum. Computed in fp32 (the table's dtype) and returned in x's dtype.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    out = x * cos + torch.cat([x2, x1], dim=-1) * sin
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
+class RotaryEmbedding(nn.Module):
+    """cos/sin of every position in [0, size) as a table, looked up by position.
+
+    A non-persistent buffer (state dicts are unchanged), always fp32, grown on demand (by
+    doubling): ``forward`` makes room for int positions; tensor positions must be below the
+    size ``reserve`` was given.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("cos", torch.empty(0, 1, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(0, 1, head_dim), persistent=False)
+
+    def reserve(self, size: int) -> None:
+        """Make positions [0, size) available."""
+        cos = self.cos
+        if size <= cos.shape[0] and cos.dtype == torch.float32:
+            return
+        n = max(size, 2 * cos.shape[0], 64)
+        half_cos, half_sin = rope_angles(
+            torch.arange(n, device=cos.device), self.head_dim, self.theta
+        )  # [n, 1, Dh/2]
+        self.cos = torch.cat([half_cos, half_cos], dim=-1)
+        self.sin = torch.cat([-half_sin, half_sin], dim=-1)
+
+    def forward(
+        self, positions: torch.Tensor | int, count: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Angles of ``positions`` [..., S] -> 2 x [..., S, 1, Dh]; or of the ``count``
+        positions from the int ``positions`` on, shared by every row -> 2 x [count, 1, Dh]
+        (views of the table: no index op)."""
+        if isinstance(positions, int):
+            end = positions + count
+            if end > self.cos.shape[0] or self.cos.dtype != torch.float32:
+                self.reserve(end)
+            return self.cos[positions:end], self.sin[positions:end]
+        return self.cos[positions], self.sin[positions]
+
+
+# ---- masks and caches -----------------------------------------------------------------------
 @dataclass
 class AttentionMask:
     """Which keys each query may see: same document, not in the future, within the window.
 
     ``dense`` is a bool tensor [B, 1, Sq, Sk] for SDPA; ``block`` a flex-attention BlockMask.
     Exactly one is set. Build with ``AttentionMask.packed`` (training / scoring) or pass a
-    dense mask directly (KV-cached generation).
+    dense mask directly (cached decoding, where ``None`` means "every cached key").
     """
 
     dense: torch.Tensor | None = None
@@ -98,78 +148,170 @@ def _flex_attention(compiled: bool):  # noqa: ANN202
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
+class KVCache:
+    """Keys and values of one attention layer, preallocated as [B, Hkv, capacity, Dh].
+
+    ``update(k, v, pos)`` writes the new entries at the positions it is given (overwriting:
+    positions may be recomputed) and returns the cached entries a query there may attend to.
+    ``pos`` is an int (S new entries at positions pos..pos+S-1 of every row) or a tensor [B]
+    (one new entry per row, each at its own position: rows of the word backbone finish words
+    at different steps; ``end`` then bounds what is returned).
+
+    With a ``window`` the cache slides: a write past the end keeps only the ``keep`` positions
+    before it (at least ``window``; more if later writes may start further back). Without one
+    it grows (doubling) as needed.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        window: int | None = None,
+        keep: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.window = window
+        self.keep = window if keep is None else keep
+        if window is not None and self.keep < window:
+            raise ValueError(f"a sliding KVCache must keep at least its window: {keep} < {window}")
+        self.k = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.offset = 0  # position held in slot 0 (a sliding cache has dropped those before)
+        self.rows = torch.arange(batch, device=device)
+
+    def read_start(self, pos: int) -> int:
+        """First position a query at ``pos`` attends to (the start of its window)."""
+        return 0 if self.window is None else max(pos - self.window + 1, 0)
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor, end: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, Hkv, S, Dh] at ``pos``; return the keys and values of positions
+        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``)."""
+        if isinstance(pos, int):
+            end = pos + k.shape[2]
+            if end - self.offset > self.k.shape[2]:
+                self._make_room(pos, end)
+            start = self.read_start(pos) - self.offset
+            if start < 0:
+                raise ValueError(f"KVCache: position {pos} needs keys this cache slid past")
+            a, b = pos - self.offset, end - self.offset
+            self.k[:, :, a:b] = k
+            self.v[:, :, a:b] = v
+        else:
+            if end is None or self.window is not None:
+                raise ValueError("per-row positions need `end` and a cache without a window")
+            if end > self.k.shape[2]:
+                self._make_room(0, end)
+            self.k[self.rows, :, pos] = k[:, :, 0]  # [B, Hkv, Dh] at slot pos[b] of row b
+            self.v[self.rows, :, pos] = v[:, :, 0]
+            start = 0
+        return self.k[:, :, start : end - self.offset], self.v[:, :, start : end - self.offset]
+
+    def _make_room(self, pos: int, end: int) -> None:
+        """Grow, or slide, so that positions up to ``end`` fit."""
+        capacity = self.k.shape[2]
+        if self.window is None:  # grow
+            batch, heads, _, head_dim = self.k.shape
+            pad = self.k.new_zeros(batch, heads, max(end, 2 * capacity) - capacity, head_dim)
+            self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad], 2)
+            return
+        first = pos - self.keep  # slide: keep positions [pos - keep, pos) and the write
+        if first < self.offset or end - first > capacity:
+            raise ValueError(
+                f"KVCache: a write of positions [{pos}, {end}) does not fit (capacity "
+                f"{capacity}, keep {self.keep}, holding from {self.offset})"
+            )
+        shift = first - self.offset
+        for t in (self.k, self.v):
+            t[:, :, : capacity - shift] = t[:, :, shift:].clone()
+        self.offset = first
+
+
+@dataclass
+class LayerContext:
+    """What every layer of one stack forward shares: the batch size (activations are flat
+    rows [B * S, D]), the RoPE angles of the S positions, the attention mask and where the
+    layers' caches write (see ``KVCache.update``)."""
+
+    batch: int
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: AttentionMask | None
+    cache_pos: int | torch.Tensor = 0
+    cache_end: int | None = None
+
+
+# ---- the block ------------------------------------------------------------------------------
+def fuse_on_load(parts: tuple[str, ...], fused: str) -> Any:
+    """A load_state_dict pre-hook: state dicts saved before the projections ``parts`` were
+    fused into ``fused`` (rows concatenated in that order) load into the fused layout."""
+
+    def hook(module, state_dict, prefix, *_) -> None:  # noqa: ANN001
+        names = [f"{prefix}{p}.weight" for p in parts]
+        if all(n in state_dict for n in names):
+            state_dict[f"{prefix}{fused}.weight"] = torch.cat([state_dict.pop(n) for n in names])
+
+    return hook
+
+
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE, optional QK-norm and an optional KV cache."""
+    """Grouped-query self-attention with RoPE, optional QK-norm and an optional KV cache.
+
+    ``qkv`` is one projection whose output rows are q | k | v.
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.qkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.register_load_state_dict_pre_hook(fuse_on_load(("q_proj", "k_proj", "v_proj"), "qkv"))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        angles: tuple[torch.Tensor, torch.Tensor],
-        mask: AttentionMask,
-        cache: KVCacheLayer | None = None,
+        self, x: torch.Tensor, ctx: LayerContext, cache: KVCache | None = None
     ) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim)
+        """x [B * S, D] -> [B * S, D]."""
+        heads, qk_heads = self.n_heads, self.n_heads + self.kv_heads
+        qkv = self.qkv(x).view(ctx.batch, -1, qk_heads + self.kv_heads, self.head_dim)
+        qk, v = qkv[:, :, :qk_heads], qkv[:, :, qk_heads:]  # [B, S, H + Hkv, Dh], [B, S, Hkv, Dh]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, angles), apply_rope(k, angles)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, Dh]
+            qk = torch.cat([self.q_norm(qk[:, :, :heads]), self.k_norm(qk[:, :, heads:])], dim=2)
+        qk = rotate(qk, *ctx.rope).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
+        q, k, v = qk[:, :heads], qk[:, heads:], v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(k, v)  # [B, Hkv, S_cache, Dh]
-        if mask.block is not None:
+            k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end)  # [B, Hkv, S_cached, Dh]
+        mask = ctx.mask
+        if mask is not None and mask.block is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.dense, enable_gqa=self.kv_heads != self.n_heads
+                q,
+                k,
+                v,
+                attn_mask=None if mask is None else mask.dense,
+                enable_gqa=self.kv_heads != heads,
             )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
-
-
-class KVCacheLayer:
-    """Keys and values seen so far by one attention layer (used by generation).
-
-    ``update`` appends and returns everything cached; ``keep_last`` trims a sliding window.
-    """
-
-    def __init__(self, keep_last: int | None = None) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.keep_last = keep_last
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        k_all, v_all = self.k, self.v
-        if self.keep_last is not None and self.k.shape[2] > self.keep_last:
-            self.k, self.v = self.k[:, :, -self.keep_last :], self.v[:, :, -self.keep_last :]
-        return k_all, v_all
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], -1))  # [B * S, H * Dh]
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP: down(silu(gate(x)) * up(x))."""
+    """Gated MLP: down(silu(gate(x)) * up(x)); ``gate_up`` is one projection, rows gate | up."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.up = nn.Linear(dim, hidden, bias=False)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
+        self.register_load_state_dict_pre_hook(fuse_on_load(("gate", "up"), "gate_up"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -183,35 +325,70 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        angles: tuple[torch.Tensor, torch.Tensor],
-        mask: AttentionMask,
-        cache: KVCacheLayer | None = None,
+        self, x: torch.Tensor, ctx: LayerContext, cache: KVCache | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), angles, mask, cache)
+        """x [B * S, D] -> [B * S, D]."""
+        x = x + self.attn(self.attn_norm(x), ctx, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Transformer(nn.Module):
-    """A stack of blocks; callers give positions (for RoPE) and the attention mask."""
+    """A stack of blocks; callers give positions (for RoPE), the attention mask and, to decode,
+    a ``KVCache`` per layer with the position the new entries go to."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
-    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    def context(
+        self,
+        batch: int,
+        seq: int,
+        positions: torch.Tensor | int,
+        mask: AttentionMask | None,
+        cache_pos: int | torch.Tensor = 0,
+        cache_end: int | None = None,
+    ) -> LayerContext:
+        """The per-forward inputs of every layer. ``positions``: [B, S] (or [1, S]) each below
+        S or a size given to ``rope.reserve``; or an int p, positions p..p+S-1 of every row."""
+        if not isinstance(positions, int):
+            self.rope.reserve(seq)  # a position within a sequence is below its length
+        return LayerContext(batch, self.rope(positions, seq), mask, cache_pos, cache_end)
 
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        mask: AttentionMask,
-        caches: list[KVCacheLayer] | None = None,
+        positions: torch.Tensor | int,
+        mask: AttentionMask | None,
+        caches: list[KVCache] | None = None,
+        cache_pos: int | torch.Tensor = 0,
+        cache_end: int | None = None,
     ) -> torch.Tensor:
-        angles = self.angles(positions)  # cos, sin: [B, S, 1, Dh/2]
+        """x [B, S, D] -> [B, S, D]."""
+        batch, seq, dim = x.shape
+        ctx = self.context(batch, seq, positions, mask, cache_pos, cache_end)
+        h = x.reshape(batch * seq, dim)
         for i, layer in enumerate(self.layers):
-            x = layer(x, angles, mask, caches[i] if caches is not None else None)
-        return x
+            h = layer(h, ctx, caches[i] if caches is not None else None)
+        return h.view(batch, seq, dim)
+
+    def make_caches(
+        self, batch: int, capacity: int, *, keep: int | None = None, like: torch.Tensor
+    ) -> list[KVCache]:
+        """One ``KVCache`` per layer (sliding over the stack's window, if it has one)."""
+        cfg = self.cfg
+        return [
+            KVCache(
+                batch,
+                cfg.kv_heads,
+                cfg.head_dim,
+                capacity,
+                window=cfg.window,
+                keep=keep,
+                dtype=like.dtype,
+                device=like.device,
+            )
+            for _ in range(cfg.n_layers)
+        ]

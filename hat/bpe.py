@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +99,18 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
             self.tokenizer.save(directory)
             written.append(TOKENIZER_FILE)
         return written
+
+    def card_facts(self) -> dict[str, Any]:
+        """What a Hub model card says of this kind (``hat.hub.model_card``)."""
+        cfg = self.config
+        return {
+            "tags": ["hat", "bpe-twin"],
+            "summary": "The BPE twin of a HAT model: a sentencepiece BPE tokenizer, a token "
+            "embedding, the same backbone class as HAT and a token head, trained by the same "
+            "trainer.",
+            "inputs": f"Vocabulary {cfg.vocab_size:,} tokens (sentencepiece BPE, byte fallback), "
+            f"context {cfg.max_seq_tokens:,} tokens.",
+        }
 
     @classmethod
     def _from_config_and_dir(cls, config: BPEConfig, directory: Path) -> BPEForCausalLM:

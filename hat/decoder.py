@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hat.block import AttentionMask, KVCacheLayer, RMSNorm, Transformer
+from hat.block import AttentionMask, KVCache, RMSNorm, Transformer
 from hat.config import TransformerConfig
 
 
@@ -13,14 +13,15 @@ class ByteDecoder(nn.Module):
     """Runs on the encoder's byte activations plus, at every byte of word i, the backbone's
     output for word i-1 (normalised and projected): no byte ever sees the backbone's view of
     its own word. ``guide="every"`` adds a separately projected guide before every layer.
+    With ``caches`` it decodes new bytes after the cached ones, written at ``cache_pos``.
     """
 
     def __init__(self, cfg: TransformerConfig, backbone_dim: int, guide: str = "first") -> None:
         super().__init__()
-        n_guides = cfg.n_layers if guide == "every" else 1
+        self.n_guides = cfg.n_layers if guide == "every" else 1
         self.guide_norm = RMSNorm(backbone_dim, cfg.norm_eps)
         self.guide_proj = nn.ModuleList(
-            nn.Linear(backbone_dim, cfg.dim, bias=False) for _ in range(n_guides)
+            nn.Linear(backbone_dim, cfg.dim, bias=False) for _ in range(self.n_guides)
         )
         # stands in for "word -1": the guide of every document's first word
         self.first_guide = nn.Parameter(torch.randn(backbone_dim) * 0.02)
@@ -38,19 +39,34 @@ class ByteDecoder(nn.Module):
         self,
         byte_states: torch.Tensor,
         guides: torch.Tensor,
-        guide_index: torch.Tensor,
-        byte_pos: torch.Tensor,
-        mask: AttentionMask,
-        caches: list[KVCacheLayer] | None = None,
+        guide_index: torch.Tensor | None,
+        byte_pos: torch.Tensor | int,
+        mask: AttentionMask | None,
+        caches: list[KVCache] | None = None,
+        cache_pos: int = 0,
     ) -> torch.Tensor:
-        """byte_states [B, T, De], guides [B, W+1, D], guide_index [B, T] -> hidden [B, T, De]."""
-        index = guide_index[..., None]
-        angles = self.transformer.angles(byte_pos)
-        x = byte_states
+        """byte_states [B, T, De], guides [B, G, D] (normalised, as ``guides`` gives them),
+        guide_index [B, T]: the guide of each byte (None: guides are per byte, G == T)
+        -> hidden [B, T, De] (normalised)."""
+        batch, seq, dim = byte_states.shape
+        ctx = self.transformer.context(batch, seq, byte_pos, mask, cache_pos)
+        x = byte_states.reshape(batch * seq, dim)
         for i, layer in enumerate(self.transformer.layers):
-            if i < len(self.guide_proj):
-                # project per word first (W rows), then broadcast to the bytes (T rows)
-                per_word = self.guide_proj[i](guides)  # [B, W+1, De]
-                x = x + torch.gather(per_word, 1, index.expand(-1, -1, per_word.shape[-1]))
-            x = layer(x, angles, mask, caches[i] if caches is not None else None)
-        return self.norm(x)
+            if i < self.n_guides:
+                x = x + self._guide(self.guide_proj[i], guides, guide_index)
+            x = layer(x, ctx, caches[i] if caches is not None else None)
+        return self.norm(x).view(batch, seq, dim)
+
+    @staticmethod
+    def _guide(proj: nn.Linear, guides: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Projected guide of every byte -> [B * T, De]."""
+        if index is None:
+            return proj(guides.flatten(0, 1))
+        if guides.shape[1] <= index.shape[1]:
+            # fewer guides than bytes (training): project per word, then broadcast to bytes
+            per_word = proj(guides)  # [B, G, De]
+            index = index[..., None].expand(-1, -1, per_word.shape[-1])
+            return torch.gather(per_word, 1, index).flatten(0, 1)
+        # fewer bytes than guides (decoding from a table of guides): pick, then project
+        picked = torch.gather(guides, 1, index[..., None].expand(-1, -1, guides.shape[-1]))
+        return proj(picked.flatten(0, 1))

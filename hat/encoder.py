@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hat.block import AttentionMask, KVCacheLayer, Transformer
+from hat.block import AttentionMask, KVCache, Transformer
 from hat.config import TransformerConfig
 
 
@@ -13,7 +13,8 @@ class ByteEncoder(nn.Module):
     """Embeds bytes and contextualises each with the bytes before it (same document only).
 
     Returns the residual stream (no final norm): the pooler and the decoder each normalise
-    what they read from it.
+    what they read from it. With ``caches`` (one ``KVCache`` per layer) it encodes new bytes
+    after the cached ones, written at ``cache_pos``.
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -24,9 +25,10 @@ class ByteEncoder(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        byte_pos: torch.Tensor,
-        mask: AttentionMask,
-        caches: list[KVCacheLayer] | None = None,
+        byte_pos: torch.Tensor | int,
+        mask: AttentionMask | None,
+        caches: list[KVCache] | None = None,
+        cache_pos: int = 0,
     ) -> torch.Tensor:
         x = self.embed(input_ids)  # [B, T] -> [B, T, De]
-        return self.transformer(x, byte_pos, mask, caches)
+        return self.transformer(x, byte_pos, mask, caches, cache_pos)

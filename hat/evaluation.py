@@ -69,16 +69,26 @@ def multiple_choice(
     texts = [separator + c for ex in examples for c in ex.choices]
     contexts = [ex.input for ex in examples for _ in ex.choices]
     scores = model.score(texts, contexts, batch_size=batch_size)
-    correct = correct_norm = 0
+    correct, correct_norm = choices_correct(examples, scores, separator)
+    n = max(len(examples), 1)
+    return MultipleChoiceResult(sum(correct) / n, sum(correct_norm) / n, len(examples))
+
+
+def choices_correct(
+    examples: Sequence[MultipleChoiceExample], scores: Sequence[float], separator: str = " "
+) -> tuple[list[bool], list[bool]]:
+    """Per example, whether the best-scoring choice is the answer: by total log-likelihood,
+    and by log-likelihood per byte of ``separator + choice``. ``scores`` holds every choice of
+    every example in order (ties go to the first choice)."""
+    correct, correct_norm = [], []
     position = 0
     for ex in examples:
         raw = scores[position : position + len(ex.choices)]
         norm = [s / max(len((separator + c).encode()), 1) for s, c in zip(raw, ex.choices)]
         position += len(ex.choices)
-        correct += int(max(range(len(raw)), key=raw.__getitem__) == ex.answer)
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == ex.answer)
-    n = max(len(examples), 1)
-    return MultipleChoiceResult(correct / n, correct_norm / n, len(examples))
+        correct.append(max(range(len(raw)), key=raw.__getitem__) == ex.answer)
+        correct_norm.append(max(range(len(norm)), key=norm.__getitem__) == ex.answer)
+    return correct, correct_norm
 
 
 def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
@@ -89,21 +99,79 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a JSON task file ({err})") from None
     raw_examples = data.get("examples") if isinstance(data, dict) else None
-    if not isinstance(raw_examples, list):
-        raise ValueError(f"{path} has no 'examples' list: it is not a BIG-bench JSON task")
+    if not isinstance(raw_examples, list) or not raw_examples:
+        raise ValueError(
+            f"{path} has no examples: a BIG-bench task is a JSON object with a non-empty "
+            "'examples' list of {'input': ..., 'target_scores': {choice: score}}"
+        )
     examples = []
     for i, raw in enumerate(raw_examples[:limit]):
         has_input = isinstance(raw, dict) and isinstance(raw.get("input"), str)
         scores = raw.get("target_scores") if has_input else None
         if not (isinstance(scores, dict) and scores):
             raise ValueError(
-                f"{path}, example {i}: needs 'input' (text) and 'target_scores' (choice -> "
+                f"{path}, example {i}: needs 'input' (text) and a non-empty 'target_scores' (choice -> "
                 "score); only multiple-choice tasks can be scored (not generative ones)"
             )
         choices = list(scores)
         answer = max(range(len(choices)), key=lambda k: scores[choices[k]])
         examples.append(MultipleChoiceExample(raw["input"], choices, answer))
     return examples
+
+
+def load_jsonl_task(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
+    """Read a multiple-choice task in JSON lines: ``{"context": str, "choices": [str, ...],
+    "label": index of the right choice (or the right choice itself)}`` per line."""
+    examples = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if limit is not None and len(examples) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON ({err})") from None
+            where = f"{path} line {number}"
+            if not isinstance(raw, dict) or not isinstance(raw.get("context"), str):
+                raise ValueError(f'{where}: needs "context" (a string), "choices" and "label"')
+            choices = raw.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f'{where}: "choices" must be a non-empty list of strings')
+            label = raw.get("label")
+            if isinstance(label, str) and label in choices:
+                label = choices.index(label)
+            if (
+                not isinstance(label, int)
+                or isinstance(label, bool)
+                or not 0 <= label < len(choices)
+            ):
+                raise ValueError(
+                    f'{where}: "label" must be the index of the right choice (0 to '
+                    f"{len(choices) - 1}) or the choice itself, got {label!r}"
+                )
+            examples.append(MultipleChoiceExample(raw["context"], [str(c) for c in choices], label))
+    if not examples:
+        raise ValueError(
+            f'{path} has no examples: write one JSON object per line, {{"context": ..., '
+            '"choices": [...], "label": 0}'
+        )
+    return examples
+
+
+def load_task(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
+    """A multiple-choice task from ``.jsonl`` (``load_jsonl_task``) or BIG-bench ``.json``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"task file {path} not found")
+    try:
+        if Path(path).suffix == ".jsonl":
+            return load_jsonl_task(path, limit)
+        return load_bigbench(path, limit)
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"task file {path} is not UTF-8: convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def compare_models(

@@ -7,7 +7,9 @@ into ``input_ids`` / ``attention_mask`` for ``model.generate`` and decodes ids b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +17,9 @@ import torch
 from hat.splitter import EOD, PAD
 
 SPECIAL_TOKENS = {EOD: "<eod>", PAD: "<pad>"}
+SPECIAL_IDS = {token: i for i, token in SPECIAL_TOKENS.items()}
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+_TRANSFORMERS_LOAD_ARGS = ("trust_remote_code", "use_fast", "subfolder")
 
 
 class BatchEncoding(dict):
@@ -39,6 +44,11 @@ class HATTokenizer:
     first, then the UTF-8 bytes) and ``attention_mask`` [B, T]; padding is on the left by default
     (``padding_side="left"``), which is what ``generate`` wants; right padding works too.
     Texts may be ``bytes``, even ending inside a multi-byte character (generation completes it).
+
+    Tokens as strings (``tokenize``, ``convert_ids_to_tokens``) are one per byte, ``chr(byte)``
+    as in ByT5's tokenizer ("é" -> ``["Ã", "©"]``), and ``<eod>`` / ``<pad>``. ``save_pretrained``
+    / ``from_pretrained`` (a directory or Hub id) keep ``padding_side`` and ``model_max_length``
+    in ``tokenizer_config.json``.
     """
 
     eos_token_id = bos_token_id = eod_token_id = EOD
@@ -54,6 +64,87 @@ class HATTokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
+
+    # ---- save / load ----------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> tuple[str]:
+        """Write ``tokenizer_config.json``; returns the files written (as transformers does)."""
+        path = Path(directory) / TOKENIZER_CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "tokenizer_class": type(self).__name__,
+            "padding_side": self.padding_side,
+            "model_max_length": self.model_max_length,
+            "eos_token": self.eos_token,
+            "bos_token": self.bos_token,
+            "pad_token": self.pad_token,
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return (str(path),)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> HATTokenizer:
+        """The tokenizer of a saved HAT model or tokenizer (a directory or a Hub id,
+        ``org/name[@revision]``). ``padding_side`` / ``model_max_length`` override the saved
+        ones; without a ``tokenizer_config.json`` the model's context is the max length."""
+        from hat.hub import pop_hub_kwargs, resolve_model_dir
+
+        path = resolve_model_dir(directory, **pop_hub_kwargs(kwargs))
+        for name in [k for k in kwargs if k.startswith("_") or k in _TRANSFORMERS_LOAD_ARGS]:
+            del kwargs[name]  # what AutoTokenizer passes along: bookkeeping, nothing to apply
+        unknown = sorted(set(kwargs) - {"padding_side", "model_max_length"})
+        if unknown:
+            raise TypeError(f"HATTokenizer.from_pretrained got unknown arguments {unknown}")
+        settings: dict[str, Any] = {}
+        saved, model_config = path / TOKENIZER_CONFIG_FILE, path / "config.json"
+        if saved.is_file():
+            data = json.loads(saved.read_text())
+            if data.get("tokenizer_class", cls.__name__) != cls.__name__:
+                raise ValueError(
+                    f"{saved} is for a {data['tokenizer_class']}, not a {cls.__name__}"
+                )
+            settings = {k: data[k] for k in ("padding_side", "model_max_length") if k in data}
+        elif model_config.is_file():
+            data = json.loads(model_config.read_text())
+            if data.get("model_type") != "hat":
+                raise ValueError(
+                    f"{path} holds a {data.get('model_type')!r} model, not HAT: the BPE twin's "
+                    "tokenizer is its tokenizer.model (hat.BPETokenizer)"
+                )
+            settings["model_max_length"] = data.get("max_seq_bytes")
+        elif not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory")
+        else:
+            raise FileNotFoundError(f"{path} has neither {TOKENIZER_CONFIG_FILE} nor config.json")
+        return cls(**{**settings, **kwargs})
+
+    # ---- tokens as strings --------------------------------------------------------------
+    def tokenize(self, text: str | bytes, add_special_tokens: bool = False) -> list[str]:
+        """One token string per byte (``chr(byte)``), EOD first with ``add_special_tokens``."""
+        return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=add_special_tokens))
+
+    def convert_ids_to_tokens(
+        self, ids: int | Sequence[int] | torch.Tensor, skip_special_tokens: bool = False
+    ) -> str | list[str]:
+        """``chr(id)`` for a byte, ``<eod>`` / ``<pad>`` for the special ids; one id -> one str."""
+        if isinstance(ids, int):
+            return SPECIAL_TOKENS.get(ids, chr(ids))
+        ids = _as_list(ids)
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in SPECIAL_TOKENS]
+        return [SPECIAL_TOKENS.get(i, chr(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """The inverse of ``convert_ids_to_tokens``."""
+        if isinstance(tokens, str):
+            return _token_id(tokens)
+        return [_token_id(t) for t in tokens]
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Token strings -> text (special tokens kept as ``<eod>`` / ``<pad>``)."""
+        return self.decode(self.convert_tokens_to_ids(list(tokens)))
+
+    def get_vocab(self) -> dict[str, int]:
+        return {SPECIAL_TOKENS.get(i, chr(i)): i for i in range(self.vocab_size)}
 
     # ---- encoding -------------------------------------------------------------------
     def encode(
@@ -147,8 +238,20 @@ class HATTokenizer:
         return [self.decode(s, skip_special_tokens) for s in sequences]
 
 
-def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+def _token_id(token: str) -> int:
+    if token in SPECIAL_IDS:
+        return SPECIAL_IDS[token]
+    if len(token) != 1 or ord(token) > 255:
+        raise ValueError(f"{token!r} is not a HAT token: one character chr(0..255), <eod> or <pad>")
+    return ord(token)
+
+
+def _as_list(ids: int | Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(ids, int):  # transformers' decode takes a single id too
+        return [ids]
     if isinstance(ids, torch.Tensor):
+        if ids.dim() == 0:
+            return [int(ids)]
         if ids.dim() != 1:
             raise ValueError(f"expected one sequence of ids (1-D), got shape {tuple(ids.shape)}")
         return ids.tolist()

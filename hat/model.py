@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,8 @@ from hat.decoder import ByteDecoder
 from hat.encoder import ByteEncoder
 from hat.generation import GenerationMixin
 from hat.generation.specs import ModelSpec, hat_spec
+from hat.hf_batch import batch_from_token_ids
+from hat.hf_tokenizer import TOKENIZER_CONFIG_FILE, HATTokenizer
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, next_unit_nll, softcap
 from hat.pooling import WordPooler
 from hat.splitter import EOD, PAD, as_text, make_splitter
@@ -26,6 +30,9 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
 
     Takes a batch from ``hat.batching`` (``input_ids``, ``word_lengths``, optional ``labels``)
     and returns next-byte logits [B, T, 256] and, with labels, the loss in nats per byte.
+    Without ``word_lengths`` it takes a tokenizer's batch, as transformers users write it:
+    ``model(**HATTokenizer()(texts, return_tensors="pt", padding=True), labels=...)``, where
+    ``labels`` are the input ids themselves (shifted inside; see ``hat.hf_batch``).
     """
 
     config_class = HATConfig
@@ -45,10 +52,15 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
     def forward(
         self,
         input_ids: torch.Tensor,
-        word_lengths: torch.Tensor,
+        word_lengths: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
+        if word_lengths is None:  # a tokenizer's batch: words from our splitter, HF-style labels
+            input_ids, word_lengths, labels = batch_from_token_ids(
+                input_ids, attention_mask, labels, self.splitter
+            )
         cfg = self.config
         batch, seq = input_ids.shape
         if input_ids.is_cuda:
@@ -137,6 +149,25 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
     def units_per_row(self, row_bytes: int, texts: Iterable[str] = ()) -> int:
         """A training row of ``row_bytes`` bytes is ``row_bytes`` input ids."""
         return row_bytes
+
+    def card_facts(self) -> dict[str, Any]:
+        """What a Hub model card says of this kind (``hat.hub.model_card``)."""
+        cfg = self.config
+        return {
+            "tags": ["hat", "byte-level", "hierarchical"],
+            "summary": "A hierarchical autoregressive transformer (HAT) over raw UTF-8 bytes: a "
+            "byte encoder pools each word into one vector, a word-level backbone predicts the "
+            "next word, a byte decoder spells it out. No tokenizer vocabulary.",
+            "inputs": f"Splitter `{cfg.splitter}` (words of at most {cfg.max_word_bytes} bytes), "
+            f"context {cfg.max_seq_bytes:,} bytes, decoder guide `{cfg.decoder_guide}`.",
+        }
+
+    def _save_extras(self, directory: Path) -> list[str]:
+        """Besides the generation config, a ``tokenizer_config.json``, so transformers'
+        ``AutoTokenizer`` loads the byte-level tokenizer from the saved directory."""
+        written = super()._save_extras(directory)
+        HATTokenizer(model_max_length=self.config.max_seq_bytes).save_pretrained(directory)
+        return [*written, TOKENIZER_CONFIG_FILE]
 
     @staticmethod
     def backbone_positions(batch: dict[str, torch.Tensor]) -> int:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from hat.batching import IGNORE
+from hat.hub import resolve_model_dir
 from hat.manifest import DamagedFileError, verify_manifest, write_manifest
 from hat.splitter import as_text
 
@@ -149,6 +150,10 @@ class PreTrainedLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -167,7 +172,8 @@ class PreTrainedLM(nn.Module):
         batch_size: int = 16,
         rolling: bool = False,
         window_bytes: int | None = None,
-    ) -> list[float]:
+        return_greedy: bool = False,
+    ) -> list[float] | list[tuple[float, bool]]:
         """Total log-likelihood (nats) of each text's bytes given its context.
 
         Each (context + text) is its own document, starting from the end-of-document marker;
@@ -178,6 +184,11 @@ class PreTrainedLM(nn.Module):
         takes), each predicting the next half window from the half window before it (the
         first window predicts all of its bytes). A document that fits is scored in one piece,
         exactly as without ``rolling``. Pass the same ``window_bytes`` to models you compare.
+
+        ``return_greedy=True`` returns ``(log-likelihood, is_greedy)`` pairs, computed in the same
+        forward passes: ``is_greedy`` says whether every predicted unit (byte for HAT, token for
+        the twin) of the text is the model's most likely one given everything before it, i.e.
+        greedy decoding would produce the text (lm-evaluation-harness's flag).
         """
         if isinstance(texts, str | bytes):
             raise TypeError("score() takes a list of texts; wrap a single text in a list")
@@ -193,7 +204,7 @@ class PreTrainedLM(nn.Module):
                 f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
             )
         if not rolling:
-            return self._score_pieces(texts, contexts, batch_size)
+            return self._score_pieces(texts, contexts, batch_size, return_greedy)
         owners, piece_texts, piece_contexts = [], [], []
         for i, (text, context) in enumerate(zip(texts, contexts)):
             doc = (context + text).encode("utf-8")
@@ -201,19 +212,24 @@ class PreTrainedLM(nn.Module):
                 owners.append(i)
                 piece_contexts.append(doc[ctx_start:start].decode("utf-8"))
                 piece_texts.append(doc[start:end].decode("utf-8"))
-        scores = [0.0] * len(texts)
-        for i, value in zip(owners, self._score_pieces(piece_texts, piece_contexts, batch_size)):
+        scores, greedy = [0.0] * len(texts), [True] * len(texts)
+        pieces = self._score_pieces(piece_texts, piece_contexts, batch_size, return_greedy)
+        for i, piece in zip(owners, pieces):
+            value, piece_greedy = piece if return_greedy else (piece, True)
             scores[i] += value
-        return scores
+            greedy[i] = greedy[i] and piece_greedy
+        return list(zip(scores, greedy)) if return_greedy else scores
 
     def max_window_bytes(self) -> int:
         """The longest context + text (in UTF-8 bytes) that ``score`` always accepts."""
         raise NotImplementedError
 
-    def _score_pieces(self, texts: list[str], contexts: list[str], batch_size: int) -> list[float]:
+    def _score_pieces(
+        self, texts: list[str], contexts: list[str], batch_size: int, return_greedy: bool = False
+    ) -> list[float] | list[tuple[float, bool]]:
         """Score (context, text) pairs that each fit the model, longest first, in batches."""
         items = [self._encode_for_scoring(t, c) if t else None for t, c in zip(texts, contexts)]
-        scores = [0.0] * len(texts)
+        scores, greedy = [0.0] * len(texts), [True] * len(texts)
         todo = sorted(
             (i for i, it in enumerate(items) if it is not None), key=lambda i: -items[i][2]
         )
@@ -225,12 +241,17 @@ class PreTrainedLM(nn.Module):
                 batch = self._collate_for_scoring([items[i] for i in chunk])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 out = self(**batch)
-                logprob = -next_unit_nll(out.logits, batch["labels"]).sum(dim=1)
+                labels = batch["labels"]
+                logprob = -next_unit_nll(out.logits, labels).sum(dim=1)
                 for i, value in zip(chunk, logprob.tolist()):
                     scores[i] = value
+                if return_greedy:  # every target is the argmax (ignored positions pass)
+                    hit = (out.logits.argmax(dim=-1) == labels) | (labels == IGNORE)
+                    for i, value in zip(chunk, hit.all(dim=1).tolist()):
+                        greedy[i] = value
         finally:
             self.train(was_training)
-        return scores
+        return list(zip(scores, greedy)) if return_greedy else scores
 
     def _encode_for_scoring(self, text: str, context: str) -> tuple[Any, int, int]:
         """-> (units, index of the first target unit, length in units)."""
@@ -261,6 +282,13 @@ class PreTrainedLM(nn.Module):
         config); return the file names written."""
         return []
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload to the Hugging Face Hub with a generated model card (``hat.hub.push_to_hub``:
+        ``private``, ``token``, ``revision``, ``commit_message``, ``create_pr``, ``run_dir``)."""
+        from hat.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -268,11 +296,17 @@ class PreTrainedLM(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         verify: bool = True,
+        config: Any = None,
+        **hub_kwargs: Any,
     ) -> PreTrainedLM:
-        """Load a model written by ``save_pretrained``. Its files are checked against
-        ``manifest.json`` first (``verify=False`` skips that; directories saved before
-        manifests existed load unchecked). Errors name the file that is wrong."""
-        directory = Path(directory)
+        """Load a model written by ``save_pretrained`` (or a training checkpoint) from a
+        directory or the Hugging Face Hub (``org/name`` or ``org/name@revision``; ``revision``,
+        ``cache_dir``, ``token``, ``local_files_only``, ``force_download`` as in
+        ``huggingface_hub``: see ``hat.hub``). Its files are checked against ``manifest.json``
+        first (``verify=False`` skips that; directories saved before manifests existed load
+        unchecked). ``config``: use it instead of the saved ``config.json`` (the weights must
+        fit it). Errors name the file that is wrong."""
+        name, directory = str(directory), resolve_model_dir(directory, **hub_kwargs)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: is {directory} a saved hat model?")
@@ -283,35 +317,50 @@ class PreTrainedLM(nn.Module):
                 raise DamagedFileError(
                     err.path, f"{err.problem}; save or download it again"
                 ) from None
+        if config is None:
+            try:
+                data = json.loads(config_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+            try:
+                config = cls.config_class.from_dict(data)
+            except ValueError as err:
+                raise ValueError(f"{config_path}: {err}") from None
         try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err})") from None
-        try:
-            config = cls.config_class.from_dict(data).validate()
+            config = config.validate()
         except ValueError as err:
             raise ValueError(f"{config_path}: {err}") from None
         model = cls._from_config_and_dir(config, directory)
+        model.name_or_path = name  # where it came from (a directory or a Hub id)
         weights = directory / WEIGHTS_FILE
         if not weights.is_file() and (directory / "trainer_state.json").is_file():
             raise ValueError(
                 f"{directory} is a sharded (FSDP) training checkpoint without {WEIGHTS_FILE}; "
                 "load the run's exported model instead (<output_dir>/model or exports/step_N)"
             )
+        model.load_weights(weights, described_by=str(config_path))
+        return model.to(device=device, dtype=dtype)
+
+    def load_weights(self, weights: Path, described_by: str) -> None:
+        """Load a ``model.safetensors`` (an export's, or a training checkpoint's) into this
+        model; an unreadable file or one whose names differ from the architecture
+        ``described_by`` is an error naming it."""
         try:
             state = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError) as err:
             raise ValueError(
                 f"{weights} cannot be read ({err}); the file is truncated or corrupt"
             ) from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        # a training checkpoint of a torch.compile'd model prefixes every weight name
+        state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(state, strict=False)
         # tied weights are stored once; anything else missing means a mismatched checkpoint
-        missing = [k for k in missing if k not in model._tied_keys()]
+        missing = [k for k in missing if k not in self._tied_keys()]
         if missing or unexpected:
             raise ValueError(
-                f"{weights} does not match {config_path}: missing {missing}, unexpected {unexpected}"
+                f"{weights} does not match {described_by}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
             )
-        return model.to(device=device, dtype=dtype)
 
     @classmethod
     def _from_config_and_dir(cls, config: Any, directory: Path) -> PreTrainedLM:

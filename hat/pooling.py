@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import hat_kernels
-from hat.block import RMSNorm, apply_rope, rope_angles
+from hat.block import RMSNorm, RotaryEmbedding, fuse_on_load, rotate
 from hat.config import TransformerConfig
 
 
@@ -28,40 +28,48 @@ class WordPooler(nn.Module):
 
     The query is a learned vector per head, rotated (RoPE) to the position of the word's last
     byte; keys are rotated to their byte positions. So the score depends on a byte's distance
-    from the end of its word, the same way for every word of a document.
+    from the end of its word, the same way for every word of a document. ``kv`` is one
+    projection whose output rows are k | v.
     """
 
     def __init__(
         self, enc: TransformerConfig, out_dim: int, qk_norm: bool = True, impl: str = "auto"
     ) -> None:
         super().__init__()
-        self.n_heads, self.head_dim, self.theta = enc.n_heads, enc.head_dim, enc.rope_theta
+        self.n_heads, self.head_dim = enc.n_heads, enc.head_dim
         self.impl = impl
         self.norm = RMSNorm(enc.dim, enc.norm_eps)
         self.query = nn.Parameter(torch.randn(enc.n_heads, enc.head_dim) * 0.02)
-        self.k_proj = nn.Linear(enc.dim, enc.n_heads * enc.head_dim, bias=False)
-        self.v_proj = nn.Linear(enc.dim, enc.n_heads * enc.head_dim, bias=False)
+        self.kv = nn.Linear(enc.dim, 2 * enc.n_heads * enc.head_dim, bias=False)
         self.q_norm = RMSNorm(enc.head_dim, enc.norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(enc.head_dim, enc.norm_eps) if qk_norm else None
         self.out_proj = nn.Linear(enc.n_heads * enc.head_dim, out_dim, bias=False)
+        self.rope = RotaryEmbedding(enc.head_dim, enc.rope_theta)
+        self.register_load_state_dict_pre_hook(fuse_on_load(("k_proj", "v_proj"), "kv"))
 
     def forward(
         self,
         byte_states: torch.Tensor,
-        byte_pos: torch.Tensor,
+        byte_pos: torch.Tensor | int,
         offsets: torch.Tensor,
-        word_end_pos: torch.Tensor,
+        word_end_pos: torch.Tensor | int,
     ) -> torch.Tensor:
-        """byte_states [N, De] (flat), byte_pos [N], offsets [W+1], word_end_pos [W] -> [W, D]."""
-        h = self.norm(byte_states)
-        k = self.k_proj(h).view(-1, self.n_heads, self.head_dim)  # [N, H, Dh]
-        v = self.v_proj(h).view(-1, self.n_heads, self.head_dim)
-        q = self.query.expand(word_end_pos.shape[0], -1, -1)  # [W, H, Dh]
+        """byte_states [N, De] (flat), byte_pos [N], offsets [W+1], word_end_pos [W] -> [W, D].
+
+        An int ``byte_pos`` is the position of the first of N consecutive bytes of one
+        document, an int ``word_end_pos`` that of a single word's last byte.
+        """
+        heads, count = self.n_heads, byte_states.shape[0]
+        kv = self.kv(self.norm(byte_states)).view(count, 2 * heads, self.head_dim)
+        k, v = kv[:, :heads], kv[:, heads:]  # [N, H, Dh]
+        q = self.query  # [H, Dh]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, rope_angles(word_end_pos, self.head_dim, self.theta))
-        k = apply_rope(k, rope_angles(byte_pos, self.head_dim, self.theta))
-        # under autocast k and v come out of the projections in bf16 while the learned query
+        if not isinstance(byte_pos, int):
+            self.rope.reserve(count)  # a position within a packed document is below N
+        q = rotate(q.expand(offsets.shape[0] - 1, -1, -1), *self.rope(word_end_pos))  # [W, H, Dh]
+        k = rotate(k, *self.rope(byte_pos, count))
+        # under autocast k and v come out of the projection in bf16 while the learned query
         # stays fp32: the kernel takes one dtype, the one the projections compute in
         q, k = q.to(v.dtype), k.to(v.dtype)
         pooled = ragged_attention_pool(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,7 +75,10 @@ class BPETokenizer:
             ids += self._marker_bytes + (self.sp.encode(part) if part else [])
         return ids
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: int | Sequence[int], **_: Any) -> str:
+        """Ids (or one id) -> text, special ids dropped (``skip_special_tokens`` and the other
+        options of transformers' decode are accepted, so its streamers take this tokenizer)."""
+        ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
         return self.sp.decode([i for i in ids if i >= 4 or i == UNK_ID])
 
     def save(self, directory: str | Path) -> Path:

@@ -4,20 +4,27 @@ uncached, batch 1 and 32, in bytes of new text per second. Prints JSON.
     python scripts/bench_generate.py                 # 1 KB per row (slow on a CPU: minutes)
     python scripts/bench_generate.py --quick         # CPU smoke run: 96 bytes per row, < 2 min
     python scripts/bench_generate.py --device cuda --dtype bfloat16
+    python scripts/bench_generate.py --compare-ref ee44999 --threads 1   # old vs this tree
 
 Random-init weights (speed does not depend on training). Sampling (seeded) with the end of
 document suppressed, so every row runs to the full length. The twin's budget is set in tokens
 from its vocabulary's mean token length, and the bytes it actually produced are what counts.
 Uncached means a full forward over everything at every step (``use_cache=False``); its cost
 grows with the length, so the cached/uncached ratio at 96 bytes understates the one at 1 KB.
+
+``--compare-ref REV`` measures cached generation (bytes/s per model and batch) of git revision
+REV and of this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports
+every round, the medians and the new/old ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +51,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-uncached", action="store_true", help="skip the (slow) reference")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: --new-bytes 96")
+    p.add_argument("--models", default="hat,bpe", help="which of hat,bpe to run")
+    p.add_argument("--compile-step", action="store_true", help="generate(compile_step=True)")
+    p.add_argument(
+        "--compare-ref",
+        metavar="REV",
+        help="cached generation of git revision REV vs this tree, interleaved rounds",
+    )
+    p.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="--compare-ref: fastest of this many calls"
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()
     if args.quick:
@@ -62,23 +81,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(model, texts: list[str], units: int, suppress: list[int], cache: bool, device: str):  # noqa: ANN001, ANN201
-    """One timed generate() call -> (new bytes, seconds)."""
-    model.generate(
-        texts, max_new_tokens=4, do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache
-    )  # warm up
-    sync(device)
-    start = time.perf_counter()
-    out = model.generate(
-        texts,
-        max_new_tokens=units,
-        do_sample=True,
-        seed=0,
-        suppress_tokens=suppress,
-        use_cache=cache,
-    )
-    sync(device)
-    return sum(len(t.encode("utf-8")) for t in out), time.perf_counter() - start
+def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
+    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts)."""
+    kwargs = dict(do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache, **kw)
+    model.generate(texts, max_new_tokens=4, **kwargs)  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = model.generate(texts, max_new_tokens=units, **kwargs)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return sum(len(t.encode("utf-8")) for t in out), best, out
 
 
 def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
@@ -92,25 +106,95 @@ def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
     return hat_model, bpe_model
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+def setups(args: argparse.Namespace) -> dict:
+    """name -> (model, new units per row, ids to suppress) for the models asked for."""
     with tempfile.TemporaryDirectory() as tmp:
         hat_model, bpe_model = build_models(args, Path(tmp))
     lengths = [len(b) for b in token_byte_table(bpe_model.tokenizer) if b]
     bytes_per_token = sum(lengths) / len(lengths)  # a random-init twin samples ~uniformly
-    setups = {
+    every = {
         "hat": (hat_model, args.new_bytes, [EOD]),
         "bpe": (bpe_model, math.ceil(args.new_bytes / bytes_per_token), [BOS_ID, EOS_ID]),
     }
+    return {name: every[name] for name in args.models.split(",")}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side of --compare-ref: cached bytes/s per model and batch, on demand, with a short
+    hash of the generated text (both sides should do the same work)."""
+    from compare_ref import serve
+
+    models = setups(args)
+    extra = {"compile_step": True} if args.compile_step else {}
+
+    def measurement(name: str, batch: int):  # noqa: ANN202
+        model, units, suppress = models[name]
+        texts = prompts(batch, args.prompt_bytes)
+
+        def measure() -> tuple[float, str]:
+            new_bytes, seconds, out = run(
+                model, texts, units, suppress, True, args.device, args.repeats, **extra
+            )
+            digest = hashlib.sha1("\0".join(out).encode()).hexdigest()[:12]
+            return round(new_bytes / seconds, 1), digest
+
+        return measure
+
+    serve(
+        {
+            f"{name}_b{batch}_bytes_per_s": measurement(name, batch)
+            for batch in (int(b) for b in args.batch_sizes.split(","))
+            for name in models
+        }
+    )
+
+
+def compare(args: argparse.Namespace) -> dict:
+    from compare_ref import compare as interleave
+
+    forward = ["--new-bytes", str(args.new_bytes), "--batch-sizes", args.batch_sizes]
+    forward += ["--prompt-bytes", str(args.prompt_bytes), "--hat", args.hat, "--bpe", args.bpe]
+    forward += ["--device", args.device, "--dtype", args.dtype, "--models", args.models]
+    forward += ["--threads", str(args.threads)] if args.threads else []
+    forward += ["--compile-step"] if args.compile_step else []
+    forward += ["--repeats", str(args.repeats)]
+    report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=True)
+    return {
+        "benchmark": "cached generation, bytes of new text per second",
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "new_bytes_per_row": args.new_bytes,
+        "prompt_bytes": args.prompt_bytes,
+        **report,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args)
+    if args.compare_ref:
+        sys.path.insert(0, str(Path(__file__).parent))
+        text = json.dumps(compare(args), indent=2)
+        print(text)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        return None
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    models = setups(args)
     results = []
     for batch in batches:
         texts = prompts(batch, args.prompt_bytes)
-        for name, (model, units, suppress) in setups.items():
+        for name, (model, units, suppress) in models.items():
             for cache in (True, False) if not args.no_uncached else (True,):
-                new_bytes, seconds = run(model, texts, units, suppress, cache, args.device)
+                extra = {"compile_step": True} if args.compile_step and cache else {}
+                new_bytes, seconds, _ = run(
+                    model, texts, units, suppress, cache, args.device, **extra
+                )
                 results.append(
                     {
                         "model": name,
@@ -133,7 +217,8 @@ def main() -> None:
         "new_bytes_per_row": args.new_bytes,
         "prompt_bytes": args.prompt_bytes,
         "quick": args.quick,
-        "params": {"hat": hat_model.num_parameters(), "bpe": bpe_model.num_parameters()},
+        "compile_step": args.compile_step,
+        "params": {name: m.num_parameters() for name, (m, _, _) in models.items()},
         "results": results,
         "ratios": ratios(results),
     }

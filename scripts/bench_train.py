@@ -2,12 +2,17 @@
 
 Each model runs the trainer's own step (``hat.training.trainer.forward_backward`` + AdamW) on
 packed batches of the built-in sample corpus. Both models read the same bytes per row, as in
-``hat-train`` (``trainer.row_bytes``): HAT rows are ``--seq-len`` bytes, the twin's rows the
+``hat-train`` (``trainer.row_bytes``): HAT rows are ``--row-bytes`` bytes, the twin's rows the
 tokens of as many bytes (``units_per_row``, measured on the corpus). On GPU, MFU comes from
 ``hat.flops``. Prints JSON (and writes it with ``--out``).
 
     python scripts/bench_train.py                       # small vs bpe_small, ~1-2 min on a CPU
     python scripts/bench_train.py --pairs tiny:bpe_tiny small:bpe_small --steps 10
+    python scripts/bench_train.py --compare-ref ee44999 --steps 8   # old vs this tree
+
+``--compare-ref REV`` measures the median step time of every model on git revision REV and on
+this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports every
+round, the medians and the new/old ratios. (REV must have this script's ``--worker`` mode.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,54 +35,94 @@ from hat.training.metrics import mfu, peak_flops
 from hat.training.trainer import forward_backward, make_accelerator, measure_sample, unwrap
 
 
-def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: int) -> dict:
-    cfg = TrainConfig(
-        model=model_cfg,
-        trainer=TrainerConfig(row_bytes=row_bytes, global_rows=rows, output_dir=tempfile.mkdtemp()),
-    )
-    accelerator = make_accelerator(cfg)
-    torch.manual_seed(0)
-    kind = kind_of(model_cfg)
-    model = kind.build(model_cfg, tokenizer)
-    seq_len = model.units_per_row(row_bytes, measure_sample(cfg))
-    fmt, count = model.data_format(), model.backbone_positions
-    optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loader = build_train_loader(cfg.data, fmt, seq_len, rows)
-    batches = [next(loader) for _ in range(warmup + steps)]  # data loading is not timed
-    n_bytes = n_units = 0.0
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize()
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class Bench:
+    """One model set up for the trainer's step on pre-loaded batches (loading is not timed)."""
+
+    def __init__(self, model_cfg, tokenizer, row_bytes: int, rows: int, batches: int) -> None:  # noqa: ANN001
+        self.row_bytes = row_bytes
+        cfg = TrainConfig(
+            model=model_cfg,
+            trainer=TrainerConfig(
+                row_bytes=row_bytes, global_rows=rows, output_dir=tempfile.mkdtemp()
+            ),
+        )
+        self.trainer = cfg.trainer
+        self.accelerator = make_accelerator(cfg)
+        torch.manual_seed(0)
+        self.kind = kind_of(model_cfg)
+        model = self.kind.build(model_cfg, tokenizer)
+        self.count_positions = model.backbone_positions
+        seq_len = model.units_per_row(row_bytes, measure_sample(cfg))
+        loader = build_train_loader(cfg.data, model.data_format(), seq_len, rows)
+        self.batches = [next(loader) for _ in range(batches)]
+        self.next = 0
+        optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def steps(self, count: int) -> tuple[list[float], float, float, float]:
+        """``count`` timed steps -> (seconds per step, bytes, words or tokens, last loss)."""
+        times, n_bytes, n_units = [], 0.0, 0.0
+        for _ in range(count):
+            batch = self.batches[self.next % len(self.batches)]
+            self.next += 1
+            sync(self.accelerator)
             start = time.perf_counter()
-        stats = forward_backward(model, batch, accelerator, cfg.trainer, 1.0, count(batch))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
+            stats = forward_backward(
+                self.model, batch, self.accelerator, self.trainer, 1.0, self.count_positions(batch)
+            )
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            sync(self.accelerator)
+            times.append(time.perf_counter() - start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_positions
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    plain = unwrap(accelerator, model)
+        return times, n_bytes, n_units, stats.loss
+
+
+def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: int) -> dict:  # noqa: ANN001
+    runner = Bench(model_cfg, tokenizer, row_bytes, rows, warmup + steps)
+    runner.steps(warmup)
+    step_times, n_bytes, n_units, loss = runner.steps(steps)
+    elapsed = sum(step_times)
+    plain = unwrap(runner.accelerator, runner.model)
     result = {
         "model": plain.config.name,
         "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
-        "seq_len": seq_len,
+        "row_bytes": row_bytes,
         "rows": rows,
         "steps": steps,
         "s_per_step": round(elapsed / steps, 3),
+        "s_per_step_median": round(statistics.median(step_times), 4),
         "bytes_per_s": round(n_bytes / elapsed, 1),
-        f"{kind.position}s_per_s": round(n_units / elapsed, 1),
+        f"{runner.kind.position}s_per_s": round(n_units / elapsed, 1),
         "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
-        "final_loss": round(stats.loss, 4),
+        "final_loss": round(loss, 4),
     }
-    utilisation = mfu(
-        plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak_flops(accelerator)
-    )
+    peak = peak_flops(runner.accelerator)
+    utilisation = mfu(plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak)
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
     return result
+
+
+def sync(accelerator) -> None:  # noqa: ANN001
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def tokenizer_for(bpe_cfg, directory: Path):  # noqa: ANN001, ANN201
+    """The twin's BPE, trained on the sample once per vocabulary size."""
+    path = directory / f"tok{bpe_cfg.vocab_size}.model"
+    if path.is_file():
+        from hat.bpe import BPETokenizer
+
+        return BPETokenizer(path)
+    return train_tokenizer(DataConfig(), bpe_cfg.vocab_size, path, 4_000_000)
 
 
 def main() -> None:
@@ -88,38 +135,38 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
     parser.add_argument(
-        "--seq-len",
+        "--row-bytes",
+        "--seq-len",  # its name before trainer.row_bytes; --compare-ref's older revisions take it
+        dest="row_bytes",
         type=int,
         default=512,
-        help="bytes per row (the twin: as many tokens as hold them)",
+        help="bytes per row (the twin: their tokens)",
     )
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args()
-
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--compare-ref", metavar="REV", help="step times of git revision REV vs this tree"
     )
-    report = {"device": device, "torch": torch.__version__, "pairs": []}
-    tokenizers: dict[int, object] = {}
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare_ref:
+        return compare(args)
+    if args.worker:
+        return worker(args)
+
+    report = {"device": device_name(), "torch": torch.__version__, "pairs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             hat_name, bpe_name = pair.split(":")
             bpe_cfg = preset(bpe_name)
-            if (
-                bpe_cfg.vocab_size not in tokenizers
-            ):  # train once per vocabulary size, on the sample
-                path = Path(tmp) / f"tok{bpe_cfg.vocab_size}.model"
-                tokenizers[bpe_cfg.vocab_size] = train_tokenizer(
-                    DataConfig(), bpe_cfg.vocab_size, path, 4_000_000
-                )
-            tokenizer = tokenizers[bpe_cfg.vocab_size]
-            hat_result = bench(
-                preset(hat_name), None, args.seq_len, args.rows, args.steps, args.warmup
-            )
-            bpe_result = bench(bpe_cfg, tokenizer, args.seq_len, args.rows, args.steps, args.warmup)
+            tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
+            run = (args.row_bytes, args.rows, args.steps, args.warmup)
+            hat_result = bench(preset(hat_name), None, *run)
+            bpe_result = bench(bpe_cfg, tokenizer, *run)
             report["pairs"].append(
                 {
                     "hat": hat_result,
@@ -129,10 +176,63 @@ def main() -> None:
                     ),
                 }
             )
+    write_report(report, args.out)
+    return None
+
+
+def write_report(report: dict, out: Path | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side of --compare-ref: the median time of ``--steps`` training steps per model, on
+    demand (models set up once; warm-up steps first), fingerprinted by the last loss."""
+    from compare_ref import serve
+
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in args.pairs:
+            hat_name, bpe_name = pair.split(":")
+            bpe_cfg = preset(bpe_name)
+            tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
+            for name, model_cfg, tok in (
+                (hat_name, preset(hat_name), None),
+                (bpe_name, bpe_cfg, tokenizer),
+            ):
+                runners[name] = Bench(
+                    model_cfg, tok, args.row_bytes, args.rows, args.warmup + args.steps
+                )
+                runners[name].steps(args.warmup)
+
+    def measurement(runner: Bench):  # noqa: ANN202
+        def measure() -> tuple[float, str]:
+            times, _, _, loss = runner.steps(args.steps)
+            return round(statistics.median(times), 4), f"{loss:.3f}"
+
+        return measure
+
+    serve({f"{name}_s_per_step": measurement(r) for name, r in runners.items()})
+
+
+def compare(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_ref import compare as interleave
+
+    forward = ["--pairs", *args.pairs, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    forward += ["--seq-len", str(args.row_bytes), "--rows", str(args.rows)]
+    forward += ["--threads", str(args.threads)] if args.threads else []
+    report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=False)
+    report = {
+        "benchmark": "training step time (median over the timed steps), seconds",
+        "device": device_name(),
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        **report,
+    }
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

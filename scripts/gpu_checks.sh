@@ -28,6 +28,6 @@ FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cl
 step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl"
 rm -rf "$OUT/fsdp_run"
 step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
-step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --seq-len 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
+step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --row-bytes 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
 step bench_generate 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
 ls -la "$OUT"

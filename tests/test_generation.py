@@ -4,29 +4,27 @@ restricted as specified, streaming equals the returned text, bad input fails cle
 from __future__ import annotations
 
 import io
+import logging
 import random
 
 import pytest
 import torch
 
 import hat
-from hat.batching import collate_documents
-from hat.block import Attention, AttentionMask, KVCacheLayer, apply_rope, rope_angles
+from hat.batching import collate_documents, document_words, layout_words
+from hat.block import Attention, AttentionMask
 from hat.generation import (
     GenerationConfig,
     HATCachedEngine,
     RepetitionPenaltyLogitsProcessor,
-    RopeTable,
-    StepLayer,
-    StepPooler,
     TemperatureLogitsWarper,
     TextStreamer,
     TopKLogitsWarper,
     TopPLogitsWarper,
     WordTracker,
-    rotate,
     word_starts,
 )
+from hat.generation.lean import announce, lean_view
 from hat.hf_tokenizer import HATTokenizer
 from hat.splitter import EOD, PAD, make_splitter
 
@@ -138,17 +136,27 @@ def test_cached_equals_uncached_sampled(variant: dict, monkeypatch) -> None:
 def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
     """Long enough that the sliding windows slide and the column buffers are compacted."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
-    shifts = []
+    shifts, slides = [], []
+
+    def make_room(self, n):
+        original(self, n)
+        shifts.append(self.base)
+        slides.append(min(c.offset for c in self.enc_caches + self.dec_caches))
+
     original = HATCachedEngine._make_room
-    monkeypatch.setattr(
-        HATCachedEngine, "_make_room", lambda self, n: original(self, n) or shifts.append(self.base)
-    )
+    monkeypatch.setattr(HATCachedEngine, "_make_room", make_room)
     model = tiny(max_word_bytes=8)
     cached, uncached = generate_both(
         model, [b"A longer prompt, with words.", b"x"], max_new_tokens=90, do_sample=True, seed=1
     )
     assert torch.equal(cached, uncached)
     assert max(shifts) > 0, "the column buffers never slid"
+    assert max(slides) > 0, "the encoder and decoder KV caches never slid"
+
+
+def sharpen(attn: Attention) -> None:
+    """Scale an attention layer's queries up (the q rows of its fused projection)."""
+    attn.qkv.weight[: attn.n_heads * attn.head_dim].mul_(8)
 
 
 class Force:
@@ -238,7 +246,7 @@ def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> 
         with torch.no_grad():
             for module in model.modules():
                 if isinstance(module, Attention):
-                    module.q_proj.weight.mul_(8)
+                    sharpen(module)
     out = model.generate(
         **batch_of(prompts),
         max_new_tokens=30,
@@ -262,42 +270,72 @@ def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> 
             torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(("qk_norm", "fuse"), [(False, True), (True, True), (False, False)])
-def test_step_path_matches_modules(qk_norm: bool, fuse: bool) -> None:
-    """The cached step's ``rotate`` / ``StepLayer`` / ``StepPooler`` compute what
-    ``apply_rope`` / ``Block`` / ``WordPooler`` compute (``rotate`` bit for bit)."""
-    cfg = hat.HATConfig.from_name("tiny")
-    cfg.backbone.qk_norm = qk_norm  # backbone: GQA (4 heads, 2 kv heads)
-    cfg.pool_qk_norm = qk_norm
-    torch.manual_seed(0)
-    model = hat.HATForCausalLM(cfg).eval()
-    table, pos = RopeTable(64, 32, 10000.0, torch.device("cpu")), torch.randint(0, 64, (3, 5))
-    x = torch.randn(3, 5, 6, 32)
-    assert torch.equal(rotate(x, table(pos)), apply_rope(x, rope_angles(pos, 32, 10000.0)))
-    assert torch.equal(rotate(x, table.span(7, 5)), rotate(x, table(pos * 0 + torch.arange(7, 12))))
-
-    block = model.backbone.transformer.layers[0]
-    table = RopeTable(8, block.attn.head_dim, 10000.0, torch.device("cpu"))
+def test_lean_view_runs_the_modules_code() -> None:
+    """The cached step calls the modules through lean views: the same forward code, hence
+    bit-identical results; a module with hooks stays a module (its hooks run)."""
+    model = tiny(decoder_guide="every")
+    batch = collate_documents([document_words("Lean views, same code. 日本", model.splitter)])
+    layout = layout_words(batch["input_ids"], batch["word_lengths"])
+    mask = AttentionMask.packed(layout.doc_ids, model.config.encoder.window, "sdpa")
+    word_states = torch.randn(1, 4, model.config.backbone.dim)
     with torch.no_grad():
-        step, cache_ref, cache_step = StepLayer(block, fuse), KVCacheLayer(), KVCacheLayer()
-        for t in range(4):  # grow a cache one position at a time, as generation does
-            h, p = torch.randn(2, 1, cfg.backbone.dim), torch.full((2, 1), t)
-            mask = AttentionMask(dense=torch.ones(2, 1, 1, t + 1, dtype=torch.bool))
-            ref = block(h, rope_angles(p, block.attn.head_dim, 10000.0), mask, cache_ref)
-            out = step(h[:, 0], 2, table(p), None, cache_step)  # no mask: sees all it cached
-            torch.testing.assert_close(out, ref[:, 0], atol=1e-6, rtol=0)
+        for module in (model, lean_view(model)):
+            states = module.encoder(batch["input_ids"], layout.byte_pos, mask)
+            guides = module.decoder.guides(word_states)
+            index = layout.guide_index.clamp(max=4)
+            hidden = module.decoder(states, guides, index, layout.byte_pos, mask)
+            words = module.pooler(
+                states[0], layout.byte_pos[0], layout.offsets, layout.word_end_pos[0]
+            )
+            if module is model:
+                reference = (states, hidden, words)
+        for got, want in zip((states, hidden, words), reference):
+            assert torch.equal(got, want)
+    assert type(lean_view(model.decoder.head)).__name__ == "_LeanLinear"
+    seen = []
+    model.encoder.embed.register_forward_hook(lambda *_: seen.append(1))
+    assert lean_view(model.encoder).embed is model.encoder.embed
+    model.generate("hooked", max_new_tokens=3)
+    assert seen, "a hooked module was bypassed"
 
-        pooler = model.pooler
-        states, offsets = torch.randn(7, cfg.encoder.dim), torch.tensor([0, 3, 7])
-        pos, ends = torch.tensor([4, 5, 6, 0, 1, 2, 3]), torch.tensor([6, 3])
-        table = RopeTable(8, pooler.head_dim, pooler.theta, states.device)
-        ref = pooler(states, pos, offsets, ends)
-        out = StepPooler(pooler, table)(states, table(pos), table(ends), offsets)
-        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+def test_compile_step_option(monkeypatch, caplog) -> None:
+    """``compile_step=True`` runs the cached step through ``torch.compile`` (replaced here by
+    a recorder: compiling takes minutes on a CPU; tests/test_generation.py's GPU test runs the
+    real thing) and says so in the log; the default says it runs eagerly."""
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    announce.cache_clear()  # it logs once per process
+    model = tiny()
+    with caplog.at_level(logging.INFO, logger="hat.generation.lean"):
+        eager = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20)
+        again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20, compile_step=True)
+    assert torch.equal(eager, again)
+    names = [name for name, _ in compiled]
+    assert names == ["ByteEncoder", "WordPooler", "Backbone", "ByteDecoder"]
+    assert all(kwargs == {"dynamic": True} for _, kwargs in compiled)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("eager modules" in line for line in lines)
+    assert any("torch.compile'd" in line for line in lines)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_step_equals_eager_on_gpu() -> None:
+    model = tiny().cuda()
+    batch = {k: v.cuda() for k, v in batch_of(PROMPTS).items()}
+    eager = model.generate(**batch, max_new_tokens=40)
+    compiled = model.generate(**batch, max_new_tokens=40, compile_step=True)
+    assert torch.equal(eager, compiled)
 
 
 def test_cached_equals_uncached_qk_norm_and_equal_lengths() -> None:
-    """QK-norm in every stack (the step path's other branch), no pool QK-norm; equal-length
+    """QK-norm in every stack (the attention's other branch), no pool QK-norm; equal-length
     prompts share positions (views instead of index ops) yet finish words at different steps."""
     torch.manual_seed(0)
     cfg = hat.HATConfig.from_name("tiny")
@@ -340,7 +378,7 @@ def test_bpe_cached_equals_uncached(tiny_bpe) -> None:
     ids=["ragged-sharp", "equal-sharp", "b1-sharp"],  # equal: 4 tokens each, no padding
 )
 def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> None:
-    """The twin's cached steps (``StepLayer`` on left-padded rows) give, at every step, the
+    """The twin's cached steps (its backbone on left-padded rows) give, at every step, the
     logits of the full model on that row alone; queries scaled up so that attention, hence
     RoPE positions and hidden padding, matter. Greedy cached == uncached on the same model."""
     from hat.tokenizer import BOS_ID, EOS_ID
@@ -348,7 +386,7 @@ def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> Non
     with torch.no_grad():
         for module in tiny_bpe.modules():
             if isinstance(module, Attention):
-                module.q_proj.weight.mul_(8)
+                sharpen(module)
     tok = tiny_bpe.tokenizer
     rows = [[tok.bos_id, *tok.encode(t)] for t in texts]
     width = max(map(len, rows))

@@ -10,7 +10,18 @@ import torch
 
 import hat
 from hat.batching import collate_documents, document_words
-from hat.block import AttentionMask
+from hat.block import (
+    Attention,
+    AttentionMask,
+    KVCache,
+    RotaryEmbedding,
+    SwiGLU,
+    Transformer,
+    rope_angles,
+    rotate,
+)
+from hat.config import TransformerConfig
+from hat.pooling import WordPooler
 
 ADVERSARIAL = [
     "It's 3.14, not 1,000. Don't!",
@@ -267,3 +278,181 @@ def test_gpu_bf16_training_step_matches_fp32() -> None:
             grads[name].flatten(), param.grad.flatten(), dim=0
         )
         assert cos > 0.95, name
+
+
+# ---- one implementation: RoPE table, KV cache, fused projections ------------------------------
+def textbook_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE as usually written, in fp32 (the formula the table must reproduce exactly)."""
+    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_table_rotates_exactly_as_the_formula(dtype: torch.dtype) -> None:
+    rope = RotaryEmbedding(32, 10000.0)
+    rope.reserve(6000)
+    pos = torch.randint(0, 6000, (3, 5))
+    x = torch.randn(3, 5, 6, 32).to(dtype)
+    assert torch.equal(rotate(x, *rope(pos)), textbook_rope(x, pos, 10000.0))
+    # an int start: views of the same rows, shared by every row; the table grows on demand
+    first = 9000
+    span = torch.arange(first, first + 5)
+    assert torch.equal(rotate(x, *rope(first, 5)), textbook_rope(x, span.expand(3, -1), 10000.0))
+    assert rope.cos.shape[0] >= first + 5
+
+
+def test_rope_table_is_no_state_and_stays_fp32(tiny_hat: hat.HATForCausalLM) -> None:
+    assert not [k for k in tiny_hat.state_dict() if "rope" in k or k.endswith((".cos", ".sin"))]
+    batch = collate_documents([document_words("In bf16, the angles stay fp32.", tiny_hat.splitter)])
+    model = tiny_hat.to(torch.bfloat16)
+    with torch.no_grad():
+        model(**batch)
+    tables = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    assert len(tables) == 4 and all(t.cos.dtype == torch.float32 for t in tables)
+
+
+def test_kv_cache_writes_where_it_is_told() -> None:
+    cache = KVCache(2, 1, 4, capacity=4)
+    k = torch.arange(24.0).view(2, 1, 3, 4)
+    keys, values = cache.update(k, -k, 0)  # positions 0..2
+    assert torch.equal(keys, k) and torch.equal(values, -k)
+    new = torch.full((2, 1, 1, 4), 99.0)
+    keys, _ = cache.update(new, -new, 1)  # recompute position 1: returns positions [0, 2)
+    assert keys.shape[2] == 2 and torch.equal(keys[:, :, 0], k[:, :, 0])
+    assert torch.equal(keys[:, :, 1], new[:, :, 0])
+    more = torch.ones(2, 1, 6, 4)
+    keys, _ = cache.update(more, more, 3)  # past the capacity: no window, so it grows
+    assert keys.shape[2] == 9 and torch.equal(keys[:, :, 1], new[:, :, 0])
+    assert torch.equal(keys[:, :, 2], k[:, :, 2]) and torch.equal(keys[:, :, 3:], more)
+
+
+def test_kv_cache_per_row_positions() -> None:
+    """The word backbone's case: each row writes its entry at its own position."""
+    cache = KVCache(3, 2, 4, capacity=2)
+    cache.update(torch.zeros(3, 2, 2, 4), torch.zeros(3, 2, 2, 4), 0)
+    new = torch.randn(3, 2, 1, 4)
+    keys, values = cache.update(new, 2 * new, torch.tensor([0, 3, 1]), end=4)  # grows to hold 4
+    assert keys.shape == (3, 2, 4, 4)
+    for row, pos in enumerate([0, 3, 1]):
+        assert torch.equal(keys[row, :, pos], new[row, :, 0])
+        assert torch.equal(values[row, :, pos], 2 * new[row, :, 0])
+        others = [p for p in range(4) if p != pos]
+        assert not keys[row, :, others].any()
+    with pytest.raises(ValueError, match="per-row"):
+        cache.update(new, new, torch.tensor([0, 1, 2]))  # `end` is required
+
+
+def test_kv_cache_slides_over_its_window() -> None:
+    cache = KVCache(1, 1, 2, capacity=10, window=4, keep=6)
+    for pos in range(30):  # the value of a key is its position
+        keys, _ = cache.update(torch.full((1, 1, 1, 2), float(pos)), torch.zeros(1, 1, 1, 2), pos)
+        assert keys[0, 0, :, 0].tolist() == list(map(float, range(max(pos - 3, 0), pos + 1)))
+    assert cache.offset > 0 and cache.k.shape[2] == 10  # slid, never grew
+    # a recompute up to `keep` back still finds its window ...
+    keys, _ = cache.update(torch.full((1, 1, 2, 2), -1.0), torch.zeros(1, 1, 2, 2), 27)
+    assert keys[0, 0, :, 0].tolist() == [24.0, 25.0, 26.0, -1.0, -1.0]
+    # ... further back it is an error, not a silent wrong answer
+    with pytest.raises(ValueError, match="slid past"):
+        cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), cache.offset)
+
+
+def causal_mask(queries: torch.Tensor, keys: torch.Tensor, window: int | None) -> AttentionMask:
+    ok = keys[None] <= queries[:, None]
+    if window is not None:
+        ok = ok & (queries[:, None] - keys[None] < window)
+    return AttentionMask(dense=ok[None, None])
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_stack_with_caches_equals_full_forward(window: int | None) -> None:
+    """A stack run in pieces (a prefill, single positions, a chunk, a recomputed chunk) on a
+    small cache (that slides or grows) gives what the full forward gives."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, qk_norm=True, window=window
+    )
+    stack = Transformer(cfg).eval()
+    x, seq = torch.randn(2, 12, 32), 12
+    idx = torch.arange(seq)
+    with torch.no_grad():
+        full = stack(x, idx[None].expand(2, -1), causal_mask(idx, idx, window))
+        caches = stack.make_caches(2, 8, keep=None if window is None else window + 2, like=x)
+        for a, b in [(0, 5), (5, 6), (6, 7), (7, 10), (8, 10), (10, 11), (11, 12)]:
+            lo = caches[0].read_start(a)
+            mask = causal_mask(idx[a:b], idx[lo:b], window)
+            out = stack(x[:, a:b], a, mask, caches, cache_pos=a)
+            torch.testing.assert_close(out, full[:, a:b], atol=1e-5, rtol=0)
+    assert caches[0].offset > 0 if window else caches[0].k.shape[2] >= seq
+
+
+def test_stack_with_per_row_positions_equals_full_forward() -> None:
+    """Rows that add positions at different steps (the backbone's words): a row without a new
+    position writes scratch past its length, which its next position overwrites."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2)
+    stack = Transformer(cfg).eval()
+    x, idx = torch.randn(2, 6, 32), torch.arange(6)
+    with torch.no_grad():
+        full = stack(x, idx[None].expand(2, -1), causal_mask(idx, idx, None))
+        caches = stack.make_caches(2, 3, like=x)
+        stack(x[:, :3], 0, causal_mask(idx[:3], idx[:3], None), caches)
+        # passes: (position of row 0, of row 1, does row 0 have a real entry)
+        for p0, p1, real0 in [(3, 3, False), (3, 4, True), (4, 5, True)]:
+            pos = torch.tensor([p0, p1])
+            end = max(p0, p1) + 1
+            inputs = torch.stack([x[0, p0] if real0 else torch.zeros(32), x[1, p1]])[:, None]
+            mask = AttentionMask(dense=(torch.arange(end)[None] <= pos[:, None])[:, None, None])
+            out = stack(inputs, pos[:, None], mask, caches, cache_pos=pos, cache_end=end)
+            torch.testing.assert_close(out[1, 0], full[1, p1], atol=1e-5, rtol=0)
+            if real0:
+                torch.testing.assert_close(out[0, 0], full[0, p0], atol=1e-5, rtol=0)
+
+
+def old_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as the code before fused projections saved it."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, Attention):
+            sizes = [module.n_heads * module.head_dim] + [module.kv_heads * module.head_dim] * 2
+            parts = state.pop(f"{prefix}qkv.weight").split(sizes)
+            state.update(zip((f"{prefix}{p}_proj.weight" for p in "qkv"), parts))
+        elif isinstance(module, SwiGLU):
+            gate, up = state.pop(f"{prefix}gate_up.weight").chunk(2)
+            state.update({f"{prefix}gate.weight": gate, f"{prefix}up.weight": up})
+        elif isinstance(module, WordPooler):
+            k, v = state.pop(f"{prefix}kv.weight").chunk(2)
+            state.update({f"{prefix}k_proj.weight": k, f"{prefix}v_proj.weight": v})
+    return state
+
+
+@pytest.mark.parametrize("kind", ["hat", "bpe"])
+def test_old_layout_state_dicts_load_with_the_same_logits(kind: str, tiny_bpe) -> None:
+    model = tiny(decoder_guide="every") if kind == "hat" else tiny_bpe
+    state = old_layout(model)
+    assert "backbone.transformer.layers.0.attn.q_proj.weight" in state
+    torch.manual_seed(123)
+    fresh = type(model)(model.config, *([] if kind == "hat" else [model.tokenizer])).eval()
+    fresh.load_state_dict(state)  # strict: every old name is folded, no fused one missing
+    if kind == "hat":
+        batch = collate_documents([document_words("Loaded from the old layout.", model.splitter)])
+    else:
+        batch = {"input_ids": torch.tensor([[1, *model.tokenizer.encode("Old layout.")]])}
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, model(**batch).logits)
+
+
+def test_init_is_normal_with_std_on_every_linear(tiny_hat: hat.HATForCausalLM) -> None:
+    """Fused projections keep the statistics of the separate ones: every Linear weight is
+    normal(init_std); residual outputs (o_proj, down) scaled by 1/sqrt(2 * layers)."""
+    std = tiny_hat.config.init_std
+    for name, module in tiny_hat.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            expected = std
+            if name.endswith(("o_proj", "down")):
+                layers = len(getattr(tiny_hat, name.split(".")[0]).transformer.layers)
+                expected = std / math.sqrt(2 * layers)
+            weight = module.weight.detach()
+            assert float(weight.std()) == pytest.approx(expected, rel=0.1), name
+            assert abs(float(weight.mean())) < expected / 4, name

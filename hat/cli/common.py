@@ -18,8 +18,9 @@ from hat.registry import KINDS
 from hat.training.config import TrainConfig
 
 # errors whose message is the whole story: bad settings, files, inputs (ValueError and
-# OSError include FileNotFoundError, UnicodeDecodeError, JSONDecodeError, ...)
-USER_ERRORS = (ValueError, OSError, HatError)
+# OSError include FileNotFoundError, UnicodeDecodeError, JSONDecodeError, ...), a missing
+# optional extra (ImportError: its message names the pip install)
+USER_ERRORS = (ValueError, OSError, ImportError, HatError)
 
 
 def verbose() -> bool:
@@ -42,16 +43,21 @@ def cli_errors(prog: str) -> Iterator[None]:
         sys.exit(1)
 
 
-def read_text_file(path: str) -> str:
-    """A UTF-8 text file (``-``: standard input); errors name the file (and the byte)."""
-    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+def read_text_file(path: str, setting: str) -> str:
+    """A UTF-8 text file (``-``: standard input) given by ``setting``; errors name the setting,
+    the file and, for text that is not UTF-8, the first bad byte and how to convert."""
+    name = "standard input" if path == "-" else path
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as err:
+        raise OSError(f"{setting}: {name}: {err.strerror or err}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        name = "standard input" if path == "-" else path
         raise ValueError(
-            f"{name} is not UTF-8 text (byte {err.start}: {data[err.start : err.start + 4]!r}); "
-            "convert it to UTF-8"
+            f"{setting}: {name} is not UTF-8 text (byte {err.start}: "
+            f"{data[err.start : err.start + 4]!r}); convert it to UTF-8 first (e.g. iconv -f "
+            "latin1 -t utf-8)"
         ) from None
 
 

@@ -3,6 +3,7 @@
     hat-eval models='[outputs/small/model,outputs/bpe_small/model]'        # HAT vs its twin
     hat-eval models='[runs/a/model]' data=local data.sources.0.path='/data/de/*.txt'
     hat-eval models='[m1,m2]' texts='[book.txt]' bigbench='[hyperbaton.json]' output=eval.json
+    hat-eval models='[org/hat-small,org/hat-small@v1]'                     # from the Hub
 
 Bits per byte on the held-out split of a data config (the mixture and, with several sources,
 each source; every document scored whole, long ones in rolling windows of the same size for
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 class EvalJob:
     """What ``hat-eval`` evaluates (``configs/eval.yaml``)."""
 
-    models: list[str] = MISSING  # save_pretrained directories
+    models: list[str] = MISSING  # save_pretrained directories or Hub ids (org/name[@revision])
     data: DataConfig = field(default_factory=DataConfig)
     max_docs: int | None = 200  # held-out documents per source; None: all
     texts: list[str] = field(default_factory=list)  # files, each one document
@@ -76,7 +77,7 @@ def run(job: EvalJob) -> dict:
     models = {m: load_pretrained(m, device=device) for m in job.models}
     documents = held_out_documents(job.data, job.max_docs)
     for path in job.texts:
-        text = read_text_file(path)
+        text = read_text_file(path, "texts")
         if not text:
             raise ValueError(f"texts: {path} is empty; give files that hold some text")
         documents[Path(path).name] = [text]

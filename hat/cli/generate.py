@@ -3,6 +3,7 @@
     hat-generate outputs/small/model --prompt "Once upon a time" --max-new-tokens 200
     hat-generate MODEL --prompt-file prompts.txt --do-sample --temperature 0.8 --top-p 0.95
     hat-generate MODEL --prompt "Q: why?" --stop $'\\n' --seed 0 --num-return-sequences 3
+    hat-generate org/name@main --prompt "Hello"      # a model on the Hugging Face Hub
 
 Defaults come from the model's ``generation_config.json`` (if saved), else from
 ``hat.generation.GenerationConfig``; every flag given here overrides them.
@@ -26,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hat-generate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("model", help="directory written by save_pretrained (HAT or BPE twin)")
+    p.add_argument(
+        "model",
+        help="directory written by save_pretrained (HAT or BPE twin), or a Hub id org/name[@revision]",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="the prompt (default: empty, i.e. a new document)")
     src.add_argument("--prompt-file", help="one prompt per line ('-' reads stdin)")
@@ -77,7 +81,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """``--prompt``, or the lines of ``--prompt-file`` (``\n``, ``\r\n`` or ``\r`` ended)."""
     if args.prompt_file is None:
         return [args.prompt or ""]
-    text = read_text_file(args.prompt_file)
+    text = read_text_file(args.prompt_file, "--prompt-file")
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":  # the end of the last line, not an empty prompt after it
         lines.pop()

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_SAMPLE = "builtin:sample"
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "assets" / "sample_corpus.txt"
+# the corpora shipped inside the package (hat/assets/README.md: what they are, their licences)
+BUILTIN_SAMPLES = {
+    BUILTIN_SAMPLE: SAMPLE_CORPUS,  # English: Jane Austen
+    "builtin:sample_es": SAMPLE_CORPUS.with_name("sample_es.txt"),  # Spanish: Reina-Valera 1909
+}
 SAMPLE_BY = ("line", "paragraph", "document")
 ENCODING_ERRORS = ("strict", "replace")
 SPLITS = ("train", "eval")
@@ -44,7 +49,7 @@ _READ_BATCH = 256  # records per datasets batch
 class SourceConfig:
     """One source of documents.
 
-    path: ``"builtin:sample"`` (the shipped corpus), local files (a path or glob; .txt, .jsonl,
+    path: ``"builtin:sample"`` (the shipped English corpus; ``"builtin:sample_es"``: Spanish), local files (a path or glob; .txt, .jsonl,
         .json, .parquet, txt/json also gzipped), or a hub dataset name (anything that is neither
         an existing path, a glob, nor ends in a data-file suffix).
     name, split, streaming: passed to ``datasets.load_dataset`` (hub: the config name).
@@ -72,8 +77,8 @@ class SourceConfig:
         """``label``, else a short name from the path: file stem or folder, hub name (+ config)."""
         if self.label:
             return self.label
-        if self.path == BUILTIN_SAMPLE:
-            return "sample"
+        if self.path in BUILTIN_SAMPLES:
+            return self.path.removeprefix("builtin:")
         path = Path(self.path)
         if _looks_local(self.path):
             stem = path.name
@@ -262,8 +267,12 @@ def _not_utf8(files: list[Path], where: str) -> ValueError:
 def local_files(src: SourceConfig, where: str) -> list[Path] | None:
     """The sorted files of a local source, or None for a hub dataset name."""
     path = src.path
-    if path == BUILTIN_SAMPLE:
-        return [SAMPLE_CORPUS]
+    if path in BUILTIN_SAMPLES:
+        return [BUILTIN_SAMPLES[path]]
+    if path.startswith("builtin:"):
+        raise ValueError(
+            f"{where}: unknown built-in corpus {path!r}; choose one of {sorted(BUILTIN_SAMPLES)}"
+        )
     if not _looks_local(path):
         return None
     is_glob = any(c in path for c in "*?[")

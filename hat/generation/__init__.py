@@ -16,14 +16,18 @@ The files, in dependency order:
 * ``utf8.py``: the UTF-8 reader, ``VocabAutomaton`` (the valid-UTF-8 mask), what ids spell.
 * ``streamer.py``: ``TextStreamer``.
 * ``words.py``: word boundaries during generation (``word_starts``, ``WordTracker``).
-* ``step.py``: KV caches and the single-step layer and pooler of both models' cached paths.
-* ``hat_engine.py`` / ``bpe_engine.py``: the model side of a call, cached and uncached.
+* ``columns.py``: rows left-padded onto one column axis (``LeftPadding``, ``window_mask``).
+* ``lean.py``: how a cached step calls the modules (``lean_view``, or ``torch.compile``).
+* ``hat_engine.py`` / ``bpe_engine.py``: the model side of a call, cached and uncached: when
+  a word ends, when the backbone runs, what the caches hold; the model's own modules (with
+  ``hat.block.KVCache``) do the math.
 * ``specs.py``: what the generic loop needs to know about each model kind (``ModelSpec``).
 * ``generate.py``: the generic loop (``run_generation``) and ``GenerationMixin``; its
   docstring states the input/output contract of ``generate()``.
 """
 
 from hat.generation.bpe_engine import BPECachedEngine, BPEUncachedEngine
+from hat.generation.columns import LeftPadding, window_mask
 from hat.generation.config import GENERATION_CONFIG_FILE, GenerateOutput, GenerationConfig
 from hat.generation.generate import GenerationMixin, run_generation
 from hat.generation.hat_engine import HATCachedEngine, HATUncachedEngine
@@ -36,17 +40,6 @@ from hat.generation.processors import (
     build_processors,
 )
 from hat.generation.specs import ModelSpec, bpe_spec, hat_spec
-from hat.generation.step import (
-    ColumnCache,
-    LeftPadding,
-    RopeTable,
-    RowCache,
-    StepLayer,
-    StepPooler,
-    rotate,
-    step_layers,
-    window_mask,
-)
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import (
     UTF8_NEED,
@@ -67,7 +60,6 @@ __all__ = [
     "UTF8_STATES",
     "BPECachedEngine",
     "BPEUncachedEngine",
-    "ColumnCache",
     "GenerateOutput",
     "GenerationConfig",
     "GenerationMixin",
@@ -77,10 +69,6 @@ __all__ = [
     "LogitsProcessorList",
     "ModelSpec",
     "RepetitionPenaltyLogitsProcessor",
-    "RopeTable",
-    "RowCache",
-    "StepLayer",
-    "StepPooler",
     "TemperatureLogitsWarper",
     "TextStreamer",
     "TopKLogitsWarper",
@@ -92,9 +80,7 @@ __all__ = [
     "hat_spec",
     "ids_to_bytes_fn",
     "incomplete_tail",
-    "rotate",
     "run_generation",
-    "step_layers",
     "token_byte_table",
     "utf8_advance",
     "window_mask",

@@ -15,6 +15,7 @@ Contract (docs/generation.md has the long form):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from hat.generation.processors import build_processors
 from hat.generation.specs import ModelSpec
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import UTF8_NEED, VocabAutomaton, incomplete_tail, utf8_advance
+from hat.hub import pop_hub_kwargs, resolve_model_dir
 
 
 # ==== the generic loop ================================================================
@@ -43,9 +45,11 @@ class _Row:
 
 
 def _prepare_prompts(
-    spec: ModelSpec, inputs: Any, input_ids: Any, attention_mask: Any
+    spec: ModelSpec, inputs: Any, input_ids: Any, attention_mask: Any, pad_id: int | None = None
 ) -> tuple[list[list[int]], list[type] | None, bool, int | None]:
-    """-> (rows of ids, per-prompt type (str/bytes; None for tensors), single prompt?, width)."""
+    """-> (rows of ids, per-prompt type (str/bytes; None for tensors), single prompt?, width).
+    Without an ``attention_mask``, PAD (and ``pad_id``, unless it is the document start) is
+    padding."""
     if inputs is not None and input_ids is not None:
         raise ValueError("pass the prompt once: as `inputs` or as `input_ids`")
     inputs = input_ids if inputs is None else inputs
@@ -67,7 +71,8 @@ def _prepare_prompts(
     ids = inputs[None] if inputs.dim() == 1 else inputs
     if ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(inputs.shape)}")
-    mask = ids != spec.pad_id if attention_mask is None else attention_mask.bool()
+    pads = torch.tensor([spec.pad_id] + ([pad_id] if pad_id not in (None, spec.start_id) else []))
+    mask = ~torch.isin(ids.cpu(), pads) if attention_mask is None else attention_mask.bool()
     mask = mask.reshape(ids.shape).cpu()
     rows = []
     for r, (row, keep) in enumerate(zip(ids.cpu().tolist(), mask.tolist())):
@@ -149,20 +154,25 @@ def run_generation(
     automaton = _automaton(spec, end_ids, banned, device)
     end_t = torch.tensor(sorted(end_ids), device=device)
     stops = [s.encode("utf-8") for s in _as_list(config.stop_strings or [])]
-    processors = build_processors(config)
-    processors.extend(extra_processors or [])  # custom ones run last, on the warped scores
+    # custom processors after the penalty, before the sampling warpers (transformers' order)
+    processors = build_processors(config, extra_processors)
     state = torch.tensor(states, device=device)  # [B] UTF-8 reader state
     width = max(map(len, rows))
-    history = torch.full((len(rows), width + steps), spec.pad_id, device=device)  # for penalty
+    # what processors see as input_ids: each prompt's content (the document start is not
+    # content) left-padded to width - 1 columns, then the new ids (transformers' layout)
+    history = torch.full((len(rows), width - 1 + steps), spec.pad_id, device=device)
     for r, row in enumerate(rows):
-        history[r, : len(row) - 1] = torch.tensor(row[1:])  # the document start is not content
+        history[r, width - len(row) : width - 1] = torch.tensor(row[1:], dtype=torch.long)
     done = torch.tensor([r.done for r in out], device=device)
     n_done = int(done.sum())  # while 0, the per-step where(done, ...) are skipped
     budgets = torch.tensor([r.budget for r in out], device=device)
     # a budget only refuses ids once a row has <= max(UTF8_NEED) ids left (the mask's `cap`)
     tight_from = min(r.budget for r in out if not r.done) - max(UTF8_NEED)
 
-    engine = spec.engines[0 if config.use_cache else 1](model, rows, steps)
+    if config.use_cache:
+        engine = spec.engines[0](model, rows, steps, compile=config.compile_step)
+    else:
+        engine = spec.engines[1](model, rows, steps)
     logits = engine.prefill()
     for step in range(steps):
         left = (budgets - step).clamp(min=1) if step >= tight_from else None  # done rows: any
@@ -170,7 +180,7 @@ def run_generation(
         if step < config.min_new_tokens:
             scores[:, end_t] = -float("inf")
         if processors:
-            scores = processors(history[:, : width + step], scores)
+            scores = processors(history[:, : width - 1 + step], scores)
         tokens = _choose(scores, config.do_sample, generator)
         if n_done:
             tokens = torch.where(done, spec.pad_id, tokens)
@@ -181,7 +191,7 @@ def run_generation(
         advanced = automaton.advance(state, tokens)
         state = torch.where(done, state, advanced) if n_done else advanced
         if processors:
-            history[:, width + step] = tokens
+            history[:, width - 1 + step] = tokens
         host_state = state.tolist() if streamer is not None else None
         for r, token in enumerate(tokens.tolist()):
             if not out[r].done:
@@ -282,9 +292,11 @@ class GenerationMixin:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *args: Any, **kwargs: Any) -> Any:
-        model = super().from_pretrained(directory, *args, **kwargs)
-        if (Path(directory) / GENERATION_CONFIG_FILE).is_file():
-            model.generation_config = GenerationConfig.from_pretrained(directory)
+        local = resolve_model_dir(directory, **pop_hub_kwargs(kwargs))  # a Hub id: its snapshot
+        model = super().from_pretrained(local, *args, **kwargs)
+        if (local / GENERATION_CONFIG_FILE).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(local)
+        model.name_or_path = str(directory)
         return model
 
     @torch.no_grad()
@@ -311,12 +323,34 @@ class GenerationMixin:
         ``stop_strings``, ``num_return_sequences``, ``use_cache``, ``max_new_words``, ...).
         ``seed`` or ``generator`` make sampling reproducible. ``streamer`` (``put``/``end``)
         receives the prompt, then the new ids as they come; batch size 1 only.
+
+        transformers' conventions hold: ``generation_config`` may be a
+        ``transformers.GenerationConfig`` (the options it sets, over the model's own),
+        ``max_length`` counts the prompt (its padded width) plus the new ids, ``pad_token_id``
+        fills finished rows; ``streamer`` may be a transformers streamer and
+        ``logits_processor`` transformers ``LogitsProcessor``s (run after the repetition
+        penalty, before the sampling warpers). Options that cannot apply to this decoding
+        (beam search, ...) are an error that says so.
         """
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            generation_config, flags = GenerationConfig.from_transformers(
+                generation_config, self.generation_config
+            )
+            return_dict_in_generate |= flags.get("return_dict_in_generate", False)
+            output_scores |= flags.get("output_scores", False)
+            output_logits |= flags.get("output_logits", False)
         config = (generation_config or self.generation_config).update(**kwargs).validate()
         spec = self.generation_spec()
         if config.max_new_words is not None and not spec.byte_level:
             raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
-        rows, kinds, single, width = _prepare_prompts(spec, inputs, input_ids, attention_mask)
+        rows, kinds, single, width = _prepare_prompts(
+            spec, inputs, input_ids, attention_mask, config.pad_token_id
+        )
+        if config.max_new_tokens is None:  # max_length: the prompt's (padded) width + new ids
+            prompt_width = width if width is not None else max(map(len, rows))
+            config = dataclasses.replace(
+                config, max_new_tokens=max(0, config.max_length - prompt_width)
+            )
         rows = [row for row in rows for _ in range(config.num_return_sequences)]
         if streamer is not None:
             if len(rows) != 1:
@@ -345,7 +379,7 @@ class GenerationMixin:
             self.train(was_training)
         # clones are ordinary tensors: callers may modify them in place, unlike inference ones
         scores, logits = [t.clone() for t in scores], [t.clone() for t in logits]
-        sequences = _format(spec, rows, out, kinds, single, width)
+        sequences = _format(spec, rows, out, kinds, single, width, config.pad_token_id)
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.to(self.device)
         if not return_dict_in_generate:
@@ -364,8 +398,10 @@ def _format(
     kinds: list[type] | None,
     single: bool,
     width: int | None,
+    pad_id: int | None = None,
 ) -> Any:
-    """Rows -> the contract's output (see the module docstring)."""
+    """Rows -> the contract's output (see the module docstring); ``pad_id`` (default: the
+    model's PAD) fills the new columns after a row has finished."""
     if kinds is not None:
         per_row = [k for k in kinds for _ in range(len(out) // len(kinds))]
         texts = [
@@ -378,4 +414,6 @@ def _format(
     for i, (prompt, row) in enumerate(zip(rows, out)):
         ids = prompt + row.tokens
         seq[i, width - len(prompt) : width - len(prompt) + len(ids)] = torch.tensor(ids)
+        if pad_id is not None:
+            seq[i, width + len(row.tokens) :] = pad_id
     return seq

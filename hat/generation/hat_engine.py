@@ -7,20 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hat.batching import collate_documents
-from hat.block import AttentionMask
-from hat.generation.step import (
-    ColumnCache,
-    LeftPadding,
-    RopeTable,
-    RowCache,
-    StepPooler,
-    rms,
-    step_layers,
-    window_mask,
-)
+from hat.block import AttentionMask, RotaryEmbedding
+from hat.generation.columns import LeftPadding, window_mask
+from hat.generation.lean import announce, step_module
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -29,13 +20,18 @@ from hat.splitter import PAD
 class HATCachedEngine:
     """Byte-by-byte HAT decoding with encoder, backbone and decoder caches.
 
-    Rows are left-padded to a shared column axis (column c of row r is byte c - pad[r] of its
+    The model's modules do the math; this class decides what runs when: a byte is encoded,
+    a word that ends is pooled and fed to the backbone (rolled back when the splitter moves an
+    earlier boundary), and the decoder runs with the guide of each byte's word. Rows are
+    left-padded to a shared column axis (column c of row r is byte c - pad[r] of its
     document). ``observe`` feeds the host-side word tracker; ``step`` runs the device work.
     """
 
-    SLACK = 512  # extra columns per buffer: the sliding buffers are compacted every SLACK steps
+    SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
 
-    def __init__(self, model: Any, rows: list[list[int]], max_new: int) -> None:
+    def __init__(
+        self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
+    ) -> None:
         cfg = self.cfg = model.config
         self.model = model
         like = next(model.parameters())
@@ -47,47 +43,39 @@ class HATCachedEngine:
         self.margin = cfg.max_word_bytes + 8  # columns a word (+ an incomplete char) can span
         self.ring_size = self.margin + 2  # guides kept per row (ring indexed by word % size)
         total = self.width + max_new
+        for module in model.modules():  # every position (bytes and words) is below total + 1
+            if isinstance(module, RotaryEmbedding):
+                module.reserve(total + 1)
+
+        def capacity(keep: int | None) -> int:
+            return min(total, max(self.width, keep) + self.SLACK) if keep else total
+
         enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
-        self.keep = max(enc_w, dec_w + self.margin) if enc_w and dec_w else None
-        self.cap = min(total, max(self.width, self.keep) + self.SLACK) if self.keep else total
+        # the decoder may recompute the last `margin` columns, each seeing `dec_w` back
+        dec_keep = dec_w + self.margin if dec_w else None
+        self.enc_caches = model.encoder.transformer.make_caches(
+            self.batch, capacity(enc_w), like=like
+        )
+        self.dec_caches = model.decoder.transformer.make_caches(
+            self.batch, capacity(dec_keep), keep=dec_keep, like=like
+        )
+        words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
+        self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
+        # encoder outputs and the word of each column: columns the decoder and pooler may read
+        self.keep, self.cap = dec_keep, capacity(dec_keep)
         self.base = 0  # column held in slot 0
-        enc, dec, bb = cfg.encoder, cfg.decoder, cfg.backbone
-
-        def cols(c):
-            return ColumnCache(self.batch, c.kv_heads, self.cap, c.head_dim, like)
-
-        self.enc_caches = [cols(enc) for _ in range(enc.n_layers)]
-        self.dec_caches = [cols(dec) for _ in range(dec.n_layers)]
-        self.enc_out = like.new_zeros(self.batch, self.cap, enc.dim)  # [B, cap, De]
+        self.enc_out = like.new_zeros(self.batch, self.cap, cfg.encoder.dim)  # [B, cap, De]
         self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
-        words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16
-        self.bb_caches = [
-            RowCache(self.batch, bb.kv_heads, words, bb.head_dim, like) for _ in range(bb.n_layers)
-        ]
         self.words = [0] * self.batch  # words in the backbone cache, per row
-        self.ring = like.new_zeros(self.batch, self.ring_size, bb.dim)  # normalised guides
+        self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.n = self.width  # next column
         self.all_rows = list(range(self.batch))
-        self._build_steps(model, total + 1)
-
-    def _build_steps(self, model: Any, size: int) -> None:
-        """Single-step versions of the three stacks and the pooler (see ``StepLayer``);
-        ``size`` bounds every position (bytes and words)."""
-        tables: dict[tuple[int, float], RopeTable] = {}
-
-        def rope(head_dim: int, theta: float) -> RopeTable:
-            if (head_dim, theta) not in tables:
-                tables[head_dim, theta] = RopeTable(size, head_dim, theta, self.device)
-            return tables[head_dim, theta]
-
-        stacks = (model.encoder.transformer, model.backbone.transformer, model.decoder.transformer)
-        self.enc_layers, self.bb_layers, self.dec_layers = (step_layers(t) for t in stacks)
-        self.enc_rope, self.bb_rope, self.dec_rope = (
-            rope(t.cfg.head_dim, t.cfg.rope_theta) for t in stacks
+        announce("HAT", compile, self.device.type)
+        self.encoder, self.pooler, self.backbone, self.decoder = (
+            step_module(m, compile)
+            for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
-        p = model.pooler
-        self.pooler = StepPooler(p, rope(p.head_dim, p.theta))
 
     # ---- host side ----------------------------------------------------------------
     def observe(self, row: int, token: int) -> list[int]:
@@ -100,28 +88,26 @@ class HATCachedEngine:
     # ---- prefill ------------------------------------------------------------------
     def prefill(self) -> torch.Tensor:
         """Run the prompts ([B, P] columns) through all three stacks; logits [B, 256]."""
-        m, width = self.model, self.width
+        width = self.width
         ids = torch.full((self.batch, width), PAD, dtype=torch.long)
         for r, row in enumerate(self.rows):
             ids[r, self.pad_list[r] :] = torch.tensor(row)
         cols = torch.arange(width, device=self.device)
-        pos = (cols[None] - self.pad[:, None]).clamp(min=0)  # [B, P]
-        self._set(self.enc_caches, 0, 0)
+        pos = self.cols.positions(0, width - 1)  # [B, P]
         mask = window_mask(cols, cols, self.pad, self.cfg.encoder.window)
-        states = m.encoder(ids.to(self.device), pos, mask, self.enc_caches)  # [B, P, De]
+        states = self.encoder(ids.to(self.device), pos, mask, self.enc_caches)  # [B, P, De]
         self.enc_out[:, :width] = states
 
         guides, col_word = self._prefill_backbone()  # [B, W+1, D], [B, P]
         self.col_word[:, :width] = col_word
-        self._set(self.dec_caches, 0, 0)
         mask = window_mask(cols, cols, self.pad, self.cfg.decoder.window)
-        hidden = m.decoder(states, guides, col_word, pos, mask, self.dec_caches)
+        hidden = self.decoder(states, guides, col_word, pos, mask, self.dec_caches)
         return self._logits(hidden[:, -1])
 
     def _prefill_backbone(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool every finished prompt word, run them through the backbone, fill the guide ring.
         Returns all guides [B, W+1, D] and each prompt column's word index [B, P]."""
-        m, bb_dim = self.model, self.cfg.backbone.dim
+        bb_dim = self.cfg.backbone.dim
         items, where, col_word = [], [], torch.zeros(self.batch, self.width, dtype=torch.long)
         for r, t in enumerate(self.trackers):
             ends = [*t.starts[1:], len(t.data)]
@@ -136,17 +122,15 @@ class HATCachedEngine:
         if items:
             rows, ks = zip(*where)
             x[list(rows), list(ks)] = self._pool(items)
-        for c in self.bb_caches:
-            c.slots = None
         w_cols = torch.arange(width, device=self.device)
         causal = w_cols[None, :] <= w_cols[:, None]  # [W, W]
         ok = causal[None] & (w_cols[None, None, :] < num[:, None, None])  # finished words only
         mask = AttentionMask(
             dense=(ok | torch.eye(width, dtype=torch.bool, device=self.device))[:, None]
         )
-        out = m.backbone(x, w_cols[None].expand(self.batch, -1), mask, self.bb_caches)
+        out = self.backbone(x, 0, mask, self.bb_caches)  # positions 0..W-1 in every row
         self.words = num.tolist()
-        guides = m.decoder.guides(out)  # [B, W+1, D]: slot k = guide of word k
+        guides = self.decoder.guides(out)  # [B, W+1, D]: slot k = guide of word k
         # ring slot j holds the guide of the latest word w <= num with w % size == j
         j = torch.arange(self.ring_size, device=self.device)
         w = (num[:, None] - (num[:, None] - j) % self.ring_size).clamp(min=0)  # [B, size]
@@ -179,14 +163,10 @@ class HATCachedEngine:
         return logits
 
     def _encode(self, tokens: torch.Tensor, n: int) -> None:
-        window = self.cfg.encoder.window
-        lo = max(self.base, n - window + 1) if window else 0
-        self._set(self.enc_caches, n - self.base, lo - self.base)
-        mask, angles = self.cols.mask(n, lo), self.cols.angles(self.enc_rope, n)
-        x = F.embedding(tokens, self.model.encoder.embed.weight)  # [B, De]
-        for layer, cache in zip(self.enc_layers, self.enc_caches):
-            x = layer(x, self.batch, angles, mask, cache)
-        self.enc_out[:, n - self.base] = x
+        """Encoder on column n: its KV entries go to the caches, its output to ``enc_out``."""
+        mask = self.cols.mask(n, self.enc_caches[0].read_start(n))
+        x = self.encoder(tokens[:, None], self.cols.position(n), mask, self.enc_caches, n)
+        self.enc_out[:, n - self.base] = x[:, 0]  # [B, De]
 
     def _assign_words(self, r: int, keep: int, finished: list, relabel: tuple) -> None:
         """After row r's word starts changed (the first ``keep`` survived): roll the backbone
@@ -206,7 +186,8 @@ class HATCachedEngine:
 
     def _backbone_steps(self, finished: list[tuple[int, int, int, int]]) -> None:
         """Pool the finished words and feed them to the backbone, one word per row per pass
-        (all rows run; rows without a word write scratch)."""
+        (all rows run; a row without a word writes scratch just past its length, never read,
+        overwritten by its next word)."""
         pooled = self._pool([(r, s, e) for r, s, e, _ in finished])  # [N, D]
         passes: list[list[int]] = []  # pass j: the j-th finished word of each row
         count: dict[int, int] = {}
@@ -219,26 +200,21 @@ class HATCachedEngine:
             row_list = [finished[i][0] for i in members]
             assert all(self.words[r] == finished[i][3] for r, i in zip(row_list, members))
             read_to = max(self.words) + 1
-            # every row adds its word at the same slot (always at batch 1): slices, no mask
+            # every row adds its word at the same position (always at batch 1): no mask
             uniform = row_list == self.all_rows and min(self.words) + 1 == read_to
             if uniform:
                 x, slots, mask = pooled[members], read_to - 1, None  # [B, D]
-                angles = self.bb_rope.span(read_to - 1, 1)
+                positions = slots
             else:
                 rows = torch.tensor(row_list, device=self.device)
                 x = pooled.new_zeros(self.batch, pooled.shape[-1])
                 x[rows] = pooled[members]
                 slots = torch.tensor(self.words, device=self.device)  # [B] where each row writes
                 keys = torch.arange(read_to, device=self.device)
-                mask = (keys[None] <= slots[:, None])[:, None, None]
-                angles = self.bb_rope(slots[:, None])
-            for c in self.bb_caches:
-                c.reserve(read_to)
-                c.slots, c.read_to = slots, read_to
-            for layer, cache in zip(self.bb_layers, self.bb_caches):
-                x = layer(x, self.batch, angles, mask, cache)
-            out = rms(self.model.backbone.norm, x)  # [B, D]
-            guide = rms(self.model.decoder.guide_norm, out)  # guide of each row's next word
+                mask = AttentionMask(dense=(keys[None] <= slots[:, None])[:, None, None])
+                positions = slots[:, None]
+            out = self.backbone(x[:, None], positions, mask, self.bb_caches, slots, read_to)
+            guide = self.decoder.guide_norm(out[:, 0])  # [B, D]: guide of the next word
             if uniform:
                 self.ring[:, read_to % self.ring_size] = guide
             else:
@@ -249,47 +225,35 @@ class HATCachedEngine:
 
     def _decode(self, c0: int, n: int) -> torch.Tensor:
         """Decoder over columns [c0, n] (all rows; unchanged rows recompute the same values)."""
-        window, base, dec = self.cfg.decoder.window, self.base, self.model.decoder
-        lo = max(base, c0 - window + 1) if window else 0
-        self._set(self.dec_caches, c0 - base, lo - base)
+        base = self.base
+        if c0 < base:
+            raise RuntimeError(f"column {c0} was dropped from the buffers (base {base})")
+        lo = self.dec_caches[0].read_start(c0)
         current = {len(t.starts) - 1 for t in self.trackers}  # word of column n, per row
         if c0 == n and len(current) == 1:  # one column, all rows in the same word: a view
-            guides = self.ring[:, current.pop() % self.ring_size]  # [B, D], normalised
+            guides, index = self.ring[:, current.pop() % self.ring_size, None], None  # [B, 1, D]
         else:
-            words = self.col_word[:, c0 - base : n + 1 - base]  # [B, Q]
-            idx = (words % self.ring_size)[..., None].expand(-1, -1, self.ring.shape[-1])
-            guides = torch.gather(self.ring, 1, idx)  # [B, Q, D], normalised
+            guides, index = self.ring, self.col_word[:, c0 - base : n + 1 - base] % self.ring_size
         if c0 == n:  # the usual case: one new column
-            mask, angles = self.cols.mask(n, lo), self.cols.angles(self.dec_rope, n)
+            mask, positions = self.cols.mask(n, lo), self.cols.position(n)
         else:
             cols = torch.arange(c0, n + 1, device=self.device)
             keys = torch.arange(lo, n + 1, device=self.device)
-            mask = window_mask(cols, keys, self.pad, window).dense
-            if self.cols.same:
-                angles = self.dec_rope.span(c0 - self.pad_list[0], n + 1 - c0)
-            else:
-                angles = self.dec_rope((cols[None] - self.pad[:, None]).clamp(min=0))
-        x = self.enc_out[:, c0 - base : n + 1 - base].reshape(-1, self.enc_out.shape[-1])
-        guides = guides.reshape(x.shape[0], -1)  # [B * Q, D]
-        for i, (layer, cache) in enumerate(zip(self.dec_layers, self.dec_caches)):
-            if i < len(dec.guide_proj):  # as ``ByteDecoder.forward``
-                x = x + F.linear(guides, dec.guide_proj[i].weight)
-            x = layer(x, self.batch, angles, mask, cache)
-        last = x.view(self.batch, -1, x.shape[-1])[:, -1]  # only the last column is predicted
-        return self._logits(rms(dec.norm, last))
+            mask = window_mask(cols, keys, self.pad, self.cfg.decoder.window)
+            positions = self.cols.positions(c0, n)
+        states = self.enc_out[:, c0 - base : n + 1 - base]  # [B, Q, De]
+        hidden = self.decoder(states, guides, index, positions, mask, self.dec_caches, c0)
+        return self._logits(hidden[:, -1])  # only the last column is predicted
 
     # ---- helpers ------------------------------------------------------------------
     def _pool(self, items: list[tuple[int, int, int]]) -> torch.Tensor:
         """Pool words given as (row, start, end) document offsets from cached encoder
         outputs -> [N, D]."""
-        rope = self.pooler.rope
         if len(items) == 1:  # the usual step: one word of one row, all views
             r, s, e = items[0]
             c = self.pad_list[r] + s - self.base
             offsets = torch.tensor([0, e - s], device=self.device)
-            return self.pooler(
-                self.enc_out[r, c : c + e - s], rope.span(s, e - s), rope.span(e - 1, 1), offsets
-            )
+            return self.pooler(self.enc_out[r, c : c + e - s], s, offsets, e - 1)
         rows, slots, pos, offsets, ends = [], [], [], [0], []
         for r, s, e in items:
             c = self.pad_list[r] + s - self.base
@@ -303,23 +267,16 @@ class HATCachedEngine:
             return torch.tensor(values, dtype=torch.long, device=self.device)
 
         states = self.enc_out[t(rows), t(slots)]  # [N_bytes, De]
-        return self.pooler(states, rope(t(pos)), rope(t(ends)), t(offsets))
+        return self.pooler(states, t(pos), t(offsets), t(ends))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return softcap(self.model.decoder.head(hidden), self.cfg.logit_softcap)
-
-    @staticmethod
-    def _set(caches: list[ColumnCache], write: int, read_from: int) -> None:
-        for c in caches:
-            c.write, c.read_from = write, read_from
+        return softcap(self.decoder.head(hidden), self.cfg.logit_softcap)
 
     def _make_room(self, n: int) -> None:
         """Slide the column buffers when column n would not fit (keeps ``keep`` columns)."""
         if n - self.base < self.cap:
             return
         shift = n - self.keep - self.base
-        for c in self.enc_caches + self.dec_caches:
-            c.shift(shift)
         for t in (self.enc_out, self.col_word):
             t[:, : self.cap - shift] = t[:, shift:].clone()
         self.base += shift

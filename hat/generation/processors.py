@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from hat.generation.config import GenerationConfig
@@ -73,11 +75,15 @@ class LogitsProcessorList(list):
         return scores
 
 
-def build_processors(config: GenerationConfig) -> LogitsProcessorList:
-    """Penalty first (also in greedy decoding), then the sampling warpers, as ``transformers``."""
+def build_processors(
+    config: GenerationConfig, custom: Sequence[Callable] | None = None
+) -> LogitsProcessorList:
+    """Penalty first (also in greedy decoding), then the caller's ``custom`` processors, then
+    the sampling warpers: the order of ``transformers``' generate."""
     procs = LogitsProcessorList()
     if config.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    procs.extend(custom or [])
     if config.do_sample:
         if config.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(config.temperature))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from hat.config import preset
 from hat.config_keys import check_known_keys
 from hat.data import DataConfig
+from hat.hub import is_hub_id
 from hat.registry import kind_of
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -105,7 +106,7 @@ class TrainConfig:
     """Everything ``hat-train`` needs; hydra's config groups fill one field each."""
 
     model: Any = field(default_factory=lambda: preset("small"))  # HATConfig | BPEConfig
-    init_from: str | None = None  # a save_pretrained directory: start from its weights
+    init_from: str | None = None  # a saved model, a checkpoint or a Hub id: start from its weights
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -187,10 +188,18 @@ def _validate(cfg: TrainConfig, world_size: int) -> None:
         raise ValueError(
             f"trainer.resume={t.resume!r}: use auto, none, or an existing checkpoint directory"
         )
-    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
+    local = cfg.init_from and Path(cfg.init_from).exists()
+    if cfg.init_from and not (local or is_hub_id(cfg.init_from)):
+        raise ValueError(
+            f"init_from={cfg.init_from!r} does not exist: pass a directory written by "
+            "save_pretrained (a run's model/ or exports/step_N/), a training checkpoint "
+            "(checkpoints/step_N/) or a Hub id (org/name)"
+        )
+    if local and not (Path(cfg.init_from) / "config.json").is_file():
         raise ValueError(
             f"init_from={cfg.init_from!r} has no config.json: pass a directory written by "
-            "save_pretrained (a run's model/ or exports/step_N/)"
+            "save_pretrained (a run's model/ or exports/step_N/) or a training checkpoint "
+            "(checkpoints/step_N/)"
         )
     if cfg.tokenizer.path and not Path(cfg.tokenizer.path).is_file():
         raise ValueError(

@@ -18,7 +18,8 @@ Output directory (``trainer.output_dir``)::
 
     metrics.jsonl                  one JSON line per log step and per evaluation
     checkpoints/step_00000100/     accelerate state + trainer_state.json + manifest.json
-    model/                         save_pretrained export of the final model (tokenizer for BPE)
+    model/                         save_pretrained export of the final model (tokenizer for BPE),
+                                   with training.json: the data and peak lr it was trained with
     exports/step_00000100/         periodic exports (trainer.export_interval)
     tokenizer.model                BPE only: the tokenizer trained at start (if none was given)
     .hydra/, train.log             hydra's record of the run (rank 0 only)
@@ -26,6 +27,7 @@ Output directory (``trainer.output_dir``)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -64,6 +66,7 @@ from hat.training.checkpoint import (
 from hat.training.config import TrainConfig, TrainerConfig, resolve_config
 from hat.training.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
 from hat.training.optim import build_optimizer, build_scheduler, lr_multiplier, peak_lr
+from hat.training.record import portable_data, write_training_record
 from hat.training.resume import RunLock, apply_optimizer_settings, compare_settings, log_changes
 from hat.training.tokenizer import train_tokenizer
 
@@ -116,6 +119,13 @@ def build_model(cfg: TrainConfig, tokenizer: BPETokenizer | None) -> PreTrainedL
             f"init_from: using the saved architecture; model.* settings ignored: {differ}"
         )
     return model
+
+
+def world_size() -> int:
+    """The number of training processes (torchrun / accelerate launch), known before the
+    Accelerator. ``cpu=True`` without a GPU: accelerate's process-wide state, once made
+    without it, would take a CPU process group for a single process."""
+    return PartialState(cpu=not torch.cuda.is_available()).num_processes
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -307,13 +317,13 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run: ``Trainer(cfg).fit()``. Set-up (model, data, resume) happens here."""
+    """One training run: ``Trainer(cfg).fit()``. Set-up (model, data, resume) happens here.
 
-    def __init__(self, cfg: TrainConfig | DictConfig) -> None:
-        # the process group (torchrun / accelerate launch) is known before the Accelerator;
-        # cpu= as make_accelerator's: without it a CPU-only launch would be taken for one process
-        world_size = PartialState(cpu=not torch.cuda.is_available()).num_processes
-        self.cfg = cfg = resolve_config(cfg, world_size)
+    ``model``: a model to train instead of building one from ``cfg.model`` / ``cfg.init_from``
+    (``hat-continue`` passes the one it loaded; ``cfg.model`` must be its config)."""
+
+    def __init__(self, cfg: TrainConfig | DictConfig, model: PreTrainedLM | None = None) -> None:
+        self.cfg = cfg = resolve_config(cfg, world_size())
         self.accelerator = accelerator = make_accelerator(cfg)
         t = cfg.trainer
         if not accelerator.is_main_process:
@@ -325,12 +335,12 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()  # one live run per directory (released by fit)
         try:
-            self._set_up()
+            self._set_up(model)
         except BaseException:  # no lock left behind by a run that never started
             self.lock.release()
             raise
 
-    def _set_up(self) -> None:
+    def _set_up(self, model: PreTrainedLM | None) -> None:
         cfg, t, accelerator = self.cfg, self.cfg.trainer, self.accelerator
         self.config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
         resume_from = find_resume_checkpoint(t, self.ckpt_root, accelerator)
@@ -338,12 +348,14 @@ class Trainer:
             saved = read_trainer_state(resume_from)["config"]
             changes = compare_settings(saved, self.config_dict, resume_from)
         set_seed(t.seed, deterministic=t.deterministic)  # the same seed on every rank: same init
-        model = build_model(cfg, prepare_tokenizer(cfg, accelerator, self.out_dir))
+        if model is None:
+            model = build_model(cfg, prepare_tokenizer(cfg, accelerator, self.out_dir))
         self.model_cfg, self.kind = model.config, kind_of(model)
         self.backbone_positions = model.backbone_positions
         self.seq_len = model.units_per_row(t.row_bytes, measure_sample(cfg))
         fmt = model.data_format()
-        optimizer = build_optimizer(model, cfg.optim, peak_lr(cfg.optim, model.config))
+        self.peak_lr = peak_lr(cfg.optim, model.config)
+        optimizer = build_optimizer(model, cfg.optim, self.peak_lr)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             model, optimizer, build_scheduler(optimizer, t.steps, cfg.schedule)
         )
@@ -542,10 +554,26 @@ class Trainer:
 
     def export(self, directory: Path) -> None:
         export_model(self.accelerator, self.model, directory)
+        if self.accelerator.is_main_process:
+            write_training_record(directory, self.training_record())
         logger.info(
             f"exported the model to {directory} (load it with hat.load_pretrained or "
             f"{type(self.plain_model).__name__}.from_pretrained)"
         )
+
+    def training_record(self) -> dict[str, Any]:
+        """What ``training.json`` beside an export records (``hat.training.record``)."""
+        t = self.cfg.trainer
+        return {
+            "model_type": self.kind.name,
+            "step": self.step,
+            "bytes_seen": self.bytes_seen,
+            "peak_lr": self.peak_lr,
+            "data": portable_data(self.cfg.data),
+            "schedule": dataclasses.asdict(self.cfg.schedule),
+            "trainer": {"steps": t.steps, "row_bytes": t.row_bytes, "global_rows": t.global_rows},
+            "units_per_row": self.seq_len,
+        }
 
     def finish(self, last_eval: EvalResult) -> TrainResult:
         """Export, show a sample, report the held-out bits per byte."""

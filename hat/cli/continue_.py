@@ -1,0 +1,41 @@
+"""``hat-continue``: continued pretraining on new data, e.g. a new language
+(``hat.training.continued``).
+
+    hat-continue init_from=outputs/small/model                  # on the built-in Spanish sample,
+                                                                # 5 % replay of the recorded data
+    hat-continue init_from=runs/en/model data=local data.sources.0.path='/data/de/*.txt' \\
+        replay.fraction=0.05 trainer.steps=2000 trainer.output_dir=runs/en-de
+    hat-continue init_from=runs/en/checkpoints/step_00002000 optimizer_state=init_from
+    hat-continue init_from=runs/en/model freeze.modules=[backbone] freeze.steps=200
+    hat-continue --help                                         # config groups and every setting
+
+The config groups are ``hat-train``'s (data, optim, schedule, trainer, logger); the model's
+architecture and kind (HAT or BPE twin, with its tokenizer) come from ``init_from``.
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from hat.cli.common import cli_errors, config_dir, register_configs
+from hat.training.continued import ContinueConfig, continue_training
+
+register_configs()
+ConfigStore.instance().store(name="continue_schema", node=ContinueConfig)
+
+
+@hydra.main(config_path=config_dir(), config_name="continue", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    with cli_errors("hat-continue"):
+        continue_training(cfg)
+
+
+def main() -> None:
+    """Console script ``hat-continue``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

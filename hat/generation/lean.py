@@ -1,0 +1,98 @@
+"""How a cached generation step calls the model's modules.
+
+A step runs a whole stack on one position: a few kilobytes of activations, a hundred small
+ops per layer, so on a CPU (and on a GPU without graphs) it is bound by per-call overhead.
+Besides the ops, ``nn.Module.__call__`` and the ``nn.Module.__getattr__`` behind every
+``self.weight`` cost as much as a small op each. ``lean_view`` removes that overhead without a
+second implementation: it runs the modules' own ``forward`` code on plain Python objects
+holding the same parameters (the default). ``compile_step=True`` instead compiles the
+modules with ``torch.compile`` (meant for GPUs, where an eager step is bound by kernel
+launches).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+logger = logging.getLogger(__name__)
+
+
+class _LeanLinear:
+    """``nn.Linear`` (no bias) as one ``mm`` with the transposed weight (a view: in-place
+    weight updates show), the very call ``F.linear`` ends in for 2-D inputs."""
+
+    __slots__ = ("weight", "weight_t")
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.weight, self.weight_t = linear.weight, linear.weight.t()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x, self.weight_t) if x.dim() == 2 else F.linear(x, self.weight)
+
+
+@functools.cache
+def _lean_class(cls: type) -> type:
+    """A plain class with ``cls``'s methods (not ``nn.Module``'s) whose ``__call__`` is
+    ``cls.forward``."""
+    members: dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        if base not in (nn.Module, object):
+            members.update(
+                (k, v)
+                for k, v in vars(base).items()
+                if not (k.startswith("__") and k.endswith("__"))
+            )
+    members["__call__"] = cls.forward
+    return type(f"Lean{cls.__name__}", (), members)
+
+
+def lean_view(module: nn.Module) -> Any:
+    """The module tree as plain objects: the same parameters, buffers, settings and
+    ``forward`` code, without ``nn.Module`` dispatch. Build one per use (it holds references
+    taken now: replacing a parameter or submodule later is not seen; changing values in place
+    is). A module with hooks, and every module while global hooks are set, stays itself."""
+    if (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+    ):
+        return module
+    if type(module) is nn.Linear and module.bias is None:
+        return _LeanLinear(module)
+    if type(module) is nn.ModuleList:
+        return [lean_view(m) for m in module]
+    view = object.__new__(_lean_class(type(module)))
+    view.__dict__.update((k, v) for k, v in vars(module).items() if not k.startswith("_"))
+    view.__dict__.update(module._parameters)
+    view.__dict__.update(module._buffers)
+    view.__dict__.update(
+        (k, None if m is None else lean_view(m)) for k, m in module._modules.items()
+    )
+    return view
+
+
+def step_module(module: nn.Module, compile: bool) -> Any:
+    """What a cached step calls for ``module``: its lean view, or its compiled version (made
+    once per module; dynamic shapes, since the cached keys grow by one position per step)."""
+    if not compile:
+        return lean_view(module)
+    compiled = module.__dict__.get("_compiled_step")
+    if compiled is None:
+        compiled = module.__dict__["_compiled_step"] = torch.compile(module, dynamic=True)
+    return compiled
+
+
+@functools.cache
+def announce(model: str, compile: bool, device: str) -> None:
+    """Log once per process which path a model's cached generation runs."""
+    path = "torch.compile'd modules" if compile else "eager modules through lean views"
+    hint = "" if compile else "; compile_step=True compiles them (for GPUs)"
+    logger.info("%s cached generation on %s: %s%s", model, device, path, hint)
