@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tiny models gain nothing from intra-op threads, and where other work shares the cores,
+# spinning OpenMP threads make them several times slower (a 30-step tiny run: 48 s with two
+# threads on a loaded 2-core machine, 8 s with one). Set before torch loads; the CLI
+# subprocesses the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     # Triton kernels run in its CPU interpreter; must be set before hat imports triton
