@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from hat import kind_of, preset
+from hat.block import stage
 from hat.data import DataConfig, build_train_loader
 from hat.training import OptimConfig, TrainConfig, TrainerConfig, build_optimizer, train_tokenizer
 from hat.training.metrics import mfu, peak_flops
@@ -73,18 +74,33 @@ class Bench:
             self.next += 1
             sync(self.accelerator)
             start = time.perf_counter()
-            stats = forward_backward(
-                self.model, batch, self.accelerator, self.trainer, 1.0, self.count_positions(batch)
-            )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with stage("step.forward_backward"):
+                stats = forward_backward(
+                    self.model,
+                    batch,
+                    self.accelerator,
+                    self.trainer,
+                    1.0,
+                    self.count_positions(batch),
+                )
+            with stage("step.optimizer"):
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             sync(self.accelerator)
             times.append(time.perf_counter() - start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_positions
         return times, n_bytes, n_units, stats.loss
 
 
-def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: int) -> dict:  # noqa: ANN001
+def bench(  # noqa: PLR0913
+    model_cfg,  # noqa: ANN001
+    tokenizer,  # noqa: ANN001
+    row_bytes: int,
+    rows: int,
+    steps: int,
+    warmup: int,
+    profile_steps: int = 0,
+) -> dict:
     runner = Bench(model_cfg, tokenizer, row_bytes, rows, warmup + steps)
     runner.steps(warmup)
     step_times, n_bytes, n_units, loss = runner.steps(steps)
@@ -107,7 +123,64 @@ def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: i
     utilisation = mfu(plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak)
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
+    if profile_steps:
+        result["profile"] = profile_breakdown(runner, profile_steps)
     return result
+
+
+def profile_breakdown(runner: Bench, steps: int) -> dict:
+    """Milliseconds per step by stage (torch.profiler, CPU time on the calling thread).
+
+    Forward time is what ran inside each model stage's label (``hat.encoder``, ...; see
+    ``hat.block.stage``); the backward of an op counts for the stage whose forward created it
+    (autograd's sequence numbers link the two); the rest of the step is ``optimizer`` (AdamW,
+    zero_grad) and ``other`` (gradient clipping, the loss scale, stats).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        times, *_ = runner.steps(steps)
+    events = prof.events()
+    stage_of_seq: dict[int, str] = {}
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    total = optimizer = 0.0
+    for event in events:
+        name = event.name
+        if name == "step.forward_backward":
+            total += event.cpu_time_total
+        elif name == "step.optimizer":
+            total += event.cpu_time_total
+            optimizer += event.cpu_time_total
+        elif name.startswith(("hat.", "bpe.")):
+            forward[name] = forward.get(name, 0.0) + event.cpu_time_total
+        elif event.sequence_nr >= 0 and not name.startswith("autograd::"):
+            parent = event.cpu_parent
+            while parent is not None and not parent.name.startswith(("hat.", "bpe.")):
+                parent = parent.cpu_parent
+            if parent is not None:
+                stage_of_seq.setdefault(event.sequence_nr, parent.name)
+    for event in events:
+        if event.name.startswith("autograd::engine::evaluate_function:"):
+            name = stage_of_seq.get(event.sequence_nr, "other")
+            backward[name] = backward.get(name, 0.0) + event.cpu_time_total
+    ms = 1e-3 / steps
+    rows = {
+        name.split(".", 1)[1]: {
+            "forward_ms": round(forward.get(name, 0.0) * ms, 1),
+            "backward_ms": round(backward.get(name, 0.0) * ms, 1),
+        }
+        for name in dict.fromkeys([*forward, *backward])
+        if name != "other"
+    }
+    accounted = sum(forward.values()) + sum(backward.values()) + optimizer
+    rows["optimizer"] = {"ms": round(optimizer * ms, 1)}
+    rows["other"] = {"ms": round((total - accounted) * ms, 1)}
+    return {
+        "step_ms_profiled": round(total * ms, 1),
+        "step_ms_wall_median": round(1e3 * statistics.median(times), 1),
+        "stages": rows,
+    }
 
 
 def sync(accelerator) -> None:  # noqa: ANN001
@@ -149,6 +222,13 @@ def main() -> None:
         "--compare-ref", metavar="REV", help="step times of git revision REV vs this tree"
     )
     parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also profile STEPS more steps of each model: milliseconds per step by stage",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -164,7 +244,7 @@ def main() -> None:
             hat_name, bpe_name = pair.split(":")
             bpe_cfg = preset(bpe_name)
             tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
-            run = (args.row_bytes, args.rows, args.steps, args.warmup)
+            run = (args.row_bytes, args.rows, args.steps, args.warmup, args.profile)
             hat_result = bench(preset(hat_name), None, *run)
             bpe_result = bench(bpe_cfg, tokenizer, *run)
             report["pairs"].append(
