@@ -83,6 +83,8 @@ class RotaryEmbedding(nn.Module):
 
     def reserve(self, size: int) -> None:
         """Make positions [0, size) available."""
+        if torch.compiler.is_compiling():  # compiled code computes tensor positions' angles
+            return
         cos = self.cos
         if size <= cos.shape[0] and cos.dtype == torch.float32:
             return
@@ -104,6 +106,11 @@ class RotaryEmbedding(nn.Module):
             if end > self.cos.shape[0] or self.cos.dtype != torch.float32:
                 self.reserve(end)
             return self.cos[positions:end], self.sin[positions:end]
+        if torch.compiler.is_compiling():
+            # the same formula as the table, in the graph: a table that grows during tracing
+            # would change shape after the first call and recompile the graph
+            half_cos, half_sin = rope_angles(positions, self.head_dim, self.theta)
+            return torch.cat([half_cos, half_cos], -1), torch.cat([-half_sin, half_sin], -1)
         return self.cos[positions], self.sin[positions]
 
 

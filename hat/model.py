@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from hat.backbone import Backbone
-from hat.batching import collate_documents, document_words, layout_words
+from hat.batching import collate_documents, document_words, layout_words, pad_word_slots
 from hat.block import AttentionMask, stage
 from hat.config import HATConfig
 from hat.data.packing import HATFormat
@@ -51,9 +50,10 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
     ) -> CausalLMOutput:
         cfg = self.config
         batch, seq = input_ids.shape
-        if input_ids.is_cuda:
-            # round word slots up (extra slots are empty words) so compiled attention sees few shapes
-            word_lengths = F.pad(word_lengths, (0, -word_lengths.shape[1] % 128))
+        if input_ids.is_cuda or torch.compiler.is_compiling():
+            # round word slots up (extra slots are empty words) so that compiled code sees few
+            # shapes: each batch has its own word count, and each new one would recompile
+            word_lengths = pad_word_slots(word_lengths)
         with stage("hat.layout"):
             layout = layout_words(input_ids, word_lengths)
             byte_mask = AttentionMask.packed(layout.doc_ids, cfg.encoder.window, cfg.attn_impl)
