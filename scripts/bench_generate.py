@@ -81,10 +81,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+WARMUP_S: list[float] = []  # seconds of each run()'s warm-up call
+
+
 def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
-    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts)."""
+    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts).
+
+    The untimed warm-up is a short call; with ``compile_step`` a full one (compiling every
+    shape the timed call meets), its time in ``WARMUP_S[-1]``."""
     kwargs = dict(do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache, **kw)
-    model.generate(texts, max_new_tokens=4, **kwargs)  # warm up
+    start = time.perf_counter()
+    model.generate(texts, max_new_tokens=units if kw.get("compile_step") else 4, **kwargs)
+    sync(device)
+    WARMUP_S.append(time.perf_counter() - start)
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -205,6 +214,7 @@ def main() -> None:
                         "new_bytes": new_bytes,
                         "seconds": round(seconds, 3),
                         "bytes_per_s": round(new_bytes / seconds, 1),
+                        "warmup_s": round(WARMUP_S[-1], 2),
                     }
                 )
                 print(json.dumps(results[-1]), flush=True)

@@ -7,11 +7,15 @@ tokens of as many bytes (``units_per_row``, measured on the corpus). On GPU, MFU
 ``hat.flops``. Prints JSON (and writes it with ``--out``): each model's bytes/s and training
 FLOPs per byte (``hat.flops``, at the measured bytes per word / token and the row length), and
 for each pair HAT / twin bytes/s, FLOPs per byte and FLOP/s (how efficiently HAT's FLOPs run
-compared with the twin's). ``--profile N`` adds milliseconds per step by stage.
+compared with the twin's). HAT's and the twin's steps are interleaved, so that a shared
+machine's load changes hit both. ``--profile N`` adds milliseconds per step by stage;
+``--compile`` times compiled steps (``trainer.compile=true``) interleaved with eager ones.
 
     python scripts/bench_train.py                       # small vs bpe_small, ~1-2 min on a CPU
     python scripts/bench_train.py --pairs tiny:bpe_tiny small:bpe_small --steps 10
     python scripts/bench_train.py --compare-ref ee44999 --steps 8   # old vs this tree
+    python scripts/bench_train.py --threads 1 --steps 6 --profile 2  # + time by stage
+    python scripts/bench_train.py --threads 1 --compile              # compiled vs eager
 
 ``--compare-ref REV`` measures the median step time of every model on git revision REV and on
 this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports every
@@ -59,7 +63,7 @@ class Bench:
         batches: int,
         compile: bool = False,
     ) -> None:
-        self.row_bytes = row_bytes
+        self.row_bytes, self.rows = row_bytes, rows
         cfg = TrainConfig(
             model=model_cfg,
             trainer=TrainerConfig(
@@ -113,65 +117,72 @@ class Bench:
         return times, n_bytes, n_units, stats.loss
 
 
-def bench(  # noqa: PLR0913
-    model_cfg,  # noqa: ANN001
-    tokenizer,  # noqa: ANN001
-    row_bytes: int,
-    rows: int,
-    steps: int,
-    warmup: int,
-    profile_steps: int = 0,
-    compile: bool = False,
-) -> dict:
-    runner = Bench(model_cfg, tokenizer, row_bytes, rows, warmup + steps, compile)
-    warmup_times, *_ = runner.steps(warmup, compiled=compile)
-    compiled_extra = {}
-    if compile:  # eager and compiled steps interleaved (their order alternating)
-        eager_times = []
-        runner.steps(1)  # eager warm-up
-        step_times, n_bytes, n_units = [], 0.0, 0.0
-        for i in range(steps):
-            for compiled in (True, False) if i % 2 else (False, True):
-                times, b, u, last = runner.steps(1, compiled=compiled)
-                if compiled:
-                    step_times += times
-                    n_bytes, n_units, loss = n_bytes + b, n_units + u, last
-                else:
-                    eager_times += times
-        compiled_extra = {
-            "eager_s_per_step_median": round(statistics.median(eager_times), 4),
-            "compiled_over_eager_speed": round(
-                statistics.median(eager_times) / statistics.median(step_times), 3
-            ),
-        }
-    else:
-        step_times, n_bytes, n_units, loss = runner.steps(steps)
-    elapsed = sum(step_times)
+@dataclasses.dataclass
+class Timings:
+    """Timed steps of one model (and mode): seconds, bytes, positions, last loss."""
+
+    times: list[float] = dataclasses.field(default_factory=list)
+    n_bytes: float = 0.0
+    n_units: float = 0.0
+    loss: float = float("nan")
+
+    def add(self, runner: Bench, compiled: bool) -> None:
+        times, n_bytes, n_units, loss = runner.steps(1, compiled)
+        self.times += times
+        self.n_bytes, self.n_units, self.loss = self.n_bytes + n_bytes, self.n_units + n_units, loss
+
+
+def bench_pair(runners: list[Bench], steps: int, warmup: int, compile: bool) -> list[dict]:
+    """Time the runners' steps interleaved (each round every runner and, with ``compile``,
+    both modes, the order alternating), so load changes on a shared machine hit all alike."""
+    warmups = [sum(r.steps(warmup, compiled=compile)[0]) for r in runners]
+    if compile:
+        for r in runners:
+            r.steps(1)  # eager warm-up
+    modes = (True, False) if compile else (False,)
+    timings = {(i, m): Timings() for i in range(len(runners)) for m in modes}
+    for step in range(steps):
+        order = [(i, m) for i in range(len(runners)) for m in modes]
+        for i, mode in order[:: -1 if step % 2 else 1]:
+            timings[i, mode].add(runners[i], mode)
+    results = []
+    for i, runner in enumerate(runners):
+        main = timings[i, compile]
+        result = summarise(runner, main, steps)
+        result["compile"] = compile
+        result["warmup_s"] = round(warmups[i], 2)  # with --compile: compilation included
+        if compile:
+            eager = statistics.median(timings[i, False].times)
+            result["eager_s_per_step_median"] = round(eager, 4)
+            result["compiled_over_eager_speed"] = round(eager / statistics.median(main.times), 3)
+        results.append(result)
+    return results
+
+
+def summarise(runner: Bench, t: Timings, steps: int) -> dict:
     plain = unwrap(runner.accelerator, runner.model)
+    median = statistics.median(t.times)
     result = {
         "model": plain.config.name,
         "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
-        "row_bytes": row_bytes,
-        "rows": rows,
+        "row_bytes": runner.row_bytes,
+        "rows": runner.rows,
         "steps": steps,
-        "s_per_step": round(elapsed / steps, 3),
-        "s_per_step_median": round(statistics.median(step_times), 4),
-        "bytes_per_s": round(n_bytes / elapsed, 1),
-        f"{runner.kind.position}s_per_s": round(n_units / elapsed, 1),
-        "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
-        "final_loss": round(loss, 4),
-        "compile": compile,
-        "warmup_s": round(sum(warmup_times), 2),  # with --compile: compilation included
-        **compiled_extra,
+        "s_per_step": round(sum(t.times) / steps, 3),
+        "s_per_step_median": round(median, 4),
+        # bytes per step over the median step time (robust to a stalled step)
+        "bytes_per_s": round(t.n_bytes / steps / median, 1),
+        f"{runner.kind.position}s_per_s": round(t.n_units / steps / median, 1),
+        "bytes_per_unit": round(t.n_bytes / max(t.n_units, 1), 3),
+        "final_loss": round(t.loss, 4),
     }
     peak = peak_flops(runner.accelerator)
-    utilisation = mfu(plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak)
+    speed = result["bytes_per_s"]
+    utilisation = mfu(plain.config, runner.row_bytes, t.n_bytes, t.n_units, speed, peak)
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
-    flops = training_flops_per_byte(plain.config, n_bytes / max(n_units, 1), row_bytes)
+    flops = training_flops_per_byte(plain.config, t.n_bytes / max(t.n_units, 1), runner.row_bytes)
     result["train_flops_per_byte"] = round(flops)
-    if profile_steps:
-        result["profile"] = profile_breakdown(runner, profile_steps, compile)
     return result
 
 
@@ -296,9 +307,14 @@ def main() -> None:
             hat_name, bpe_name = pair.split(":")
             bpe_cfg = preset(bpe_name)
             tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
-            run = (args.row_bytes, args.rows, args.steps, args.warmup, args.profile, args.compile)
-            hat_result = bench(preset(hat_name), None, *run)
-            bpe_result = bench(bpe_cfg, tokenizer, *run)
+            runners = [
+                Bench(cfg, tok, args.row_bytes, args.rows, args.steps + 4, args.compile)
+                for cfg, tok in ((preset(hat_name), None), (bpe_cfg, tokenizer))
+            ]
+            hat_result, bpe_result = bench_pair(runners, args.steps, args.warmup, args.compile)
+            if args.profile:
+                for runner, result in zip(runners, (hat_result, bpe_result)):
+                    result["profile"] = profile_breakdown(runner, args.profile, args.compile)
             speed = hat_result["bytes_per_s"] / bpe_result["bytes_per_s"]
             flops = hat_result["train_flops_per_byte"] / bpe_result["train_flops_per_byte"]
             report["pairs"].append(

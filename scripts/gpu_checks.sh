@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one script sized for a short device lease. Each step has a
-# time limit (at most 12 minutes in all on an H100/H200; not yet run on one). Results land in
+# time limit (at most 15 minutes in all on an H100/H200; not yet run on one). Results land in
 # $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for BENCHMARKS.md with the
 # device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/ when the machine cannot
 # reach PyPI.
@@ -29,5 +29,9 @@ step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FS
 rm -rf "$OUT/fsdp_run"
 step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
 step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --row-bytes 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
-step bench_generate 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+step bench_generate 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+# issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time apart)
+# with the stage profile, and cached generation with the compiled step (warm-up apart)
+step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 6 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
+step bench_generate_compile 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
 ls -la "$OUT"
