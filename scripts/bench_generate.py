@@ -199,8 +199,12 @@ def main() -> None:
     for batch in batches:
         texts = prompts(batch, args.prompt_bytes)
         for name, (model, units, suppress) in models.items():
-            for cache in (True, False) if not args.no_uncached else (True,):
-                extra = {"compile_step": True} if args.compile_step and cache else {}
+            # (use_cache, compile_step): with --compile-step the eager cached step is measured
+            # too, right before the compiled one, for the compiled / eager ratio
+            paths = [(True, False)] + [(True, True)] * args.compile_step
+            paths += [] if args.no_uncached else [(False, False)]
+            for cache, compiled in paths:
+                extra = {"compile_step": True} if compiled else {}
                 new_bytes, seconds, _ = run(
                     model, texts, units, suppress, cache, args.device, **extra
                 )
@@ -210,6 +214,7 @@ def main() -> None:
                         "preset": args.hat if name == "hat" else args.bpe,
                         "batch": batch,
                         "use_cache": cache,
+                        "compile_step": compiled,
                         "max_new_tokens": units,
                         "new_bytes": new_bytes,
                         "seconds": round(seconds, 3),
@@ -239,9 +244,19 @@ def main() -> None:
 
 
 def ratios(results: list[dict]) -> dict[str, float]:
-    """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached)."""
-    speed = {(r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"] for r in results}
+    """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached);
+    with --compile-step also compiled / eager and HAT / BPE with both compiled."""
+    compiled = {(r["model"], r["batch"]): r["bytes_per_s"] for r in results if r["compile_step"]}
+    speed = {
+        (r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"]
+        for r in results
+        if not r["compile_step"]
+    }
     out = {}
+    for (model, batch), value in compiled.items():
+        out[f"{model}_b{batch}_compiled_over_eager"] = round(value / speed[model, batch, True], 2)
+        if model == "hat" and ("bpe", batch) in compiled:
+            out[f"b{batch}_hat_over_bpe_compiled"] = round(value / compiled["bpe", batch], 2)
     for (model, batch, cache), value in speed.items():
         if cache and (model, batch, False) in speed:
             out[f"{model}_b{batch}_cached_over_uncached"] = round(
