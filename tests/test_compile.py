@@ -1,7 +1,7 @@
 """Compiled training steps compute what eager ones do (issue 14: compile is an option, never
 another model). The default backend here is ``aot_eager`` (dynamo's graph capture and
 AOTAutograd's joint forward/backward graph, run by eager kernels: seconds on a CPU);
-``HAT_TEST_INDUCTOR=1`` runs inductor too (minutes on a 2-core CPU; ``scripts/gpu_checks.sh``
+``HAT_TEST_COMPILE=1`` runs inductor too (minutes on a 2-core CPU; ``scripts/gpu_checks.sh``
 measures it on a GPU)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hat.training import OptimConfig, TrainConfig, TrainerConfig, build_optimize
 from hat.training.trainer import forward_backward, make_accelerator
 
 BACKENDS = ["aot_eager"]
-if os.environ.get("HAT_TEST_INDUCTOR") and compile_unavailable("cpu") is None:
+if os.environ.get("HAT_TEST_COMPILE") and compile_unavailable("cpu") is None:
     BACKENDS.append("inductor")
 
 TEXTS = [
