@@ -23,6 +23,7 @@ from hat.generation import (
     TopKLogitsWarper,
     TopPLogitsWarper,
     WordTracker,
+    lean,
     word_starts,
 )
 from hat.generation.lean import announce, lean_view
@@ -323,6 +324,20 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records]
     assert any("eager modules" in line for line in lines)
     assert any("torch.compile'd" in line for line in lines)
+
+
+def test_compile_step_falls_back_to_eager_where_it_cannot_compile(monkeypatch, caplog) -> None:
+    """Without a compiler (or on Windows) compile_step=True warns once and runs eagerly."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled anyway"))
+    monkeypatch.setattr(lean, "compile_unavailable", lambda device: "no C++ compiler found")
+    announce.cache_clear()
+    model = tiny()
+    with caplog.at_level(logging.INFO, logger="hat.generation.lean"):
+        eager = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=10)
+        again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=10, compile_step=True)
+    assert torch.equal(eager, again)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("no C++ compiler found" in line and "eagerly" in line for line in lines)
 
 
 @pytest.mark.skipif(
