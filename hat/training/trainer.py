@@ -148,9 +148,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             f"training step on {device_type}: torch.compile (inductor), trainer.compile=true"
         )
     else:
+        why = (
+            "on a CPU compiling takes minutes and pays only in long runs"
+            if device_type == "cpu"
+            else "not yet measured on a GPU"
+        )
         logger.info(
-            f"training step on {device_type}: eager (trainer.compile=false; measured: compiling"
-            " pays on a CPU only for long runs, see BENCHMARKS.md)"
+            f"training step on {device_type}: eager (trainer.compile=false: {why};"
+            " see BENCHMARKS.md)"
         )
     return Accelerator(
         cpu=not torch.cuda.is_available(),
