@@ -97,6 +97,15 @@ def layout_words(input_ids: torch.Tensor, word_lengths: torch.Tensor) -> WordLay
     )
 
 
+WORD_SLOT_MULTIPLE = 128
+
+
+def pad_word_slots(word_lengths: torch.Tensor, multiple: int = WORD_SLOT_MULTIPLE) -> torch.Tensor:
+    """[B, W] -> [B, W'] with W' the next multiple of ``multiple`` (the extra slots are empty
+    words): compiled code sees a few shapes instead of one per batch's word count."""
+    return torch.nn.functional.pad(word_lengths, (0, -word_lengths.shape[1] % multiple))
+
+
 def document_words(text: str, splitter: Splitter) -> list[bytes]:
     """A document as the model sees it: the EOD byte as its own word, then the text's words."""
     return [bytes([EOD]), *splitter.split(text)]

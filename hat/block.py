@@ -12,6 +12,7 @@ positions attends to everything cached before them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,15 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def stage(name: str) -> contextlib.AbstractContextManager:
+    """A ``torch.profiler`` label for one stage of a forward (``hat.encoder``, ...): what the
+    profile breakdown of ``scripts/bench_train.py --profile`` groups by. A no-op unless a
+    profiler is running (and inside compiled code, where it would only break the graph)."""
+    if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(name)
 
 
 # ---- rotary position embeddings -------------------------------------------------------------
@@ -73,6 +83,8 @@ class RotaryEmbedding(nn.Module):
 
     def reserve(self, size: int) -> None:
         """Make positions [0, size) available."""
+        if torch.compiler.is_compiling():  # compiled code computes tensor positions' angles
+            return
         cos = self.cos
         if size <= cos.shape[0] and cos.dtype == torch.float32:
             return
@@ -94,6 +106,11 @@ class RotaryEmbedding(nn.Module):
             if end > self.cos.shape[0] or self.cos.dtype != torch.float32:
                 self.reserve(end)
             return self.cos[positions:end], self.sin[positions:end]
+        if torch.compiler.is_compiling():
+            # the same formula as the table, in the graph: a table that grows during tracing
+            # would change shape after the first call and recompile the graph
+            half_cos, half_sin = rope_angles(positions, self.head_dim, self.theta)
+            return torch.cat([half_cos, half_cos], -1), torch.cat([-half_sin, half_sin], -1)
         return self.cos[positions], self.sin[positions]
 
 
@@ -109,21 +126,88 @@ class AttentionMask:
 
     dense: torch.Tensor | None = None
     block: object | None = None
+    chunk: int = 0  # > 0: sliding-window attention by chunks of queries, see `packed`
 
     @staticmethod
     def packed(doc_ids: torch.Tensor, window: int | None, impl: str = "auto") -> AttentionMask:
-        """Causal, document-isolated (and optionally sliding-window) mask for rows [B, S]."""
+        """Causal, document-isolated (and optionally sliding-window) mask for rows [B, S].
+
+        With SDPA and a window well below the row, the row is cut into chunks of ``CHUNK``
+        queries, each attending to the keys of its own chunk and of the chunks before it that
+        its window reaches (``chunked_attention``): 320 keys per query at window 256 where a
+        dense mask computes all S (512 for a 512-byte row) and the window lets 192 through on
+        average.
+        """
         if impl == "auto":
             impl = "flex" if doc_ids.is_cuda else "sdpa"
         if impl == "flex":
             return AttentionMask(block=_flex_block_mask(doc_ids, window))
         seq = doc_ids.shape[1]
+        if window is not None and seq % CHUNK == 0 and 4 * (window + CHUNK) <= 3 * seq:
+            return _chunked_mask(doc_ids, window)
         idx = torch.arange(seq, device=doc_ids.device)
         allowed = idx[None, :] <= idx[:, None]  # causal [S, S]
         if window is not None:
             allowed = allowed & (idx[:, None] - idx[None, :] < window)
         same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # [B, S, S]
         return AttentionMask(dense=(allowed & same_doc)[:, None])
+
+
+CHUNK = 64  # queries per chunk of chunked sliding-window attention
+
+
+def _chunked_mask(doc_ids: torch.Tensor, window: int) -> AttentionMask:
+    """Mask [B * S/C, 1, C, K] of chunked attention: query i of chunk c sits at c*C + i, key j
+    of its span at (c - n)*C + j, K = (n + 1) * C keys: the chunk and the n = ceil((window - 1)
+    / C) chunks before it (as far back as the window reaches)."""
+    batch, seq = doc_ids.shape
+    back = -(-(window - 1) // CHUNK)
+    span, chunks, device = (back + 1) * CHUNK, seq // CHUNK, doc_ids.device
+    q_pos = torch.arange(seq, device=device).view(chunks, CHUNK, 1)  # [nC, C, 1]
+    k_pos = q_pos[:, :1] - back * CHUNK + torch.arange(span, device=device)  # [nC, 1, K]
+    allowed = (k_pos >= 0) & (k_pos <= q_pos) & (q_pos - k_pos < window)  # [nC, C, K]
+    key_doc = _chunk_windows(doc_ids[:, None, :, None], back)[:, 0, :, :, 0]  # [B, nC, K]
+    same_doc = doc_ids.view(batch, chunks, CHUNK, 1) == key_doc[:, :, None]  # [B, nC, C, K]
+    dense = (allowed & same_doc).view(batch * chunks, 1, CHUNK, span)
+    return AttentionMask(dense=dense, chunk=CHUNK)
+
+
+def _chunk_windows(x: torch.Tensor, back: int) -> torch.Tensor:
+    """[B, H, S, D] -> [B, H, S/C, (back + 1) * C, D]: for each chunk of C positions, itself and
+    the ``back`` chunks before it (zeros before the row). Shifted views and one ``cat``: its
+    backward is cheap slicing, where ``unfold``'s is a slow scatter."""
+    batch, heads, seq, dim = x.shape
+    chunks = seq // CHUNK
+    x = F.pad(x, (0, 0, back * CHUNK, 0)).view(batch, heads, chunks + back, CHUNK, dim)
+    return torch.cat([x[:, :, i : i + chunks] for i in range(back + 1)], dim=3)
+
+
+def chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, gqa: bool
+) -> torch.Tensor:
+    """Sliding-window attention by chunks of queries (``_chunked_mask``'s layout).
+
+    q [B, H, S, Dh], k and v [B, Hkv, S, Dh] -> [B, H, S, Dh]. Each chunk's keys are a window
+    of the row: a copy of (K / C) x the keys, small next to the attention itself.
+    """
+    batch, heads, seq, head_dim = q.shape
+    chunk, span = mask.chunk, mask.dense.shape[-1]
+    chunks, back = seq // chunk, span // chunk - 1
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # [B, Hkv, S, Dh] -> [B * nC, Hkv, K, Dh]
+        x = _chunk_windows(x, back).transpose(1, 2)  # [B, nC, Hkv, K, Dh]
+        return x.reshape(batch * chunks, x.shape[2], span, head_dim)
+
+    q = q.view(batch, heads, chunks, chunk, head_dim).transpose(1, 2)  # [B, nC, H, C, Dh]
+    out = F.scaled_dot_product_attention(
+        q.reshape(batch * chunks, heads, chunk, head_dim),
+        windows(k),
+        windows(v),
+        attn_mask=mask.dense,
+        enable_gqa=gqa,
+    )  # [B * nC, H, C, Dh]
+    out = out.view(batch, chunks, heads, chunk, head_dim).transpose(1, 2)
+    return out.reshape(batch, heads, seq, head_dim)
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
@@ -289,6 +373,8 @@ class Attention(nn.Module):
         mask = ctx.mask
         if mask is not None and mask.block is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
+        elif mask is not None and mask.chunk:
+            out = chunked_attention(q, k, v, mask, self.kv_heads != heads)
         else:
             out = F.scaled_dot_product_attention(
                 q,

@@ -11,7 +11,7 @@ from torch import nn
 
 from hat.backbone import Backbone
 from hat.batching import IGNORE, document_starts, positions_since
-from hat.block import AttentionMask
+from hat.block import AttentionMask, stage
 from hat.config import BPEConfig
 from hat.data.packing import BPEFormat
 from hat.generation import GenerationMixin
@@ -52,13 +52,17 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         label_bytes: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
-        starts = document_starts(input_ids, start_id=BOS_ID, pad_id=PAD_ID)
-        mask = AttentionMask.packed(starts.cumsum(dim=1), None, self.config.attn_impl)
-        hidden = self.backbone(self.embed(input_ids), positions_since(starts), mask)  # [B, T, D]
-        logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
-        if labels is not None and label_bytes is None and self.tokenizer is not None:
-            label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
-        return causal_lm_output(logits, labels, BOS_ID, label_bytes)
+        with stage("bpe.layout"):
+            starts = document_starts(input_ids, start_id=BOS_ID, pad_id=PAD_ID)
+            mask = AttentionMask.packed(starts.cumsum(dim=1), None, self.config.attn_impl)
+        with stage("bpe.backbone"):
+            hidden = self.backbone(self.embed(input_ids), positions_since(starts), mask)
+        with stage("bpe.head"):
+            logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
+        with stage("bpe.loss"):
+            if labels is not None and label_bytes is None and self.tokenizer is not None:
+                label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
+            return causal_lm_output(logits, labels, BOS_ID, label_bytes)
 
     def _require_tokenizer(self) -> BPETokenizer:
         if self.tokenizer is None:

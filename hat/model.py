@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hat.backbone import Backbone
-from hat.batching import collate_documents, document_words, layout_words
-from hat.block import AttentionMask
+from hat.batching import collate_documents, document_words, layout_words, pad_word_slots
+from hat.block import AttentionMask, stage
 from hat.config import HATConfig
 from hat.data.packing import HATFormat
 from hat.decoder import ByteDecoder
@@ -63,39 +62,49 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
             )
         cfg = self.config
         batch, seq = input_ids.shape
-        if input_ids.is_cuda:
-            # round word slots up (extra slots are empty words) so compiled attention sees few shapes
-            word_lengths = F.pad(word_lengths, (0, -word_lengths.shape[1] % 128))
-        layout = layout_words(input_ids, word_lengths)
+        if input_ids.is_cuda or torch.compiler.is_compiling():
+            # round word slots up (extra slots are empty words) so that compiled code sees few
+            # shapes: each batch has its own word count, and each new one would recompile
+            word_lengths = pad_word_slots(word_lengths)
+        with stage("hat.layout"):
+            layout = layout_words(input_ids, word_lengths)
+            byte_mask = AttentionMask.packed(layout.doc_ids, cfg.encoder.window, cfg.attn_impl)
+            word_mask = AttentionMask.packed(layout.word_doc, None, cfg.attn_impl)
+            decoder_mask = byte_mask
+            if cfg.decoder.window != cfg.encoder.window:
+                decoder_mask = AttentionMask.packed(
+                    layout.doc_ids, cfg.decoder.window, cfg.attn_impl
+                )
 
         # bytes -> encoder states                               [B, T] -> [B, T, De]
-        byte_mask = AttentionMask.packed(layout.doc_ids, cfg.encoder.window, cfg.attn_impl)
-        byte_states = self.encoder(input_ids, layout.byte_pos, byte_mask)
+        with stage("hat.encoder"):
+            byte_states = self.encoder(input_ids, layout.byte_pos, byte_mask)
 
         # encoder states -> one vector per word slot            [B*T, De] -> [B, W, D]
-        words = self.pooler(
-            byte_states.flatten(0, 1),
-            layout.byte_pos.flatten(),
-            layout.offsets,
-            layout.word_end_pos.flatten(),
-        ).view(batch, -1, cfg.backbone.dim)
+        with stage("hat.pooling"):
+            words = self.pooler(
+                byte_states.flatten(0, 1),
+                layout.byte_pos.flatten(),
+                layout.offsets,
+                layout.word_end_pos.flatten(),
+            ).view(batch, -1, cfg.backbone.dim)
 
         # words -> backbone states (word i has seen words <= i) [B, W, D]
-        word_mask = AttentionMask.packed(layout.word_doc, None, cfg.attn_impl)
-        word_states = self.backbone(words, layout.word_pos, word_mask)
+        with stage("hat.backbone"):
+            word_states = self.backbone(words, layout.word_pos, word_mask)
 
         # bytes of word i + backbone state of word i-1 -> logits [B, T, 256]
-        if cfg.decoder.window != cfg.encoder.window:
-            byte_mask = AttentionMask.packed(layout.doc_ids, cfg.decoder.window, cfg.attn_impl)
-        hidden = self.decoder(
-            byte_states,
-            self.decoder.guides(word_states),
-            layout.guide_index,
-            layout.byte_pos,
-            byte_mask,
-        )
-        logits = softcap(self.decoder.head(hidden), cfg.logit_softcap)
-        return causal_lm_output(logits, labels, end_id=EOD)
+        with stage("hat.decoder"):
+            hidden = self.decoder(
+                byte_states,
+                self.decoder.guides(word_states),
+                layout.guide_index,
+                layout.byte_pos,
+                decoder_mask,
+            )
+            logits = softcap(self.decoder.head(hidden), cfg.logit_softcap)
+        with stage("hat.loss"):
+            return causal_lm_output(logits, labels, end_id=EOD)
 
     # ---- scoring --------------------------------------------------------------------
     def _encode_for_scoring(self, text: str, context: str) -> tuple[list[bytes], int, int]:

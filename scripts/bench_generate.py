@@ -60,7 +60,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
     p.add_argument(
-        "--repeats", type=int, default=1, help="--compare-ref: fastest of this many calls"
+        "--repeats",
+        type=int,
+        default=1,
+        help="fastest of this many calls (in the main mode the paths of a model and batch "
+        "take turns)",
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--output", help="also write the JSON here")
@@ -81,10 +85,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+WARMUP_S: list[float] = []  # seconds of each run()'s warm-up call
+
+
 def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
-    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts)."""
+    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts).
+
+    The untimed warm-up is a short call; with ``compile_step`` a full one (compiling every
+    shape the timed call meets), its time in ``WARMUP_S[-1]``."""
     kwargs = dict(do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache, **kw)
-    model.generate(texts, max_new_tokens=4, **kwargs)  # warm up
+    start = time.perf_counter()
+    model.generate(texts, max_new_tokens=units if kw.get("compile_step") else 4, **kwargs)
+    sync(device)
+    WARMUP_S.append(time.perf_counter() - start)
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -190,21 +203,35 @@ def main() -> None:
     for batch in batches:
         texts = prompts(batch, args.prompt_bytes)
         for name, (model, units, suppress) in models.items():
-            for cache in (True, False) if not args.no_uncached else (True,):
-                extra = {"compile_step": True} if args.compile_step and cache else {}
-                new_bytes, seconds, _ = run(
-                    model, texts, units, suppress, cache, args.device, **extra
-                )
+            # (use_cache, compile_step): with --compile-step the eager cached step is measured
+            # too, right before the compiled one, for the compiled / eager ratio
+            paths = [(True, False)] + [(True, True)] * args.compile_step
+            paths += [] if args.no_uncached else [(False, False)]
+            best: dict[tuple[bool, bool], tuple[int, float]] = {}
+            warmups: dict[tuple[bool, bool], float] = {}
+            for rep in range(args.repeats):  # paths interleaved, alternating order: fastest
+                for cache, compiled in paths[:: -1 if rep % 2 else 1]:
+                    extra = {"compile_step": True} if compiled else {}
+                    new_bytes, seconds, _ = run(
+                        model, texts, units, suppress, cache, args.device, **extra
+                    )
+                    warmups.setdefault((cache, compiled), WARMUP_S[-1])  # the first: compiles
+                    if seconds < best.get((cache, compiled), (0, float("inf")))[1]:
+                        best[cache, compiled] = (new_bytes, seconds)
+            for cache, compiled in paths:
+                new_bytes, seconds = best[cache, compiled]
                 results.append(
                     {
                         "model": name,
                         "preset": args.hat if name == "hat" else args.bpe,
                         "batch": batch,
                         "use_cache": cache,
+                        "compile_step": compiled,
                         "max_new_tokens": units,
                         "new_bytes": new_bytes,
                         "seconds": round(seconds, 3),
                         "bytes_per_s": round(new_bytes / seconds, 1),
+                        "warmup_s": round(warmups[cache, compiled], 2),
                     }
                 )
                 print(json.dumps(results[-1]), flush=True)
@@ -229,9 +256,19 @@ def main() -> None:
 
 
 def ratios(results: list[dict]) -> dict[str, float]:
-    """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached)."""
-    speed = {(r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"] for r in results}
+    """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached);
+    with --compile-step also compiled / eager and HAT / BPE with both compiled."""
+    compiled = {(r["model"], r["batch"]): r["bytes_per_s"] for r in results if r["compile_step"]}
+    speed = {
+        (r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"]
+        for r in results
+        if not r["compile_step"]
+    }
     out = {}
+    for (model, batch), value in compiled.items():
+        out[f"{model}_b{batch}_compiled_over_eager"] = round(value / speed[model, batch, True], 2)
+        if model == "hat" and ("bpe", batch) in compiled:
+            out[f"b{batch}_hat_over_bpe_compiled"] = round(value / compiled["bpe", batch], 2)
     for (model, batch, cache), value in speed.items():
         if cache and (model, batch, False) in speed:
             out[f"{model}_b{batch}_cached_over_uncached"] = round(

@@ -4,11 +4,18 @@ Each model runs the trainer's own step (``hat.training.trainer.forward_backward`
 packed batches of the built-in sample corpus. Both models read the same bytes per row, as in
 ``hat-train`` (``trainer.row_bytes``): HAT rows are ``--row-bytes`` bytes, the twin's rows the
 tokens of as many bytes (``units_per_row``, measured on the corpus). On GPU, MFU comes from
-``hat.flops``. Prints JSON (and writes it with ``--out``).
+``hat.flops``. Prints JSON (and writes it with ``--out``): each model's bytes/s and training
+FLOPs per byte (``hat.flops``, at the measured bytes per word / token and the row length), and
+for each pair HAT / twin bytes/s, FLOPs per byte and FLOP/s (how efficiently HAT's FLOPs run
+compared with the twin's). HAT's and the twin's steps are interleaved, so that a shared
+machine's load changes hit both. ``--profile N`` adds milliseconds per step by stage;
+``--compile`` times compiled steps (``trainer.compile=true``) interleaved with eager ones.
 
     python scripts/bench_train.py                       # small vs bpe_small, ~1-2 min on a CPU
     python scripts/bench_train.py --pairs tiny:bpe_tiny small:bpe_small --steps 10
     python scripts/bench_train.py --compare-ref ee44999 --steps 8   # old vs this tree
+    python scripts/bench_train.py --threads 1 --steps 6 --profile 2  # + time by stage
+    python scripts/bench_train.py --threads 1 --compile              # compiled vs eager
 
 ``--compare-ref REV`` measures the median step time of every model on git revision REV and on
 this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports every
@@ -18,6 +25,7 @@ round, the medians and the new/old ratios. (REV must have this script's ``--work
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -30,9 +38,18 @@ import torch
 
 from hat import kind_of, preset
 from hat.data import DataConfig, build_train_loader
+from hat.flops import training_flops_per_byte
 from hat.training import OptimConfig, TrainConfig, TrainerConfig, build_optimizer, train_tokenizer
 from hat.training.metrics import mfu, peak_flops
 from hat.training.trainer import forward_backward, make_accelerator, measure_sample, unwrap
+
+try:
+    from hat.block import stage
+except ImportError:  # --compare-ref's worker on a revision before the stage labels
+    import contextlib
+
+    def stage(name: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def device_name() -> str:
@@ -44,8 +61,16 @@ def device_name() -> str:
 class Bench:
     """One model set up for the trainer's step on pre-loaded batches (loading is not timed)."""
 
-    def __init__(self, model_cfg, tokenizer, row_bytes: int, rows: int, batches: int) -> None:  # noqa: ANN001
-        self.row_bytes = row_bytes
+    def __init__(  # noqa: PLR0913
+        self,
+        model_cfg,  # noqa: ANN001
+        tokenizer,  # noqa: ANN001
+        row_bytes: int,
+        rows: int,
+        batches: int,
+        compile: bool = False,
+    ) -> None:
+        self.row_bytes, self.rows = row_bytes, rows
         cfg = TrainConfig(
             model=model_cfg,
             trainer=TrainerConfig(
@@ -64,50 +89,163 @@ class Bench:
         self.next = 0
         optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # trainer.compile=true: the same module under torch.compile (what accelerate's
+        # inductor backend wraps it in), stepped with the same optimizer; eager and compiled
+        # steps can then be interleaved on one set of weights
+        self.compiled = torch.compile(self.model) if compile else None
+        self.compiled_trainer = dataclasses.replace(self.trainer, compile=True)
 
-    def steps(self, count: int) -> tuple[list[float], float, float, float]:
+    def steps(self, count: int, compiled: bool = False) -> tuple[list[float], float, float, float]:
         """``count`` timed steps -> (seconds per step, bytes, words or tokens, last loss)."""
         times, n_bytes, n_units = [], 0.0, 0.0
+        model, trainer = self.model, self.trainer
+        if compiled:
+            model, trainer = self.compiled, self.compiled_trainer
         for _ in range(count):
             batch = self.batches[self.next % len(self.batches)]
             self.next += 1
             sync(self.accelerator)
             start = time.perf_counter()
-            stats = forward_backward(
-                self.model, batch, self.accelerator, self.trainer, 1.0, self.count_positions(batch)
-            )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with stage("step.forward_backward"):
+                stats = forward_backward(
+                    model,
+                    batch,
+                    self.accelerator,
+                    trainer,
+                    1.0,
+                    self.count_positions(batch),
+                )
+            with stage("step.optimizer"):
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             sync(self.accelerator)
             times.append(time.perf_counter() - start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_positions
         return times, n_bytes, n_units, stats.loss
 
 
-def bench(model_cfg, tokenizer, row_bytes: int, rows: int, steps: int, warmup: int) -> dict:  # noqa: ANN001
-    runner = Bench(model_cfg, tokenizer, row_bytes, rows, warmup + steps)
-    runner.steps(warmup)
-    step_times, n_bytes, n_units, loss = runner.steps(steps)
-    elapsed = sum(step_times)
+@dataclasses.dataclass
+class Timings:
+    """Timed steps of one model (and mode): seconds, bytes, positions, last loss."""
+
+    times: list[float] = dataclasses.field(default_factory=list)
+    n_bytes: float = 0.0
+    n_units: float = 0.0
+    loss: float = float("nan")
+
+    def add(self, runner: Bench, compiled: bool) -> None:
+        times, n_bytes, n_units, loss = runner.steps(1, compiled)
+        self.times += times
+        self.n_bytes, self.n_units, self.loss = self.n_bytes + n_bytes, self.n_units + n_units, loss
+
+
+def bench_pair(runners: list[Bench], steps: int, warmup: int, compile: bool) -> list[dict]:
+    """Time the runners' steps interleaved (each round every runner and, with ``compile``,
+    both modes, the order alternating), so load changes on a shared machine hit all alike."""
+    warmups = [sum(r.steps(warmup, compiled=compile)[0]) for r in runners]
+    if compile:
+        for r in runners:
+            r.steps(1)  # eager warm-up
+    modes = (True, False) if compile else (False,)
+    timings = {(i, m): Timings() for i in range(len(runners)) for m in modes}
+    for step in range(steps):
+        order = [(i, m) for i in range(len(runners)) for m in modes]
+        for i, mode in order[:: -1 if step % 2 else 1]:
+            timings[i, mode].add(runners[i], mode)
+    results = []
+    for i, runner in enumerate(runners):
+        main = timings[i, compile]
+        result = summarise(runner, main, steps)
+        result["compile"] = compile
+        result["warmup_s"] = round(warmups[i], 2)  # with --compile: compilation included
+        if compile:
+            eager = statistics.median(timings[i, False].times)
+            result["eager_s_per_step_median"] = round(eager, 4)
+            result["compiled_over_eager_speed"] = round(eager / statistics.median(main.times), 3)
+        results.append(result)
+    return results
+
+
+def summarise(runner: Bench, t: Timings, steps: int) -> dict:
     plain = unwrap(runner.accelerator, runner.model)
+    median = statistics.median(t.times)
     result = {
         "model": plain.config.name,
         "params_M": round(sum(p.numel() for p in plain.parameters()) / 1e6, 2),
-        "row_bytes": row_bytes,
-        "rows": rows,
+        "row_bytes": runner.row_bytes,
+        "rows": runner.rows,
         "steps": steps,
-        "s_per_step": round(elapsed / steps, 3),
-        "s_per_step_median": round(statistics.median(step_times), 4),
-        "bytes_per_s": round(n_bytes / elapsed, 1),
-        f"{runner.kind.position}s_per_s": round(n_units / elapsed, 1),
-        "bytes_per_unit": round(n_bytes / max(n_units, 1), 3),
-        "final_loss": round(loss, 4),
+        "s_per_step": round(sum(t.times) / steps, 3),
+        "s_per_step_median": round(median, 4),
+        # bytes per step over the median step time (robust to a stalled step)
+        "bytes_per_s": round(t.n_bytes / steps / median, 1),
+        f"{runner.kind.position}s_per_s": round(t.n_units / steps / median, 1),
+        "bytes_per_unit": round(t.n_bytes / max(t.n_units, 1), 3),
+        "final_loss": round(t.loss, 4),
     }
     peak = peak_flops(runner.accelerator)
-    utilisation = mfu(plain.config, row_bytes, n_bytes, n_units, n_bytes / elapsed, peak)
+    speed = result["bytes_per_s"]
+    utilisation = mfu(plain.config, runner.row_bytes, t.n_bytes, t.n_units, speed, peak)
     if utilisation is not None:
         result["mfu"] = round(utilisation, 4)
+    flops = training_flops_per_byte(plain.config, t.n_bytes / max(t.n_units, 1), runner.row_bytes)
+    result["train_flops_per_byte"] = round(flops)
     return result
+
+
+def profile_breakdown(runner: Bench, steps: int, compiled: bool = False) -> dict:
+    """Milliseconds per step by stage (torch.profiler, CPU time on the calling thread).
+
+    Forward time is what ran inside each model stage's label (``hat.encoder``, ...; see
+    ``hat.block.stage``); the backward of an op counts for the stage whose forward created it
+    (autograd's sequence numbers link the two); the rest of the step is ``optimizer`` (AdamW,
+    zero_grad) and ``other`` (gradient clipping, the loss scale, stats).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        times, *_ = runner.steps(steps, compiled)
+    events = prof.events()
+    stage_of_seq: dict[int, str] = {}
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    total = optimizer = 0.0
+    for event in events:
+        name = event.name
+        if name == "step.forward_backward":
+            total += event.cpu_time_total
+        elif name == "step.optimizer":
+            total += event.cpu_time_total
+            optimizer += event.cpu_time_total
+        elif name.startswith(("hat.", "bpe.")):
+            forward[name] = forward.get(name, 0.0) + event.cpu_time_total
+        elif event.sequence_nr >= 0 and not name.startswith("autograd::"):
+            parent = event.cpu_parent
+            while parent is not None and not parent.name.startswith(("hat.", "bpe.")):
+                parent = parent.cpu_parent
+            if parent is not None:
+                stage_of_seq.setdefault(event.sequence_nr, parent.name)
+    for event in events:
+        if event.name.startswith("autograd::engine::evaluate_function:"):
+            name = stage_of_seq.get(event.sequence_nr, "other")
+            backward[name] = backward.get(name, 0.0) + event.cpu_time_total
+    ms = 1e-3 / steps
+    rows = {
+        name.split(".", 1)[1]: {
+            "forward_ms": round(forward.get(name, 0.0) * ms, 1),
+            "backward_ms": round(backward.get(name, 0.0) * ms, 1),
+        }
+        for name in dict.fromkeys([*forward, *backward])
+        if name != "other"
+    }
+    accounted = sum(forward.values()) + sum(backward.values()) + optimizer
+    rows["optimizer"] = {"ms": round(optimizer * ms, 1)}
+    rows["other"] = {"ms": round((total - accounted) * ms, 1)}
+    return {
+        "step_ms_profiled": round(total * ms, 1),
+        "step_ms_wall_median": round(1e3 * statistics.median(times), 1),
+        "stages": rows,
+    }
 
 
 def sync(accelerator) -> None:  # noqa: ANN001
@@ -149,6 +287,18 @@ def main() -> None:
         "--compare-ref", metavar="REV", help="step times of git revision REV vs this tree"
     )
     parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare-ref")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="trainer.compile=true: torch.compile the models (warm-up steps compile them)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also profile STEPS more steps of each model: milliseconds per step by stage",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -164,16 +314,24 @@ def main() -> None:
             hat_name, bpe_name = pair.split(":")
             bpe_cfg = preset(bpe_name)
             tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
-            run = (args.row_bytes, args.rows, args.steps, args.warmup)
-            hat_result = bench(preset(hat_name), None, *run)
-            bpe_result = bench(bpe_cfg, tokenizer, *run)
+            runners = [
+                Bench(cfg, tok, args.row_bytes, args.rows, args.steps + 4, args.compile)
+                for cfg, tok in ((preset(hat_name), None), (bpe_cfg, tokenizer))
+            ]
+            hat_result, bpe_result = bench_pair(runners, args.steps, args.warmup, args.compile)
+            if args.profile:
+                for runner, result in zip(runners, (hat_result, bpe_result)):
+                    result["profile"] = profile_breakdown(runner, args.profile, args.compile)
+            speed = hat_result["bytes_per_s"] / bpe_result["bytes_per_s"]
+            flops = hat_result["train_flops_per_byte"] / bpe_result["train_flops_per_byte"]
             report["pairs"].append(
                 {
                     "hat": hat_result,
                     "bpe": bpe_result,
-                    "hat_over_bpe_bytes_per_s": round(
-                        hat_result["bytes_per_s"] / bpe_result["bytes_per_s"], 3
-                    ),
+                    "hat_over_bpe_bytes_per_s": round(speed, 3),
+                    "hat_over_bpe_flops_per_byte": round(flops, 3),
+                    # FLOP/s HAT achieves over the twin's; issue 14's goal is >= 0.9
+                    "hat_over_bpe_flops_per_s": round(speed * flops, 3),
                 }
             )
     write_report(report, args.out)
@@ -193,6 +351,7 @@ def worker(args: argparse.Namespace) -> None:
     from compare_ref import serve
 
     runners = {}
+    compile = getattr(args, "compile", False)  # older revisions' workers have no --compile
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             hat_name, bpe_name = pair.split(":")
@@ -203,13 +362,13 @@ def worker(args: argparse.Namespace) -> None:
                 (bpe_name, bpe_cfg, tokenizer),
             ):
                 runners[name] = Bench(
-                    model_cfg, tok, args.row_bytes, args.rows, args.warmup + args.steps
+                    model_cfg, tok, args.row_bytes, args.rows, args.warmup + args.steps, compile
                 )
-                runners[name].steps(args.warmup)
+                runners[name].steps(args.warmup, compile)
 
     def measurement(runner: Bench):  # noqa: ANN202
         def measure() -> tuple[float, str]:
-            times, _, _, loss = runner.steps(args.steps)
+            times, _, _, loss = runner.steps(args.steps, compile)
             return round(statistics.median(times), 4), f"{loss:.3f}"
 
         return measure
@@ -224,6 +383,7 @@ def compare(args: argparse.Namespace) -> None:
     forward = ["--pairs", *args.pairs, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     forward += ["--seq-len", str(args.row_bytes), "--rows", str(args.rows)]
     forward += ["--threads", str(args.threads)] if args.threads else []
+    forward += ["--compile"] if args.compile else []  # both sides: REV must take --compile
     report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=False)
     report = {
         "benchmark": "training step time (median over the timed steps), seconds",

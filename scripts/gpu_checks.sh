@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, as one script sized for a short device lease. Each step has a
-# time limit (at most 12 minutes in all on an H100/H200; not yet run on one). Results land in
+# time limit (at most 15 minutes in all on an H100/H200; not yet run on one). Results land in
 # $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for BENCHMARKS.md with the
 # device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/ when the machine cannot
 # reach PyPI.
@@ -21,7 +21,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
     echo "== $name (limit ${limit}s)"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -25
 }
-step gpu_tests 150 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py -x
+step gpu_tests 150 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py tests/test_generation.py -x
 # FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
 FSDP_ENV="ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
 FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
@@ -29,5 +29,9 @@ step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FS
 rm -rf "$OUT/fsdp_run"
 step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
 step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --row-bytes 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
-step bench_generate 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+step bench_generate 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+# issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time apart)
+# with the stage profile, and cached generation with the compiled step (warm-up apart)
+step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 6 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
+step bench_generate_compile 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
 ls -la "$OUT"

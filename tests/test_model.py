@@ -17,6 +17,7 @@ from hat.block import (
     RotaryEmbedding,
     SwiGLU,
     Transformer,
+    chunked_attention,
     rope_angles,
     rotate,
 )
@@ -233,6 +234,45 @@ def test_mask_is_causal_windowed_and_per_document() -> None:
         dtype=torch.bool,
     )
     assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("window", [33, 64, 100])
+def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int) -> None:
+    """Chunks of queries over their window of keys compute what one dense mask does: outputs
+    and gradients, across document boundaries, grouped-query heads included."""
+    torch.manual_seed(0)
+    doc_ids = torch.tensor([[0] * 50 + [1] * 150 + [2] * 56, [0] * 256, [0] * 255 + [1]])
+    chunked = AttentionMask.packed(doc_ids, window, impl="sdpa")
+    assert chunked.chunk  # 256 positions, a window well below: the chunked layout
+    idx = torch.arange(256)
+    dense = (idx[None] <= idx[:, None]) & (idx[:, None] - idx[None] < window)
+    dense = (dense & (doc_ids[:, :, None] == doc_ids[:, None]))[:, None]
+    q = torch.randn(3, 4, 256, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, 256, 8, requires_grad=True) for _ in range(2))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=dense, enable_gqa=True
+    )
+    out = chunked_attention(q, k, v, chunked, gqa=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ref)
+    for a, b in zip(
+        torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_model_with_chunked_attention_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The byte stacks of a 256-byte row run chunked attention; the loss and logits are those
+    of the dense mask (CHUNK = 7 does not divide the row: the dense path)."""
+    model = tiny()
+    texts = ["First doc. Second part of it, " * 3, "Other", "x " * 60]
+    batch = collate_documents([document_words(t, model.splitter) for t in texts], pad_to=256)
+    chunked = model(**batch)
+    monkeypatch.setattr(hat.block, "CHUNK", 7)
+    assert not AttentionMask.packed(torch.zeros(1, 256), 32).chunk
+    dense = model(**batch)
+    torch.testing.assert_close(chunked.logits, dense.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.loss, dense.loss, atol=1e-6, rtol=1e-6)
 
 
 def test_mixed_precision_pools_in_one_dtype(monkeypatch: pytest.MonkeyPatch) -> None:

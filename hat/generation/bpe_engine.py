@@ -9,7 +9,7 @@ import torch
 
 from hat.block import RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, step_module
+from hat.generation.lean import announce, compile_possible, step_module
 from hat.modeling import softcap
 
 
@@ -37,6 +37,7 @@ class BPECachedEngine:
                 module.reserve(total + 1)
         self.caches = stack.make_caches(self.batch, total, like=like)
         self.n = self.cols.width  # next column
+        compile = compile_possible(compile, self.device.type)
         announce("BPE twin", compile, self.device.type)
         self.embed, self.backbone, self.head = (
             step_module(m, compile) for m in (model.embed, model.backbone, model.head)

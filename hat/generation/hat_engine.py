@@ -11,7 +11,7 @@ import torch
 from hat.batching import collate_documents
 from hat.block import AttentionMask, RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, step_module
+from hat.generation.lean import announce, compile_possible, step_module
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -71,6 +71,7 @@ class HATCachedEngine:
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.n = self.width  # next column
         self.all_rows = list(range(self.batch))
+        compile = compile_possible(compile, self.device.type)
         announce("HAT", compile, self.device.type)
         self.encoder, self.pooler, self.backbone, self.decoder = (
             step_module(m, compile)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
+from hat.compiling import compile_unavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,9 +92,23 @@ def step_module(module: nn.Module, compile: bool) -> Any:
     return compiled
 
 
+def compile_possible(compile: bool, device: str) -> bool:
+    """``compile_step`` as it can run here: False, with a warning, where inductor cannot
+    compile (Windows, a CPU without a C++ compiler; ``hat.compiling``)."""
+    why = compile and compile_unavailable(device)
+    if why:
+        _warn_no_compile(why)
+    return compile and not why
+
+
+@functools.cache
+def _warn_no_compile(why: str) -> None:
+    logger.warning("compile_step=True but %s: the cached step runs eagerly", why)
+
+
 @functools.cache
 def announce(model: str, compile: bool, device: str) -> None:
     """Log once per process which path a model's cached generation runs."""
     path = "torch.compile'd modules" if compile else "eager modules through lean views"
-    hint = "" if compile else "; compile_step=True compiles them (for GPUs)"
+    hint = "" if compile else "; compile_step=True compiles them (for GPUs; slower on CPUs)"
     logger.info("%s cached generation on %s: %s%s", model, device, path, hint)

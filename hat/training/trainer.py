@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hat.auto import load_pretrained
-from hat.batching import IGNORE
+from hat.batching import IGNORE, pad_word_slots
+from hat.compiling import compile_unavailable
 from hat.data import build_eval_batches, build_train_loader, iter_documents
 from hat.errors import HatError
 from hat.modeling import PreTrainedLM, bits_per_byte
@@ -138,6 +139,24 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # refuses a second Accelerator with other settings; each run starts from its own config
     # (as transformers' Trainer does). The distributed state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.trainer.compile and (why := compile_unavailable(device_type)):
+        logger.warning(f"trainer.compile=true but {why}: training runs eager")
+        cfg.trainer.compile = False
+    if cfg.trainer.compile:
+        logger.info(
+            f"training step on {device_type}: torch.compile (inductor), trainer.compile=true"
+        )
+    else:
+        why = (
+            "on a CPU compiling takes minutes and pays only in long runs"
+            if device_type == "cpu"
+            else "not yet measured on a GPU"
+        )
+        logger.info(
+            f"training step on {device_type}: eager (trainer.compile=false: {why};"
+            " see BENCHMARKS.md)"
+        )
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="no" if precision == "fp32" else precision,
@@ -224,6 +243,8 @@ def forward_backward(
     totals = torch.zeros(4, device=accelerator.device)
     for i, micro in enumerate(micro_batches):
         micro = {k: v.to(accelerator.device, non_blocking=True) for k, v in micro.items()}
+        if trainer.compile and "word_lengths" in micro:  # one compiled graph, not one per batch
+            micro["word_lengths"] = pad_word_slots(micro["word_lengths"])
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # all-reduce gradients once
             out = model(**micro)
