@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, as one script sized for a short device lease. Each step has a
-# time limit (at most 15 minutes in all on an H100/H200; not yet run on one). Results land in
-# $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for BENCHMARKS.md with the
-# device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/ when the machine cannot
-# reach PyPI.
+# Every check that needs a GPU, sized for a short device lease; not yet run on one. Three parts,
+# each step with a time limit, so that one call fits a 10-minute command limit:
+#   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9 min)
+#   scripts/gpu_checks.sh compile       # issue 14's compiled paths (<= 5 min)
+#   scripts/gpu_checks.sh               # all three (<= 14 min)
+# Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
+# BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
+# when the machine cannot reach PyPI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"; mkdir -p "$OUT"
@@ -21,17 +24,26 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
     echo "== $name (limit ${limit}s)"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -25
 }
-step gpu_tests 150 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py tests/test_generation.py -x
-# FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
-FSDP_ENV="ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
-FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
-step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl"
-rm -rf "$OUT/fsdp_run"
-step bench_pooling 120 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
-step bench_train 120 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --row-bytes 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
-step bench_generate 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
-# issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time apart)
-# with the stage profile, and cached generation with the compiled step (warm-up apart)
-step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 6 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
-step bench_generate_compile 120 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
+PARTS="${*:-core bench compile}"
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if want core; then
+    step gpu_tests 120 $PY -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py tests/test_generation.py -x
+    # FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
+    FSDP_ENV="ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
+    FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
+    step fsdp_smoke 120 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl"
+    rm -rf "$OUT/fsdp_run"
+    step bench_pooling 80 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
+fi
+if want bench; then
+    step bench_train 110 $PY scripts/bench_train.py --pairs small:bpe_small 1b:bpe_1b --row-bytes 8192 --rows 8 --steps 5 --out "$OUT/bench_train.json"
+    step bench_generate 110 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
+fi
+if want compile; then
+    # issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time
+    # apart) with the stage profile, and cached generation with the compiled step (warm-up apart)
+    step bench_train_compile 150 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 6 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
+    step bench_generate_compile 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
+fi
 ls -la "$OUT"
