@@ -16,6 +16,7 @@ from hat.config import BPEConfig
 from hat.data.packing import BPEFormat
 from hat.generation import GenerationMixin
 from hat.generation.specs import ModelSpec, bpe_spec
+from hat.hf_batch import shift_labels
 from hat.modeling import CausalLMOutput, PreTrainedLM, causal_lm_output, softcap
 from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
 
@@ -23,8 +24,11 @@ from hat.tokenizer import BOS_ID, PAD_ID, TOKENIZER_FILE, BPETokenizer
 class BPEForCausalLM(GenerationMixin, PreTrainedLM):
     """Tokens -> embedding -> Backbone -> token logits. Documents start with BOS.
 
-    Batches: ``input_ids`` [B, T] token ids, ``labels`` [B, T], and for bits per byte
-    ``label_bytes`` [B, T], the number of bytes each target token spells.
+    Batches: ``input_ids`` [B, T] token ids, ``labels`` [B, T] (position t's target) and
+    ``label_bytes`` [B, T], the number of bytes each target token spells, as the data pipeline
+    and ``score`` build them. ``labels`` without ``label_bytes`` are transformers' convention
+    (``model(input_ids, attention_mask, labels=input_ids)``: shifted inside, padding and -100
+    not predicted).
     """
 
     config_class = BPEConfig
@@ -50,6 +54,7 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
         label_bytes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         **_: object,
     ) -> CausalLMOutput:
         with stage("bpe.layout"):
@@ -60,8 +65,11 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         with stage("bpe.head"):
             logits = softcap(self.head(hidden), self.config.logit_softcap)  # [B, T, V]
         with stage("bpe.loss"):
-            if labels is not None and label_bytes is None and self.tokenizer is not None:
-                label_bytes = self.tokenizer.token_bytes.to(labels.device)[labels.clamp_min(0)]
+            if labels is not None and label_bytes is None:  # transformers-style labels
+                attended = input_ids != PAD_ID if attention_mask is None else attention_mask.bool()
+                labels = shift_labels(labels, attended)
+                label_bytes = self._require_tokenizer().token_bytes.to(labels.device)
+                label_bytes = label_bytes[labels.clamp_min(0)]
             return causal_lm_output(logits, labels, BOS_ID, label_bytes)
 
     def _require_tokenizer(self) -> BPETokenizer:
@@ -95,7 +103,8 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
         for row, (ids, target_from, n) in enumerate(items):
             input_ids[row, :n] = torch.tensor(ids)
             labels[row, target_from - 1 : n - 1] = input_ids[row, target_from:n]
-        return {"input_ids": input_ids, "labels": labels}
+        label_bytes = self._require_tokenizer().token_bytes[labels.clamp_min(0)]
+        return {"input_ids": input_ids, "labels": labels, "label_bytes": label_bytes}
 
     def _save_extras(self, directory: Path) -> list[str]:
         written = super()._save_extras(directory)

@@ -51,11 +51,17 @@ def batch_from_token_ids(
     for r, lengths in enumerate(rows):
         word_lengths[r, : len(lengths)] = torch.tensor(lengths)
     if labels is not None:
-        labels = labels.reshape(ids.shape).to(ids.device)
-        predicted = mask[:, :-1] & mask[:, 1:]  # only real bytes predict, and only real bytes
-        shifted = torch.where(predicted, labels[:, 1:], IGNORE)
-        labels = torch.nn.functional.pad(shifted, (0, 1), value=IGNORE)
+        labels = shift_labels(labels.reshape(ids.shape).to(ids.device), mask)
     return ids, word_lengths.to(ids.device), labels
+
+
+def shift_labels(labels: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """transformers-style labels [B, T] (position t predicts ``labels[t + 1]``) -> hat's
+    (``labels[t]`` is position t's target); only attended positions predict, and only attended
+    ones are predicted; -100 stays ignored."""
+    predicted = attended[:, :-1] & attended[:, 1:]
+    shifted = torch.where(predicted, labels[:, 1:], IGNORE)
+    return torch.nn.functional.pad(shifted, (0, 1), value=IGNORE)
 
 
 def _document_word_lengths(data: bytes, splitter: Splitter, row: int) -> list[int]:

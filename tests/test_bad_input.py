@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 import hat
+from hat.tokenizer import PAD_ID
 
 
 @pytest.fixture(params=["hat", "bpe"])
@@ -119,3 +121,19 @@ def test_odd_prompts_generate_and_a_too_long_one_is_named(model) -> None:
         assert isinstance(model.generate(prompt, max_new_tokens=3), str)
     with pytest.raises(ValueError, match="longer than the model's context"):
         model.generate("x" * 200_000, max_new_tokens=3)
+
+
+def test_twin_takes_transformers_style_labels(tiny_bpe) -> None:
+    """``labels=input_ids`` (transformers' convention) is shifted inside, not read as targets
+    already aligned (which would score each token against itself): the loss is score()'s."""
+    tok = tiny_bpe.tokenizer
+    texts = ["The cat sat on the mat.", "Emma was"]
+    rows = [[tok.bos_id, *tok.encode(t)] for t in texts]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
+    attention_mask = (input_ids != PAD_ID).long()
+    with torch.no_grad():
+        out = tiny_bpe(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
+    assert float(out.sum_nll) == pytest.approx(-sum(tiny_bpe.score(texts)), rel=1e-5)
+    assert int(out.n_targets) == sum(len(r) - 1 for r in rows)
+    assert float(out.text_bytes) == sum(len(t.encode()) for t in texts)
