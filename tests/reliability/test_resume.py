@@ -49,6 +49,7 @@ def log_of(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 def test_resume_as_another_model_is_refused_naming_it_before_any_work(run_copy: Path) -> None:
     metrics = (run_copy / "metrics.jsonl").read_text()
+    record = (run_copy / ".hydra" / "config.yaml").read_text()
     proc = train(run_copy, "model=bpe_tiny")
     assert_cli_error(
         proc,
@@ -59,6 +60,7 @@ def test_resume_as_another_model_is_refused_naming_it_before_any_work(run_copy: 
         f"delete {run_copy / 'checkpoints'} to start over",
     )
     assert (run_copy / "metrics.jsonl").read_text() == metrics
+    assert (run_copy / ".hydra" / "config.yaml").read_text() == record  # the run's record kept
     assert not (run_copy / "tokenizer.model").exists()  # refused before training a tokenizer
     assert not (run_copy / ".lock").exists()  # and no lock left for the next run to take over
 
