@@ -282,6 +282,10 @@ class PreTrainedLM(nn.Module):
         config); return the file names written."""
         return []
 
+    def _load_extras(self, directory: Path) -> None:
+        """Read back what ``_save_extras`` wrote that the constructor does not take (the
+        generation config); ``directory`` is local (a Hub id already downloaded)."""
+
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload to the Hugging Face Hub with a generated model card (``hat.hub.push_to_hub``:
         ``private``, ``token``, ``revision``, ``commit_message``, ``create_pr``, ``run_dir``)."""
@@ -331,6 +335,7 @@ class PreTrainedLM(nn.Module):
         except ValueError as err:
             raise ValueError(f"{config_path}: {err}") from None
         model = cls._from_config_and_dir(config, directory)
+        model._load_extras(directory)
         model.name_or_path = name  # where it came from (a directory or a Hub id)
         weights = directory / WEIGHTS_FILE
         if not weights.is_file() and (directory / "trainer_state.json").is_file():

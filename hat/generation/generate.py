@@ -28,7 +28,6 @@ from hat.generation.processors import build_processors
 from hat.generation.specs import ModelSpec
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import UTF8_NEED, VocabAutomaton, incomplete_tail, utf8_advance
-from hat.hub import pop_hub_kwargs, resolve_model_dir
 
 
 # ==== the generic loop ================================================================
@@ -290,14 +289,10 @@ class GenerationMixin:
         self.generation_config.save_pretrained(directory)
         return [*super()._save_extras(directory), GENERATION_CONFIG_FILE]
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *args: Any, **kwargs: Any) -> Any:
-        local = resolve_model_dir(directory, **pop_hub_kwargs(kwargs))  # a Hub id: its snapshot
-        model = super().from_pretrained(local, *args, **kwargs)
-        if (local / GENERATION_CONFIG_FILE).is_file():
-            model.generation_config = GenerationConfig.from_pretrained(local)
-        model.name_or_path = str(directory)
-        return model
+    def _load_extras(self, directory: Path) -> None:
+        super()._load_extras(directory)
+        if (directory / GENERATION_CONFIG_FILE).is_file():
+            self.generation_config = GenerationConfig.from_pretrained(directory)
 
     @torch.no_grad()
     def generate(
