@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 import hat
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import MultipleChoiceExample, bits_per_byte, compare_models, multiple_choice
+from tests.helpers import assert_cli_error, check, cli, run_cli
 
 TASK = {
     "examples": [
@@ -56,15 +54,8 @@ def test_hat_eval_cli(tiny_hat, tiny_bpe, tmp_path: Path) -> None:
         f"bigbench=[{task}]",
         f"output={out}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "hat.cli.evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(cli(*args, module="hat.cli.evaluate"), env={"COLUMNS": "200"}, cwd=tmp_path)
+    check(proc)
     assert "held_out (bits/byte)" in proc.stdout and "task (acc" in proc.stdout
     results = json.loads(out.read_text())
     held_out = list(itertools.islice(iter_documents(DataConfig(), "eval"), 5))
@@ -76,14 +67,8 @@ def test_hat_eval_cli(tiny_hat, tiny_bpe, tmp_path: Path) -> None:
         assert set(row["bits_per_byte"]) == {"held_out", "book.txt"}
         assert row["tasks"]["task"]["num_examples"] == 2
 
-    missing = subprocess.run(
-        [sys.executable, "-m", "hat.cli.evaluate", f"models=[{tmp_path / 'nope'}]"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert missing.returncode == 1 and "config.json not found" in missing.stderr
+    missing = run_cli(cli(f"models=[{tmp_path / 'nope'}]", module="hat.cli.evaluate"), cwd=tmp_path)
+    assert_cli_error(missing, "hat-eval", "config.json not found")
 
 
 def test_load_pretrained_picks_the_class(tiny_hat, tiny_bpe, tmp_path: Path) -> None:

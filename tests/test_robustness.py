@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +25,7 @@ from hat.robustness import (
     relative_degradation,
     split_halves,
 )
+from tests.helpers import check, cli, run_cli
 
 LN2 = math.log(2)
 
@@ -274,15 +272,8 @@ def test_hat_robustness_cli_end_to_end_equals_the_python_api(
         "n_bootstrap=200",
         f"output_dir={out}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "hat.cli.robustness", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(cli(*args, module="hat.cli.robustness"), env={"MPLBACKEND": "Agg"}, cwd=tmp_path)
+    check(proc)
     assert "| dataset | measure | perturbation | model |" in proc.stdout
     assert {p.name for p in out.iterdir()} == {
         "robustness.csv",
@@ -317,20 +308,13 @@ def test_hat_robustness_cli_end_to_end_equals_the_python_api(
     assert any(r["ratio"] is not None for r in saved["rows"])
     assert RobustnessResult.load(out / "robustness.json").to_dict() == saved
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hat.cli.robustness",
-            f"models=[{hat_dir}]",
-            f"texts=[{book}]",
-            "perturbations=[shout]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    robustness = cli(
+        f"models=[{hat_dir}]",
+        f"texts=[{book}]",
+        "perturbations=[shout]",
+        module="hat.cli.robustness",
     )
+    bad = run_cli(robustness, cwd=tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [
         "hat-robustness: error: unknown perturbation 'shout'; known: "
