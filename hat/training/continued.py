@@ -26,7 +26,6 @@ byte for HAT, tokens per byte for the twin) are logged at the start and written 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -50,6 +49,7 @@ from hat.training.checkpoint import (
     TRAINER_STATE_FILE,
     CheckpointError,
     list_checkpoints,
+    read_trainer_state,
     verify_checkpoint,
 )
 from hat.training.config import (
@@ -211,7 +211,7 @@ def _from_export(directory: Path) -> Pretrained:
 
 def _from_checkpoint(directory: Path) -> Pretrained:
     verify_checkpoint(directory)  # a damaged checkpoint is an error naming the file
-    state = json.loads((directory / TRAINER_STATE_FILE).read_text())
+    state = read_trainer_state(directory)
     config = state.get("config") or {}
     where = f"{directory / TRAINER_STATE_FILE}"
     if "model" not in config:
