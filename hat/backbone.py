@@ -15,7 +15,8 @@ class Backbone(nn.Module):
 
     With ``caches`` it runs new positions after the cached ones: ``cache_pos`` is where they
     are written, an int for every row or a tensor [B] of one position per row (then
-    ``cache_end`` bounds the positions any row reads), see ``KVCache.update``.
+    ``cache_end`` bounds the positions any row reads; ``cache_rows`` which of the caches'
+    rows x holds, when not all), see ``KVCache.update``.
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -31,6 +32,7 @@ class Backbone(nn.Module):
         caches: list[KVCache] | None = None,
         cache_pos: int | torch.Tensor = 0,
         cache_end: int | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.transformer(x, positions, mask, caches, cache_pos, cache_end)
+        h = self.transformer(x, positions, mask, caches, cache_pos, cache_end, cache_rows)
         return self.norm(h)  # [B, W, D]

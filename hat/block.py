@@ -239,7 +239,9 @@ class KVCache:
     positions may be recomputed) and returns the cached entries a query there may attend to.
     ``pos`` is an int (S new entries at positions pos..pos+S-1 of every row) or a tensor [B]
     (one new entry per row, each at its own position: rows of the word backbone finish words
-    at different steps; ``end`` then bounds what is returned).
+    at different steps; ``end`` then bounds what is returned). With per-row positions,
+    ``rows`` [R] says which of the cache's rows the R new entries belong to (default: all):
+    the backbone runs only the rows that finished a word.
 
     With a ``window`` the cache slides: a write past the end keeps only the ``keep`` positions
     before it (at least ``window``; more if later writes may start further back). Without one
@@ -272,10 +274,15 @@ class KVCache:
         return 0 if self.window is None else max(pos - self.window + 1, 0)
 
     def update(
-        self, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor, end: int | None = None
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        pos: int | torch.Tensor,
+        end: int | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, Dh] at ``pos``; return the keys and values of positions
-        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``)."""
+        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``, of ``rows``)."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
             if end - self.offset > self.k.shape[2]:
@@ -291,6 +298,10 @@ class KVCache:
                 raise ValueError("per-row positions need `end` and a cache without a window")
             if end > self.k.shape[2]:
                 self._make_room(0, end)
+            if rows is not None:  # a subset of the rows: write and read those only
+                self.k[rows, :, pos] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row rows[i]
+                self.v[rows, :, pos] = v[:, :, 0]
+                return self.k[rows, :, :end], self.v[rows, :, :end]  # copies: [R, Hkv, end, Dh]
             self.k[self.rows, :, pos] = k[:, :, 0]  # [B, Hkv, Dh] at slot pos[b] of row b
             self.v[self.rows, :, pos] = v[:, :, 0]
             start = 0
@@ -327,6 +338,7 @@ class LayerContext:
     mask: AttentionMask | None
     cache_pos: int | torch.Tensor = 0
     cache_end: int | None = None
+    cache_rows: torch.Tensor | None = None
 
 
 # ---- the block ------------------------------------------------------------------------------
@@ -369,7 +381,8 @@ class Attention(nn.Module):
         qk = rotate(qk, *ctx.rope).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
         q, k, v = qk[:, :heads], qk[:, heads:], v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end)  # [B, Hkv, S_cached, Dh]
+            k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end, ctx.cache_rows)
+            # k, v [B, Hkv, S_cached, Dh]
         mask = ctx.mask
         if mask is not None and mask.block is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
@@ -436,12 +449,14 @@ class Transformer(nn.Module):
         mask: AttentionMask | None,
         cache_pos: int | torch.Tensor = 0,
         cache_end: int | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> LayerContext:
         """The per-forward inputs of every layer. ``positions``: [B, S] (or [1, S]) each below
         S or a size given to ``rope.reserve``; or an int p, positions p..p+S-1 of every row."""
         if not isinstance(positions, int):
             self.rope.reserve(seq)  # a position within a sequence is below its length
-        return LayerContext(batch, self.rope(positions, seq), mask, cache_pos, cache_end)
+        rope = self.rope(positions, seq)
+        return LayerContext(batch, rope, mask, cache_pos, cache_end, cache_rows)
 
     def forward(
         self,
@@ -451,10 +466,11 @@ class Transformer(nn.Module):
         caches: list[KVCache] | None = None,
         cache_pos: int | torch.Tensor = 0,
         cache_end: int | None = None,
+        cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, S, D] -> [B, S, D]."""
         batch, seq, dim = x.shape
-        ctx = self.context(batch, seq, positions, mask, cache_pos, cache_end)
+        ctx = self.context(batch, seq, positions, mask, cache_pos, cache_end, cache_rows)
         h = x.reshape(batch * seq, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, ctx, caches[i] if caches is not None else None)

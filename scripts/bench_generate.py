@@ -6,9 +6,16 @@ uncached, batch 1 and 32, in bytes of new text per second. Prints JSON.
     python scripts/bench_generate.py --device cuda --dtype bfloat16
     python scripts/bench_generate.py --compare-ref ee44999 --threads 1   # old vs this tree
 
-Random-init weights (speed does not depend on training). Sampling (seeded) with the end of
-document suppressed, so every row runs to the full length. The twin's budget is set in tokens
-from its vocabulary's mean token length, and the bytes it actually produced are what counts.
+Random-init weights (speed does not depend on the weights, but on the text: HAT runs its
+backbone once per word, so the words per byte matter). ``--text corpus`` (the default) makes
+both models write the same real text, the built-in corpus's continuation of each prompt (a
+logits processor leaves only the text's next id: ~0.2 words per byte for HAT, the tokenizer's
+real tokens for the twin). ``--text sampled`` samples (seeded) with the end of document
+suppressed instead: a random-init HAT then writes random characters (their words are short;
+more backbone steps per byte than real text), a random-init twin random tokens (its
+vocabulary's mean length, longer than real text's tokens). The twin's budget is set in tokens
+(``corpus``: the fewest any row's continuation takes; ``sampled``: from its vocabulary's mean
+token length), and the bytes it actually produced are what counts.
 Uncached means a full forward over everything at every step (``use_cache=False``); its cost
 grows with the length, so the cached/uncached ratio at 96 bytes understates the one at 1 KB.
 
@@ -54,6 +61,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", default="hat,bpe", help="which of hat,bpe to run")
     p.add_argument("--compile-step", action="store_true", help="generate(compile_step=True)")
     p.add_argument(
+        "--text",
+        choices=["corpus", "sampled"],
+        default="corpus",
+        help="write the corpus's continuation of each prompt (real words and tokens) or sample",
+    )
+    p.add_argument(
         "--compare-ref",
         metavar="REV",
         help="cached generation of git revision REV vs this tree, interleaved rounds",
@@ -74,10 +87,34 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def prompts(n: int, size: int) -> list[str]:
-    """n different prompts: the starts of the corpus's first long lines, ~size bytes each."""
-    lines = [ln for ln in CORPUS.read_text(encoding="utf-8").splitlines() if len(ln) > size]
-    return [ln.encode()[:size].decode("utf-8", errors="ignore") for ln in lines[:n]]
+def passages(n: int, prompt_bytes: int, new_bytes: int) -> list[tuple[str, str]]:
+    """n (prompt, continuation) pairs of ~prompt_bytes and ~new_bytes (cut at characters),
+    from n evenly spaced line starts of the built-in corpus."""
+    data = CORPUS.read_bytes()
+    step = (len(data) - 4 * (prompt_bytes + new_bytes)) // max(n, 1)
+    out = []
+    for i in range(n):
+        start = data.index(b"\n", i * step) + 1
+        prompt = data[start : start + prompt_bytes].decode("utf-8", errors="ignore")
+        end = start + len(prompt.encode())
+        out.append((prompt, data[end : end + new_bytes].decode("utf-8", errors="ignore")))
+    return out
+
+
+class ForceText:
+    """A logits processor that leaves each row only the next id of its given continuation
+    (every other score -inf): ``generate`` then writes known text at the cost of real decoding.
+    Step t is the t-th call since the start of a ``generate`` call (the narrowest input)."""
+
+    def __init__(self, ids: list[list[int]], device: str) -> None:
+        self.ids = torch.tensor([row[: min(map(len, ids))] for row in ids], device=device)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None or input_ids.shape[1] < self.start:
+            self.start = input_ids.shape[1]
+        forced = self.ids[:, input_ids.shape[1] - self.start, None]  # [B, 1]
+        return torch.full_like(scores, -float("inf")).scatter_(1, forced, 0.0)
 
 
 def sync(device: str) -> None:
@@ -88,12 +125,14 @@ def sync(device: str) -> None:
 WARMUP_S: list[float] = []  # seconds of each run()'s warm-up call
 
 
-def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
-    """Timed generate() calls (the fastest of ``repeats``) -> (new bytes, seconds, texts).
+def run(model, work, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
+    """Timed generate() calls of one ``workload`` (the fastest of ``repeats``) -> (new bytes,
+    seconds, texts).
 
     The untimed warm-up is a short call; with ``compile_step`` a full one (compiling every
     shape the timed call meets), its time in ``WARMUP_S[-1]``."""
-    kwargs = dict(do_sample=True, seed=0, suppress_tokens=suppress, use_cache=cache, **kw)
+    texts, units, options = work
+    kwargs = dict(use_cache=cache, **options, **kw)
     start = time.perf_counter()
     model.generate(texts, max_new_tokens=units if kw.get("compile_step") else 4, **kwargs)
     sync(device)
@@ -106,6 +145,21 @@ def run(model, texts, units, suppress, cache, device, repeats=1, **kw):  # noqa:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return sum(len(t.encode("utf-8")) for t in out), best, out
+
+
+def workload(name: str, setup: tuple, batch: int, args: argparse.Namespace) -> tuple:
+    """(prompts, max_new_tokens, generate options) of one model at one batch size."""
+    model, units, suppress = setup
+    pairs = passages(batch, args.prompt_bytes, args.new_bytes)
+    texts = [prompt for prompt, _ in pairs]
+    if args.text == "sampled":
+        return texts, units, {"do_sample": True, "seed": 0, "suppress_tokens": suppress}
+    if name == "hat":
+        ids = [list(text.encode("utf-8")) for _, text in pairs]
+    else:
+        ids = [model.tokenizer.encode(text) for _, text in pairs]
+    force = ForceText(ids, args.device)
+    return texts, force.ids.shape[1], {"do_sample": False, "logits_processor": [force]}
 
 
 def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
@@ -141,12 +195,11 @@ def worker(args: argparse.Namespace) -> None:
     extra = {"compile_step": True} if args.compile_step else {}
 
     def measurement(name: str, batch: int):  # noqa: ANN202
-        model, units, suppress = models[name]
-        texts = prompts(batch, args.prompt_bytes)
+        work = workload(name, models[name], batch, args)
 
         def measure() -> tuple[float, str]:
             new_bytes, seconds, out = run(
-                model, texts, units, suppress, True, args.device, args.repeats, **extra
+                models[name][0], work, True, args.device, args.repeats, **extra
             )
             digest = hashlib.sha1("\0".join(out).encode()).hexdigest()[:12]
             return round(new_bytes / seconds, 1), digest
@@ -168,6 +221,7 @@ def compare(args: argparse.Namespace) -> dict:
     forward = ["--new-bytes", str(args.new_bytes), "--batch-sizes", args.batch_sizes]
     forward += ["--prompt-bytes", str(args.prompt_bytes), "--hat", args.hat, "--bpe", args.bpe]
     forward += ["--device", args.device, "--dtype", args.dtype, "--models", args.models]
+    forward += ["--text", args.text]
     forward += ["--threads", str(args.threads)] if args.threads else []
     forward += ["--compile-step"] if args.compile_step else []
     forward += ["--repeats", str(args.repeats)]
@@ -201,8 +255,8 @@ def main() -> None:
     models = setups(args)
     results = []
     for batch in batches:
-        texts = prompts(batch, args.prompt_bytes)
-        for name, (model, units, suppress) in models.items():
+        for name, setup in models.items():
+            work, model = workload(name, setup, batch, args), setup[0]
             # (use_cache, compile_step): with --compile-step the eager cached step is measured
             # too, right before the compiled one, for the compiled / eager ratio
             paths = [(True, False)] + [(True, True)] * args.compile_step
@@ -212,9 +266,7 @@ def main() -> None:
             for rep in range(args.repeats):  # paths interleaved, alternating order: fastest
                 for cache, compiled in paths[:: -1 if rep % 2 else 1]:
                     extra = {"compile_step": True} if compiled else {}
-                    new_bytes, seconds, _ = run(
-                        model, texts, units, suppress, cache, args.device, **extra
-                    )
+                    new_bytes, seconds, _ = run(model, work, cache, args.device, **extra)
                     warmups.setdefault((cache, compiled), WARMUP_S[-1])  # the first: compiles
                     if seconds < best.get((cache, compiled), (0, float("inf")))[1]:
                         best[cache, compiled] = (new_bytes, seconds)
@@ -227,7 +279,7 @@ def main() -> None:
                         "batch": batch,
                         "use_cache": cache,
                         "compile_step": compiled,
-                        "max_new_tokens": units,
+                        "max_new_tokens": work[1],
                         "new_bytes": new_bytes,
                         "seconds": round(seconds, 3),
                         "bytes_per_s": round(new_bytes / seconds, 1),
@@ -243,6 +295,7 @@ def main() -> None:
         "dtype": args.dtype,
         "new_bytes_per_row": args.new_bytes,
         "prompt_bytes": args.prompt_bytes,
+        "text": args.text,
         "quick": args.quick,
         "compile_step": args.compile_step,
         "params": {name: m.num_parameters() for name, (m, _, _) in models.items()},
