@@ -243,6 +243,11 @@ class KVCache:
     ``rows`` [R] says which of the cache's rows the R new entries belong to (default: all):
     the backbone runs only the rows that finished a word.
 
+    Static shapes (``generate(compile_step=True)``): ``pos`` a 0-d tensor is the *slot* (see
+    ``fit``) where one new entry of every row goes, and a per-row ``pos`` without ``end`` is
+    per-row slots; either way the whole buffers come back, the same shapes at every step, and
+    the caller's attention mask hides the slots a query must not see.
+
     With a ``window`` the cache slides: a write past the end keeps only the ``keep`` positions
     before it (at least ``window``; more if later writes may start further back). Without one
     it grows (doubling) as needed.
@@ -269,6 +274,14 @@ class KVCache:
         self.offset = 0  # position held in slot 0 (a sliding cache has dropped those before)
         self.rows = torch.arange(batch, device=device)
 
+    def fit(self, pos: int, end: int | None = None) -> int:
+        """Make room (grow, or slide) for positions [pos, end) (default: ``pos`` alone);
+        return the slot that holds ``pos``. A static-shape step calls it before writing by slot."""
+        end = pos + 1 if end is None else end
+        if end - self.offset > self.k.shape[2]:
+            self._make_room(pos, end)
+        return pos - self.offset
+
     def read_start(self, pos: int) -> int:
         """First position a query at ``pos`` attends to (the start of its window)."""
         return 0 if self.window is None else max(pos - self.window + 1, 0)
@@ -282,7 +295,16 @@ class KVCache:
         rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, Dh] at ``pos``; return the keys and values of positions
-        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``, of ``rows``)."""
+        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``, of ``rows``);
+        or, static, write by slot and return the whole buffers."""
+        if isinstance(pos, torch.Tensor) and (pos.dim() == 0 or end is None):
+            if pos.dim() == 0:  # one slot for every row: k, v [B, Hkv, 1, Dh]
+                self.k.index_copy_(2, pos[None], k)
+                self.v.index_copy_(2, pos[None], v)
+            else:  # one slot per row
+                self.k[self.rows, :, pos] = k[:, :, 0]
+                self.v[self.rows, :, pos] = v[:, :, 0]
+            return self.k, self.v  # [B, Hkv, capacity, Dh]
         if isinstance(pos, int):
             end = pos + k.shape[2]
             if end - self.offset > self.k.shape[2]:
@@ -294,8 +316,8 @@ class KVCache:
             self.k[:, :, a:b] = k
             self.v[:, :, a:b] = v
         else:
-            if end is None or self.window is not None:
-                raise ValueError("per-row positions need `end` and a cache without a window")
+            if self.window is not None:
+                raise ValueError("per-row positions need a cache without a window")
             if end > self.k.shape[2]:
                 self._make_room(0, end)
             if rows is not None:  # a subset of the rows: write and read those only

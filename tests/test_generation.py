@@ -95,6 +95,18 @@ def test_word_starts_rule() -> None:
 
 
 # ---- cached == uncached -------------------------------------------------------------
+@pytest.fixture(params=["eager", "static"])
+def step(request, monkeypatch) -> dict:
+    """generate() options of the cached step: the eager one, or the static-shape graphs of
+    compile_step=True run uncompiled (torch.compile replaced by the identity: the graphs'
+    masks, slots and scratch writes checked against the reference in seconds; the compiled
+    test below traces them for real)."""
+    if request.param == "eager":
+        return {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    return {"compile_step": True}
+
+
 def generate_both(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     batch = batch_of(prompts)
     a = model.generate(**batch, use_cache=True, **kwargs)
@@ -117,7 +129,7 @@ def test_cached_equals_uncached_greedy(prompts) -> None:
     [{}, {"splitter": "whitespace", "decoder_guide": "every", "max_word_bytes": 6}],
     ids=["hat", "whitespace-every"],
 )
-def test_cached_equals_uncached_sampled(variant: dict, monkeypatch) -> None:
+def test_cached_equals_uncached_sampled(variant: dict, step: dict, monkeypatch) -> None:
     """Sampling visits many bytes, words and multi-byte first characters of words (whose
     decoder positions must be recomputed with the new word's guide)."""
     model = tiny(**variant)
@@ -128,14 +140,16 @@ def test_cached_equals_uncached_sampled(variant: dict, monkeypatch) -> None:
         "_decode",
         lambda self, c0, n: recomputed.append(n - c0) or original(self, c0, n),
     )
-    cached, uncached = generate_both(model, PROMPTS, max_new_tokens=60, do_sample=True, seed=7)
+    cached, uncached = generate_both(
+        model, PROMPTS, max_new_tokens=60, do_sample=True, seed=7, **step
+    )
     assert torch.equal(cached, uncached)
     assert max(recomputed) >= 1, "no multi-byte word start was exercised"
     texts = TOK.batch_decode(cached, skip_special_tokens=True)
     assert len({t for text in texts for t in text}) > 40  # many different characters
 
 
-def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
+def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> None:
     """Long enough that the sliding windows slide and the column buffers are compacted."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
     shifts, slides = [], []
@@ -149,7 +163,12 @@ def test_cached_equals_uncached_past_the_windows(monkeypatch) -> None:
     monkeypatch.setattr(HATCachedEngine, "_make_room", make_room)
     model = tiny(max_word_bytes=8)
     cached, uncached = generate_both(
-        model, [b"A longer prompt, with words.", b"x"], max_new_tokens=90, do_sample=True, seed=1
+        model,
+        [b"A longer prompt, with words.", b"x"],
+        max_new_tokens=90,
+        do_sample=True,
+        seed=1,
+        **step,
     )
     assert torch.equal(cached, uncached)
     assert max(shifts) > 0, "the column buffers never slid"
@@ -179,7 +198,7 @@ class Force:
 RETRACT = ("a \t", "\u0301x 日本 \t\u0301".encode())
 
 
-def test_retracted_boundary_rolls_back() -> None:
+def test_retracted_boundary_rolls_back(step: dict) -> None:
     """When the splitter merges an already finished word into the current one, the cached
     path rolls the backbone back; it still equals the reference."""
     model = tiny()
@@ -192,6 +211,7 @@ def test_retracted_boundary_rolls_back() -> None:
             seed=0,
             logits_processor=[Force(forced)],
             use_cache=cache,
+            **step,
         )
         for cache in (True, False)
     ]
@@ -211,7 +231,7 @@ class BurstSplitter:
         return words
 
 
-def test_several_words_finish_in_one_step() -> None:
+def test_several_words_finish_in_one_step(step: dict) -> None:
     model = tiny()
     model.splitter = BurstSplitter()
     batch = batch_of([b"q ", b"other row"])
@@ -223,6 +243,7 @@ def test_several_words_finish_in_one_step() -> None:
             seed=0,
             logits_processor=[Force(b"aXa b aXa")],
             use_cache=cache,
+            **step,
         )
         for cache in (True, False)
     ]
@@ -307,9 +328,9 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
     real thing) and says so in the log; the default says it runs eagerly."""
     compiled = []
 
-    def fake_compile(module, **kwargs):
-        compiled.append((type(module).__name__, kwargs))
-        return module
+    def fake_compile(fn, **kwargs):
+        compiled.append((fn.__name__, kwargs))
+        return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     announce.cache_clear()  # it logs once per process
@@ -319,8 +340,8 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
         again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20, compile_step=True)
     assert torch.equal(eager, again)
     names = [name for name, _ in compiled]
-    assert names == ["ByteEncoder", "WordPooler", "Backbone", "ByteDecoder"]
-    assert all(kwargs == {"dynamic": True} for _, kwargs in compiled)
+    assert names == ["_encode_graph", "_decode_graph", "_backbone_graph"]
+    assert all(kwargs == {"dynamic": False} for _, kwargs in compiled)
     lines = [r.getMessage() for r in caplog.records]
     assert any("eager modules" in line for line in lines)
     assert any("torch.compile'd" in line for line in lines)
@@ -340,25 +361,32 @@ def test_compile_step_falls_back_to_eager_where_it_cannot_compile(monkeypatch, c
     assert any("no C++ compiler found" in line and "eagerly" in line for line in lines)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("HAT_TEST_COMPILE"), reason="HAT_TEST_COMPILE=1: ~1-2 min of tracing"
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                not os.environ.get("HAT_TEST_COMPILE"), reason="HAT_TEST_COMPILE=1: C++ builds"
+            ),
+        ),
+    ],
 )
-def test_compiled_step_equals_eager_on_cpu(monkeypatch) -> None:
-    """The compiled cached step (dynamo's graphs of the step modules, run by AOTAutograd with
-    eager kernels: inductor's C++ build takes minutes on a CPU) gives the eager step's greedy
-    text and logits, across word boundaries, left padding and a ragged batch. Opt-in: the
-    step's shapes change as the caches fill, and tracing each takes a minute or two on a
-    2-core CPU; the GPU test below runs inductor."""
+def test_compiled_step_equals_eager_on_cpu(backend: str, monkeypatch) -> None:
+    """The compiled static-shape step gives the eager step's text and logits, across word
+    boundaries, left padding, a ragged batch and the twin. ``aot_eager`` traces the graphs
+    for real (dynamo + AOTAutograd, eager kernels: seconds); ``HAT_TEST_COMPILE=1`` adds
+    inductor's C++ kernels. Each graph compiles once per batch shape: never as caches fill."""
     real_compile = torch.compile
-    monkeypatch.setattr(
-        torch, "compile", lambda module, **kw: real_compile(module, backend="aot_eager", **kw)
-    )
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
     torch._dynamo.reset()
     model = tiny()
-    kwargs = dict(max_new_tokens=12, output_logits=True, return_dict_in_generate=True)
+    kwargs = dict(max_new_tokens=24, output_logits=True, return_dict_in_generate=True)
     batch = batch_of([b"Hello wor", b"It's 3.14, not "])  # a word ends at once; ragged
     eager = model.generate(**batch, **kwargs)
-    compiled = model.generate(**batch, compile_step=True, **kwargs)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # one graph each, all the way
+        compiled = model.generate(**batch, compile_step=True, **kwargs)
     assert torch.equal(compiled.sequences, eager.sequences)
     for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
         torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
@@ -402,13 +430,13 @@ def test_right_padding_equals_left_padding() -> None:
     )
 
 
-def test_bpe_cached_equals_uncached(tiny_bpe) -> None:
+def test_bpe_cached_equals_uncached(tiny_bpe, step: dict) -> None:
     tok = tiny_bpe.tokenizer
     rows = [[tok.bos_id, *tok.encode(t)] for t in ["Hello there, my", "x", ""]]
     width = max(map(len, rows))
     ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows])
     for kwargs in ({}, {"do_sample": True, "seed": 5}):
-        a = tiny_bpe.generate(ids, max_new_tokens=30, **kwargs)
+        a = tiny_bpe.generate(ids, max_new_tokens=30, **kwargs, **step)
         b = tiny_bpe.generate(ids, max_new_tokens=30, use_cache=False, **kwargs)
         assert torch.equal(a, b)
     texts = tiny_bpe.generate(["Once upon", "日本"], max_new_tokens=20, do_sample=True, seed=1)

@@ -379,8 +379,6 @@ def test_kv_cache_per_row_positions() -> None:
         assert torch.equal(values[row, :, pos], 2 * new[row, :, 0])
         others = [p for p in range(4) if p != pos]
         assert not keys[row, :, others].any()
-    with pytest.raises(ValueError, match="per-row"):
-        cache.update(new, new, torch.tensor([0, 1, 2]))  # `end` is required
     # a subset of the rows (the backbone runs only rows that finished a word): rows 2 and 0
     sub = torch.randn(2, 2, 1, 4)
     keys, _ = cache.update(sub, sub, torch.tensor([2, 1]), end=3, rows=torch.tensor([2, 0]))
@@ -388,6 +386,11 @@ def test_kv_cache_per_row_positions() -> None:
     assert torch.equal(keys[0, :, 2], sub[0, :, 0]) and torch.equal(keys[1, :, 1], sub[1, :, 0])
     assert torch.equal(keys[1, :, 0], new[0, :, 0])  # row 0's earlier entry is kept
     assert torch.equal(cache.k[2, :, 2], sub[0, :, 0]) and not cache.k[1, :, :3].any()
+    # static shapes: per-row slots without `end` write and return the whole buffers
+    keys, _ = cache.update(new, new, torch.tensor([0, 1, 2]))
+    assert keys is cache.k and torch.equal(keys[2, :, 2], new[2, :, 0])
+    with pytest.raises(ValueError, match="per-row"):
+        KVCache(3, 2, 4, capacity=8, window=4).update(new, new, torch.tensor([0, 1, 2]), end=3)
 
 
 def test_kv_cache_slides_over_its_window() -> None:

@@ -9,7 +9,7 @@ import torch
 
 from hat.block import RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, compile_possible, step_module
+from hat.generation.lean import announce, compile_possible, compile_static, lean_view
 from hat.modeling import softcap
 
 
@@ -37,11 +37,13 @@ class BPECachedEngine:
                 module.reserve(total + 1)
         self.caches = stack.make_caches(self.batch, total, like=like)
         self.n = self.cols.width  # next column
-        compile = compile_possible(compile, self.device.type)
-        announce("BPE twin", compile, self.device.type)
+        self.static = compile_possible(compile, self.device.type)
+        announce("BPE twin", self.static, self.device.type)
         self.embed, self.backbone, self.head = (
-            step_module(m, compile) for m in (model.embed, model.backbone, model.head)
+            lean_view(m) for m in (model.embed, model.backbone, model.head)
         )
+        if self.static:  # compile_step=True: the step as a static-shape graph
+            self._step_static = compile_static(self._step_graph)
 
     def observe(self, row: int, token: int) -> list[int]:
         return []
@@ -61,10 +63,21 @@ class BPECachedEngine:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` [B] at column n; return the logits [B, V] for column n + 1."""
         n = self.n
+        self.n = n + 1
+        if self.static:
+            slot = [cache.fit(n) for cache in self.caches][0]
+            return self._step_static(tokens, *torch.tensor([n, slot], device=self.device))
         x = self.embed(tokens[:, None])  # [B, 1, D]
         mask, positions = self.cols.mask(n, 0), self.cols.position(n)
         hidden = self.backbone(x, positions, mask, self.caches, n)
-        self.n = n + 1
+        return self._logits(hidden[:, 0])
+
+    def _step_graph(self, tokens, n, slot):  # noqa: ANN001, ANN202
+        """The step with static shapes: the caches read whole under a mask of the columns
+        each row may see (the twin's caches never slide: slot == column)."""
+        mask = self.cols.static_mask(n, 0, self.caches[0].k.shape[2], None)
+        x = self.model.embed(tokens[:, None])  # [B, 1, D]
+        hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, slot)
         return self._logits(hidden[:, 0])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,18 @@ class LeftPadding:
         cols = torch.arange(first, last + 1, device=self.pad.device)
         return (cols[None] - self.pad[:, None]).clamp(min=0)
 
+    def static_mask(
+        self, n: torch.Tensor, offset: torch.Tensor | int, capacity: int, window: int | None
+    ) -> AttentionMask:
+        """Mask [B, 1, 1, capacity] of the query at column ``n`` (a 0-d tensor) over all slots
+        of a cache whose slot j holds column ``offset`` + j: causal, within the window, not
+        left padding. The same shapes at every step (``generate(compile_step=True)``)."""
+        cols = offset + torch.arange(capacity, device=self.pad.device)  # [K]
+        ok = (cols <= n) & (cols[None] >= self.pad[:, None])  # [B, K]
+        if window is not None:
+            ok = ok & (cols > n - window)
+        return AttentionMask(dense=ok[:, None, None])
+
     def mask(self, n: int, lo: int) -> AttentionMask | None:
         """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them
         causal and in the window, so only left padding (keys before a row's start) can need

@@ -38,7 +38,7 @@ class GenerationConfig:
     stop_strings: str | list[str] | None = None
     num_return_sequences: int = 1
     use_cache: bool = True
-    compile_step: bool = False  # torch.compile the cached step (for GPUs; compiles on first use)
+    compile_step: bool = False  # the cached step as static-shape torch.compile'd graphs (GPUs)
     pad_token_id: int | None = None  # fills finished rows of the output; None: the model's PAD
 
     def update(self, **kwargs: Any) -> GenerationConfig:

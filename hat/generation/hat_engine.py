@@ -11,7 +11,7 @@ import torch
 from hat.batching import collate_documents
 from hat.block import AttentionMask, RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, compile_possible, step_module
+from hat.generation.lean import announce, compile_possible, compile_static, lean_view
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -71,12 +71,15 @@ class HATCachedEngine:
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.n = self.width  # next column
         self.all_rows = list(range(self.batch))
-        compile = compile_possible(compile, self.device.type)
-        announce("HAT", compile, self.device.type)
+        self.static = compile_possible(compile, self.device.type)
+        announce("HAT", self.static, self.device.type)
         self.encoder, self.pooler, self.backbone, self.decoder = (
-            step_module(m, compile)
-            for m in (model.encoder, model.pooler, model.backbone, model.decoder)
+            lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
+        if self.static:  # compile_step=True: the usual step as static-shape graphs
+            self._encode_static = compile_static(self._encode_graph)
+            self._decode_static = compile_static(self._decode_graph)
+            self._backbone_static = compile_static(self._backbone_graph)
 
     # ---- host side ----------------------------------------------------------------
     def observe(self, row: int, token: int) -> list[int]:
@@ -165,9 +168,13 @@ class HATCachedEngine:
 
     def _encode(self, tokens: torch.Tensor, n: int) -> None:
         """Encoder on column n: its KV entries go to the caches, its output to ``enc_out``."""
-        mask = self.cols.mask(n, self.enc_caches[0].read_start(n))
-        x = self.encoder(tokens[:, None], self.cols.position(n), mask, self.enc_caches, n)
-        self.enc_out[:, n - self.base] = x[:, 0]  # [B, De]
+        if self.static:
+            x = self._encode_static(tokens, *self._where(n, self.enc_caches))
+        else:
+            mask = self.cols.mask(n, self.enc_caches[0].read_start(n))
+            x = self.encoder(tokens[:, None], self.cols.position(n), mask, self.enc_caches, n)
+            x = x[:, 0]
+        self.enc_out[:, n - self.base] = x  # [B, De]
 
     def _assign_words(self, r: int, keep: int, finished: list, relabel: tuple) -> None:
         """After row r's word starts changed (the first ``keep`` survived): roll the backbone
@@ -203,7 +210,17 @@ class HATCachedEngine:
             x = pooled[members]  # [R, D]
             slot_list = [self.words[r] for r in row_list]  # where each row writes
             read_to = max(slot_list) + 1
-            if row_list == self.all_rows and min(slot_list) + 1 == read_to:
+            if self.static:  # every row runs: a row without a word writes scratch at its
+                # next slot (hidden from its queries until its next word overwrites it)
+                rows = self._tensor(row_list)
+                words = pooled.new_zeros(self.batch, pooled.shape[-1])  # [B, D]
+                words[rows] = x
+                for cache in self.bb_caches:
+                    cache.fit(0, max(self.words) + 1)
+                guide = self._backbone_static(words, self._tensor(self.words))  # [B, D]
+                ring_slots = self._tensor([(w + 1) % self.ring_size for w in slot_list])
+                self.ring[rows, ring_slots] = guide[rows]
+            elif row_list == self.all_rows and min(slot_list) + 1 == read_to:
                 # every row adds its word at the same position (always at batch 1): no mask
                 out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
                 self.ring[:, read_to % self.ring_size] = self.decoder.guide_norm(out[:, 0])
@@ -225,6 +242,9 @@ class HATCachedEngine:
         base = self.base
         if c0 < base:
             raise RuntimeError(f"column {c0} was dropped from the buffers (base {base})")
+        if self.static and c0 == n:  # the usual step: one new column, a static-shape graph
+            states, words = self.enc_out[:, n - base, None], self.col_word[:, n - base, None]
+            return self._decode_static(states, words, *self._where(n, self.dec_caches))
         lo = self.dec_caches[0].read_start(c0)
         current = {len(t.starts) - 1 for t in self.trackers}  # word of column n, per row
         if c0 == n and len(current) == 1:  # one column, all rows in the same word: a view
@@ -241,6 +261,37 @@ class HATCachedEngine:
         states = self.enc_out[:, c0 - base : n + 1 - base]  # [B, Q, De]
         hidden = self.decoder(states, guides, index, positions, mask, self.dec_caches, c0)
         return self._logits(hidden[:, -1])  # only the last column is predicted
+
+    # ---- the static-shape step (compile_step=True) ---------------------------------
+    # Graphs of the modules whose inputs keep their shapes as the caches fill: caches are
+    # read whole (every slot) under a mask of the columns a query may see, and the column,
+    # slot and positions are tensors. Compiled once; the eager path above is the reference.
+    def _where(self, n: int, caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Make room for column n in a stack's caches -> (column, its slot, the column in
+        slot 0) as 0-d tensors."""
+        slot = [cache.fit(n) for cache in caches][0]  # the layers' caches slide together
+        return tuple(torch.tensor([n, slot, n - slot], device=self.device))
+
+    def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
+        caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]
+        mask = self.cols.static_mask(n, offset, caches[0].k.shape[2], self.cfg.encoder.window)
+        x = self.model.encoder(tokens[:, None], n - self.pad[:, None], mask, caches, slot)
+        return x[:, 0]
+
+    def _decode_graph(self, states, words, n, slot, offset):  # noqa: ANN001, ANN202
+        caches = self.dec_caches  # states [B, 1, De], words [B, 1] -> logits [B, 256]
+        mask = self.cols.static_mask(n, offset, caches[0].k.shape[2], self.cfg.decoder.window)
+        index = words % self.ring_size  # each row's guide in the ring
+        positions = n - self.pad[:, None]
+        hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
+        return self._logits(hidden[:, -1])
+
+    def _backbone_graph(self, words, slots):  # noqa: ANN001, ANN202
+        caches = self.bb_caches  # words [B, D] at slots [B] -> guides of the next words [B, D]
+        keys = torch.arange(caches[0].k.shape[2], device=words.device)
+        mask = AttentionMask(dense=(keys[None] <= slots[:, None])[:, None, None])
+        out = self.model.backbone(words[:, None], slots[:, None], mask, caches, slots)
+        return self.model.decoder.guide_norm(out[:, 0])
 
     # ---- helpers ------------------------------------------------------------------
     def _tensor(self, values: list[int]) -> torch.Tensor:

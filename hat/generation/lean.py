@@ -5,9 +5,10 @@ ops per layer, so on a CPU (and on a GPU without graphs) it is bound by per-call
 Besides the ops, ``nn.Module.__call__`` and the ``nn.Module.__getattr__`` behind every
 ``self.weight`` cost as much as a small op each. ``lean_view`` removes that overhead without a
 second implementation: it runs the modules' own ``forward`` code on plain Python objects
-holding the same parameters (the default). ``compile_step=True`` instead compiles the
-modules with ``torch.compile`` (meant for GPUs, where an eager step is bound by kernel
-launches).
+holding the same parameters (the default). ``compile_step=True`` instead runs the usual
+step (one new byte or token, no recomputed columns) as static-shape functions of the same
+modules — caches read whole under a position mask, positions as tensors — compiled once with
+``torch.compile`` (``compile_static``): no guards fail and nothing recompiles as the caches fill.
 """
 
 from __future__ import annotations
@@ -81,15 +82,10 @@ def lean_view(module: nn.Module) -> Any:
     return view
 
 
-def step_module(module: nn.Module, compile: bool) -> Any:
-    """What a cached step calls for ``module``: its lean view, or its compiled version (made
-    once per module; dynamic shapes, since the cached keys grow by one position per step)."""
-    if not compile:
-        return lean_view(module)
-    compiled = module.__dict__.get("_compiled_step")
-    if compiled is None:
-        compiled = module.__dict__["_compiled_step"] = torch.compile(module, dynamic=True)
-    return compiled
+def compile_static(fn: Any) -> Any:
+    """``fn``, a step function whose inputs keep their shapes from step to step, under
+    ``torch.compile`` (``generate(compile_step=True)``): one graph, compiled once per shape."""
+    return torch.compile(fn, dynamic=False)
 
 
 def compile_possible(compile: bool, device: str) -> bool:
@@ -109,6 +105,6 @@ def _warn_no_compile(why: str) -> None:
 @functools.cache
 def announce(model: str, compile: bool, device: str) -> None:
     """Log once per process which path a model's cached generation runs."""
-    path = "torch.compile'd modules" if compile else "eager modules through lean views"
-    hint = "" if compile else "; compile_step=True compiles them (for GPUs; slower on CPUs)"
+    path = "torch.compile'd static-shape steps" if compile else "eager modules through lean views"
+    hint = "" if compile else "; compile_step=True compiles static-shape steps"
     logger.info("%s cached generation on %s: %s%s", model, device, path, hint)
