@@ -43,7 +43,8 @@ fi
 if want compile; then
     # issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time
     # apart) with the stage profile, and cached generation with the compiled step (warm-up apart)
-    step bench_train_compile 150 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 6 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
-    step bench_generate_compile 150 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
+    step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
+    # static-shape compiled steps: four compiles (HAT and twin, batch 1 and 32), warm-up apart
+    step bench_generate_compile 180 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
 fi
 ls -la "$OUT"
