@@ -340,7 +340,7 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
         again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20, compile_step=True)
     assert torch.equal(eager, again)
     names = [name for name, _ in compiled]
-    assert names == ["_encode_graph", "_decode_graph", "_backbone_graph"]
+    assert names == ["_byte_graph", "_backbone_graph"]
     assert all(kwargs == {"dynamic": False} for _, kwargs in compiled)
     lines = [r.getMessage() for r in caplog.records]
     assert any("eager modules" in line for line in lines)

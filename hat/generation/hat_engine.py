@@ -76,9 +76,8 @@ class HATCachedEngine:
         self.encoder, self.pooler, self.backbone, self.decoder = (
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
-        if self.static:  # compile_step=True: the usual step as static-shape graphs
-            self._encode_static = compile_static(self._encode_graph)
-            self._decode_static = compile_static(self._decode_graph)
+        if self.static:  # compile_step=True: the usual step as two static-shape graphs
+            self._byte_static = compile_static(self._byte_graph)
             self._backbone_static = compile_static(self._backbone_graph)
 
     # ---- host side ----------------------------------------------------------------
@@ -147,7 +146,6 @@ class HATCachedEngine:
         the logits [B, 256] for column n + 1."""
         n = self.n
         self._make_room(n)
-        self._encode(tokens, n)
         slot = n - self.base
         self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
         first = [n] * self.batch  # first column to (re)compute in the decoder, per row
@@ -160,21 +158,25 @@ class HATCachedEngine:
         if relabel[0]:
             rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
             self.col_word[rows, slots] = words
-        if finished:
+        if finished:  # words that ended before column n: the backbone needs no byte of it
             self._backbone_steps(finished)
-        logits = self._decode(min(first), n)
+        c0 = min(first)
+        if self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
+            words = self.col_word[:, slot, None]  # [B, 1]
+            enc, dec = self._where(n, self.enc_caches), self._where(n, self.dec_caches)
+            x, logits = self._byte_static(tokens, words, *enc, *dec[1:])
+            self.enc_out[:, slot] = x  # [B, De]
+        else:
+            self._encode(tokens, n)
+            logits = self._decode(c0, n)
         self.n = n + 1
         return logits
 
     def _encode(self, tokens: torch.Tensor, n: int) -> None:
         """Encoder on column n: its KV entries go to the caches, its output to ``enc_out``."""
-        if self.static:
-            x = self._encode_static(tokens, *self._where(n, self.enc_caches))
-        else:
-            mask = self.cols.mask(n, self.enc_caches[0].read_start(n))
-            x = self.encoder(tokens[:, None], self.cols.position(n), mask, self.enc_caches, n)
-            x = x[:, 0]
-        self.enc_out[:, n - self.base] = x  # [B, De]
+        mask = self.cols.mask(n, self.enc_caches[0].read_start(n))
+        x = self.encoder(tokens[:, None], self.cols.position(n), mask, self.enc_caches, n)
+        self.enc_out[:, n - self.base] = x[:, 0]  # [B, De]
 
     def _assign_words(self, r: int, keep: int, finished: list, relabel: tuple) -> None:
         """After row r's word starts changed (the first ``keep`` survived): roll the backbone
@@ -242,9 +244,6 @@ class HATCachedEngine:
         base = self.base
         if c0 < base:
             raise RuntimeError(f"column {c0} was dropped from the buffers (base {base})")
-        if self.static and c0 == n:  # the usual step: one new column, a static-shape graph
-            states, words = self.enc_out[:, n - base, None], self.col_word[:, n - base, None]
-            return self._decode_static(states, words, *self._where(n, self.dec_caches))
         lo = self.dec_caches[0].read_start(c0)
         current = {len(t.starts) - 1 for t in self.trackers}  # word of column n, per row
         if c0 == n and len(current) == 1:  # one column, all rows in the same word: a view
@@ -263,14 +262,20 @@ class HATCachedEngine:
         return self._logits(hidden[:, -1])  # only the last column is predicted
 
     # ---- the static-shape step (compile_step=True) ---------------------------------
-    # Graphs of the modules whose inputs keep their shapes as the caches fill: caches are
-    # read whole (every slot) under a mask of the columns a query may see, and the column,
-    # slot and positions are tensors. Compiled once; the eager path above is the reference.
+    # Two graphs of the modules whose inputs keep their shapes as the caches fill: one per
+    # byte (encoder and decoder of the new column), one per word (backbone). Caches are read
+    # whole (every slot) under a mask of the columns a query may see, and the column, slot
+    # and positions are tensors. Compiled once; the eager path above is the reference (and
+    # runs the columns recomputed after a word boundary moved).
     def _where(self, n: int, caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Make room for column n in a stack's caches -> (column, its slot, the column in
         slot 0) as 0-d tensors."""
         slot = [cache.fit(n) for cache in caches][0]  # the layers' caches slide together
         return tuple(torch.tensor([n, slot, n - slot], device=self.device))
+
+    def _byte_graph(self, tokens, words, n, enc_slot, enc_offset, dec_slot, dec_offset):  # noqa: ANN001, ANN202
+        x = self._encode_graph(tokens, n, enc_slot, enc_offset)  # [B, De]
+        return x, self._decode_graph(x[:, None], words, n, dec_slot, dec_offset)
 
     def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]
