@@ -8,6 +8,7 @@ token spells (bits per byte for the twin are measured on exactly the bytes HAT s
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,13 @@ class BPETokenizer:
         vocab_size: int,
         output_file: str | Path,
         max_sentence_bytes: int = 16384,
+        hard_vocab_limit: bool = True,
     ) -> BPETokenizer:
-        """Train a byte-fallback BPE model on ``texts`` and write it to ``output_file``."""
+        """Train a byte-fallback BPE model on ``texts`` and write it to ``output_file``.
+
+        ``vocab_size`` is exact unless ``hard_vocab_limit=False`` (then at most: as many
+        pieces as the text supports, what speed benchmarks on a small sample need); text too
+        small for an exact one is a ``ValueError`` saying how many it supports."""
         import sentencepiece as spm
 
         model = io.BytesIO()
@@ -104,27 +110,38 @@ class BPETokenizer:
                     if line.strip():
                         yield line[:max_sentence_bytes]
 
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(),
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=0.9995,
-            normalization_rule_name="identity",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            pad_id=PAD_ID,
-            user_defined_symbols=["\n", "\t"],
-            max_sentence_length=max_sentence_bytes,
-            num_threads=2,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=lines(),
+                model_writer=model,
+                model_type="bpe",
+                vocab_size=vocab_size,
+                hard_vocab_limit=hard_vocab_limit,
+                byte_fallback=True,
+                character_coverage=0.9995,
+                normalization_rule_name="identity",
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                allow_whitespace_only_pieces=True,
+                split_digits=True,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                pad_id=PAD_ID,
+                user_defined_symbols=["\n", "\t"],
+                max_sentence_length=max_sentence_bytes,
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as err:  # sentencepiece's own words: "Vocabulary size too high"
+            most = re.search(r"Vocabulary size too high.*<= (\d+)", str(err))
+            if most is None:
+                raise
+            raise ValueError(
+                f"a vocabulary of {vocab_size:,} tokens is more than this text supports "
+                f"(at most {int(most.group(1)):,}): train on more text, or choose a smaller "
+                "vocab_size"
+            ) from None
         output_file = Path(output_file)
         output_file.parent.mkdir(parents=True, exist_ok=True)
         output_file.write_bytes(model.getvalue())

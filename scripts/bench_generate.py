@@ -168,7 +168,8 @@ def build_models(args: argparse.Namespace, tmp: Path):  # noqa: ANN201
     hat_model = hat.HATForCausalLM.from_name(args.hat).to(args.device, dtype).eval()
     cfg = hat.BPEConfig.from_name(args.bpe)
     text = CORPUS.read_text(encoding="utf-8")
-    tok = hat.BPETokenizer.train([text], vocab_size=cfg.vocab_size, output_file=tmp / "tok.model")
+    # at most the vocabulary (the sample supports ~36k pieces; the model keeps its full head)
+    tok = hat.BPETokenizer.train([text], cfg.vocab_size, tmp / "tok.model", hard_vocab_limit=False)
     bpe_model = hat.BPEForCausalLM(cfg, tok).to(args.device, dtype).eval()
     return hat_model, bpe_model
 

@@ -254,13 +254,15 @@ def sync(accelerator) -> None:  # noqa: ANN001
 
 
 def tokenizer_for(bpe_cfg, directory: Path):  # noqa: ANN001, ANN201
-    """The twin's BPE, trained on the sample once per vocabulary size."""
+    """The twin's BPE, trained on the sample once per vocabulary size. The sample supports
+    ~36k pieces: a larger vocabulary (``bpe_1b``'s 65,536) gets as many as it has, while the
+    model keeps its full embedding and head (what the speed depends on)."""
     path = directory / f"tok{bpe_cfg.vocab_size}.model"
     if path.is_file():
         from hat.bpe import BPETokenizer
 
         return BPETokenizer(path)
-    return train_tokenizer(DataConfig(), bpe_cfg.vocab_size, path, 4_000_000)
+    return train_tokenizer(DataConfig(), bpe_cfg.vocab_size, path, 4_000_000, False)
 
 
 def main() -> None:

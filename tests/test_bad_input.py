@@ -88,6 +88,16 @@ def test_tokenizer_rejects_lone_surrogates(tiny_tokenizer) -> None:
         tiny_tokenizer.encode("a\ud800b")
 
 
+def test_tokenizer_vocabulary_larger_than_the_text_supports(tmp_path) -> None:
+    """sentencepiece's 'Vocabulary size too high' becomes an error that says what to change;
+    ``hard_vocab_limit=False`` (the speed benchmarks) takes as many pieces as there are."""
+    text = ["the cat sat on the mat, and the dog sat on the log"] * 20
+    with pytest.raises(ValueError, match=r"more than this text supports \(at most \d+\)"):
+        hat.BPETokenizer.train(text, vocab_size=5000, output_file=tmp_path / "a.model")
+    tok = hat.BPETokenizer.train(text, 5000, tmp_path / "b.model", hard_vocab_limit=False)
+    assert 256 < len(tok) < 5000 and tok.decode(tok.encode(text[0])) == text[0]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -17,9 +17,14 @@ logger = logging.getLogger(__name__)
 
 
 def train_tokenizer(
-    data: DataConfig, vocab_size: int, output_file: str | Path, max_bytes: int
+    data: DataConfig,
+    vocab_size: int,
+    output_file: str | Path,
+    max_bytes: int,
+    hard_vocab_limit: bool = True,
 ) -> BPETokenizer:
-    """A sentencepiece BPE trained on the first ``max_bytes`` of ``data``'s training documents.
+    """A sentencepiece BPE trained on the first ``max_bytes`` of ``data``'s training documents
+    (``hard_vocab_limit``: see ``BPETokenizer.train``).
 
     Written to a temporary file and renamed, so an interrupted run leaves no half tokenizer.
     """
@@ -34,6 +39,6 @@ def train_tokenizer(
 
     output_file = Path(output_file)
     tmp = output_file.with_name(output_file.name + ".tmp")
-    BPETokenizer.train(documents(), vocab_size=vocab_size, output_file=tmp)
+    BPETokenizer.train(documents(), vocab_size, tmp, hard_vocab_limit=hard_vocab_limit)
     os.replace(tmp, output_file)
     return BPETokenizer(output_file)
