@@ -82,6 +82,9 @@ def test_continue_hat_replays_rewarms_evaluates_and_freezes(
     proc = run_cli(continue_cli(*args))
     check(proc)
     log = proc.stdout + proc.stderr
+    # hydra's record, written by hat-continue once the run held the directory
+    assert f"init_from: {init}" in (out / ".hydra" / "config.yaml").read_text()
+    assert "freeze.steps=4" in (out / ".hydra" / "overrides.yaml").read_text()
 
     # held-out bits per byte of the new language and of the replayed English, at 0 and on the way
     evals = {r["step"]: r for r in read_metrics(out, "eval")}

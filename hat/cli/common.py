@@ -10,7 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hat.config import preset, preset_names
 from hat.errors import HatError
@@ -96,3 +97,16 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver(
             "hat.if_rank_zero", lambda a, b=None: a if is_rank_zero() else b
         )
+
+
+def save_hydra_record(cfg: DictConfig, directory: Path) -> None:
+    """hydra's record of the run in ``<directory>/.hydra``: ``config.yaml`` (the composed
+    config), ``overrides.yaml`` (the command line), ``hydra.yaml``. Written here, once the run
+    holds the directory: a run refused there (another run is live, or it is another run's
+    directory) leaves the record of the run that is there untouched."""
+    record = directory / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, record / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), record / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")

@@ -15,12 +15,20 @@ architecture and kind (HAT or BPE twin, with its tokenizer) come from ``init_fro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from hat.cli.common import cli_errors, config_dir, register_configs
-from hat.training.continued import ContinueConfig, continue_training
+from hat.cli.common import (
+    cli_errors,
+    config_dir,
+    is_rank_zero,
+    register_configs,
+    save_hydra_record,
+)
+from hat.training.continued import ContinueConfig, ContinueTrainer
 
 register_configs()
 ConfigStore.instance().store(name="continue_schema", node=ContinueConfig)
@@ -29,7 +37,10 @@ ConfigStore.instance().store(name="continue_schema", node=ContinueConfig)
 @hydra.main(config_path=config_dir(), config_name="continue", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     with cli_errors("hat-continue"):
-        continue_training(cfg)
+        trainer = ContinueTrainer(cfg)  # from here this run holds the directory (or it stopped)
+        if is_rank_zero():
+            save_hydra_record(cfg, Path(cfg.trainer.output_dir))
+        trainer.fit()
 
 
 def main() -> None:

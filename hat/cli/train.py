@@ -18,9 +18,15 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from hat.cli.common import cli_errors, config_dir, is_rank_zero, register_configs
+from hat.cli.common import (
+    cli_errors,
+    config_dir,
+    is_rank_zero,
+    register_configs,
+    save_hydra_record,
+)
 from hat.training import Trainer
 
 register_configs()
@@ -36,19 +42,6 @@ def _main(cfg: DictConfig) -> None:
         if is_rank_zero():
             save_hydra_record(cfg, Path(cfg.trainer.output_dir))
         trainer.fit()
-
-
-def save_hydra_record(cfg: DictConfig, directory: Path) -> None:
-    """hydra's record of the run in ``<directory>/.hydra``: ``config.yaml`` (the composed
-    config), ``overrides.yaml`` (the command line), ``hydra.yaml``. Written here, once the run
-    holds the directory: a run refused there (another run is live, or it is another run's
-    directory) leaves the record of the run that is there untouched."""
-    record = directory / ".hydra"
-    record.mkdir(parents=True, exist_ok=True)
-    hydra_cfg = HydraConfig.get()
-    OmegaConf.save(cfg, record / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), record / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from tests.helpers import (
     losses,
     read_metrics,
     run_cli,
+    run_clis,
     tiny,
     with_settings,
 )
@@ -110,18 +111,32 @@ def test_changed_lr_is_applied_from_the_resumed_step_and_logged(
 def test_a_second_run_into_a_live_runs_directory_is_refused_naming_its_pid(
     run_copy: Path,
 ) -> None:
+    record = (run_copy / ".hydra" / "config.yaml").read_text()
     lock = RunLock(run_copy)
     lock.acquire()  # this process is the live run
     try:
-        proc = train(run_copy, "trainer.steps=25")
+        procs = run_clis(
+            {
+                "hat-train": cli(
+                    *with_settings(RUN, "trainer.steps=25"), f"trainer.output_dir={run_copy}"
+                ),
+                "hat-continue": cli(
+                    f"init_from={run_copy / 'model'}",
+                    f"trainer.output_dir={run_copy}",
+                    module="hat.cli.continue_",
+                ),
+            }
+        )
         holder = (run_copy / ".lock").read_text()
     finally:
         lock.release()
-    assert_cli_error(
-        proc, "hat-train", f"{run_copy} is in use by a running training", f"pid {os.getpid()})"
-    )
+    for prog, proc in procs.items():
+        assert_cli_error(
+            proc, prog, f"{run_copy} is in use by a running training", f"pid {os.getpid()})"
+        )
     assert holder == f"host {socket.gethostname()} pid {os.getpid()}\n"  # left as it was
     assert max(losses(run_copy)) == 20
+    assert (run_copy / ".hydra" / "config.yaml").read_text() == record  # neither wrote over it
 
 
 @pytest.mark.slow
