@@ -245,8 +245,9 @@ class KVCache:
 
     Static shapes (``generate(compile_step=True)``): ``pos`` a 0-d tensor is the *slot* (see
     ``fit``) where one new entry of every row goes, and a per-row ``pos`` without ``end`` is
-    per-row slots; either way the whole buffers come back, the same shapes at every step, and
-    the caller's attention mask hides the slots a query must not see.
+    per-row slots (of ``rows``, if given); either way the whole buffers (of those rows) come
+    back, the same shapes at every step, and the caller's attention mask hides the slots a
+    query must not see.
 
     With a ``window`` the cache slides: a write past the end keeps only the ``keep`` positions
     before it (at least ``window``; more if later writes may start further back). Without one
@@ -301,9 +302,13 @@ class KVCache:
             if pos.dim() == 0:  # one slot for every row: k, v [B, Hkv, 1, Dh]
                 self.k.index_copy_(2, pos[None], k)
                 self.v.index_copy_(2, pos[None], v)
-            else:  # one slot per row
+            elif rows is None:  # one slot per row
                 self.k[self.rows, :, pos] = k[:, :, 0]
                 self.v[self.rows, :, pos] = v[:, :, 0]
+            else:  # one slot for each of some rows: theirs come back (copies)
+                self.k[rows, :, pos] = k[:, :, 0]
+                self.v[rows, :, pos] = v[:, :, 0]
+                return self.k[rows], self.v[rows]  # [R, Hkv, capacity, Dh]
             return self.k, self.v  # [B, Hkv, capacity, Dh]
         if isinstance(pos, int):
             end = pos + k.shape[2]

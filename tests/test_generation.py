@@ -26,7 +26,7 @@ from hat.generation import (
     lean,
     word_starts,
 )
-from hat.generation.lean import announce, lean_view
+from hat.generation.lean import StaticStep, announce, lean_view
 from hat.hf_tokenizer import HATTokenizer
 from hat.splitter import EOD, PAD, make_splitter
 
@@ -152,6 +152,7 @@ def test_cached_equals_uncached_sampled(variant: dict, step: dict, monkeypatch) 
 def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> None:
     """Long enough that the sliding windows slide and the column buffers are compacted."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
+    monkeypatch.setattr(HATCachedEngine, "UNIT", 1)  # static sizes not rounded up either
     shifts, slides = [], []
 
     def make_room(self, n):
@@ -373,20 +374,64 @@ def test_compile_step_falls_back_to_eager_where_it_cannot_compile(monkeypatch, c
         ),
     ],
 )
-def test_compiled_step_equals_eager_on_cpu(backend: str, monkeypatch) -> None:
-    """The compiled static-shape step gives the eager step's text and logits, across word
+def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) -> None:
+    """The compiled static-shape steps give the eager step's text and logits, across word
     boundaries, left padding, a ragged batch and the twin. ``aot_eager`` traces the graphs
     for real (dynamo + AOTAutograd, eager kernels: seconds); ``HAT_TEST_COMPILE=1`` adds
-    inductor's C++ kernels. Each graph compiles once per batch shape: never as caches fill."""
+    inductor's C++ kernels. Graphs compile once per shape, never as the caches fill: HAT's
+    byte step once, its backbone once per group size (1 and 2 rows here), the twin's step once;
+    a second call of the same shapes compiles nothing."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):  # noqa: ANN001, ANN202
+        graphs.append(gm)
+        return lookup_backend(backend)(gm, example_inputs)
+
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
     torch._dynamo.reset()
     model = tiny()
     kwargs = dict(max_new_tokens=24, output_logits=True, return_dict_in_generate=True)
     batch = batch_of([b"Hello wor", b"It's 3.14, not "])  # a word ends at once; ragged
     eager = model.generate(**batch, **kwargs)
-    with torch._dynamo.config.patch(error_on_recompile=True):  # one graph each, all the way
-        compiled = model.generate(**batch, compile_step=True, **kwargs)
+    compiled = model.generate(**batch, compile_step=True, **kwargs)
+    assert len(graphs) <= 3
+    again = model.generate(**batch, compile_step=True, **kwargs)
+    assert len(graphs) <= 3 and torch.equal(again.sequences, compiled.sequences)
+    assert torch.equal(compiled.sequences, eager.sequences)
+    for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
+        torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
+
+    texts = ["Hello there, my", "x"]  # the twin: ragged
+    eager = tiny_bpe.generate(
+        texts, max_new_tokens=20, output_logits=True, return_dict_in_generate=True
+    )
+    compiled = tiny_bpe.generate(
+        texts,
+        max_new_tokens=20,
+        output_logits=True,
+        return_dict_in_generate=True,
+        compile_step=True,
+    )
+    assert compiled.sequences == eager.sequences and len(graphs) <= 4
+    for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
+        torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
+
+    # 2-byte words, more than the backbone cache was sized for (not rounded up here): it grows,
+    # and the calls after that check every guard again (StaticStep.reshaped), so its graph is
+    # recompiled, not reused
+    monkeypatch.setattr(HATCachedEngine, "UNIT", 1)
+    reshaped = []
+    original = StaticStep.reshaped
+    monkeypatch.setattr(StaticStep, "reshaped", lambda self: reshaped.append(1) or original(self))
+    kwargs = dict(kwargs, max_new_tokens=180)
+    eager = model.generate(**batch, logits_processor=[Force(b"a " * 90)], **kwargs)
+    compiled = model.generate(
+        **batch, logits_processor=[Force(b"a " * 90)], compile_step=True, **kwargs
+    )
+    assert reshaped, "the backbone cache never grew"
     assert torch.equal(compiled.sequences, eager.sequences)
     for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
         torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ import torch
 
 from hat.block import RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, compile_possible, compile_static, lean_view
+from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
 from hat.modeling import softcap
 
 
@@ -20,6 +20,9 @@ class BPECachedEngine:
     same modules serve the prefill and each step. Rows are left-padded to a shared column axis
     (column c of row r is token c - pad[r]).
     """
+
+    UNIT = 64  # static shapes: the caches' size is a multiple of it (~HAT's 256 bytes), so
+    # that calls of similar lengths share a graph
 
     def __init__(
         self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
@@ -35,15 +38,16 @@ class BPECachedEngine:
         for module in stack.modules():
             if isinstance(module, RotaryEmbedding):
                 module.reserve(total + 1)
-        self.caches = stack.make_caches(self.batch, total, like=like)
-        self.n = self.cols.width  # next column
         self.static = compile_possible(compile, self.device.type)
         announce("BPE twin", self.static, self.device.type)
+        capacity = round_up(total, self.UNIT) if self.static else total
+        self.caches = stack.make_caches(self.batch, capacity, like=like)
+        self.n = self.cols.width  # next column
         self.embed, self.backbone, self.head = (
             lean_view(m) for m in (model.embed, model.backbone, model.head)
         )
         if self.static:  # compile_step=True: the step as a static-shape graph
-            self._step_static = compile_static(self._step_graph)
+            self._step_static = StaticStep(self._step_graph)  # its caches never grow
 
     def observe(self, row: int, token: int) -> list[int]:
         return []

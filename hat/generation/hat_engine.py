@@ -11,7 +11,7 @@ import torch
 from hat.batching import collate_documents
 from hat.block import AttentionMask, RotaryEmbedding
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import announce, compile_possible, compile_static, lean_view
+from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -28,6 +28,7 @@ class HATCachedEngine:
     """
 
     SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
+    UNIT = 256  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
 
     def __init__(
         self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
@@ -46,9 +47,12 @@ class HATCachedEngine:
         for module in model.modules():  # every position (bytes and words) is below total + 1
             if isinstance(module, RotaryEmbedding):
                 module.reserve(total + 1)
+        self.static = compile_possible(compile, self.device.type)
+        announce("HAT", self.static, self.device.type)
 
         def capacity(keep: int | None) -> int:
-            return min(total, max(self.width, keep) + self.SLACK) if keep else total
+            size = min(total, max(self.width, keep) + self.SLACK) if keep else total
+            return round_up(size, self.UNIT) if self.static else size
 
         enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
         # the decoder may recompute the last `margin` columns, each seeing `dec_w` back
@@ -60,6 +64,7 @@ class HATCachedEngine:
             self.batch, capacity(dec_keep), keep=dec_keep, like=like
         )
         words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
+        words = round_up(words, max(self.UNIT // 4, 1)) if self.static else words
         self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
         # encoder outputs and the word of each column: columns the decoder and pooler may read
         self.keep, self.cap = dec_keep, capacity(dec_keep)
@@ -71,14 +76,12 @@ class HATCachedEngine:
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.n = self.width  # next column
         self.all_rows = list(range(self.batch))
-        self.static = compile_possible(compile, self.device.type)
-        announce("HAT", self.static, self.device.type)
         self.encoder, self.pooler, self.backbone, self.decoder = (
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
-            self._byte_static = compile_static(self._byte_graph)
-            self._backbone_static = compile_static(self._backbone_graph)
+            self._byte_static = StaticStep(self._byte_graph)
+            self._backbone_static = StaticStep(self._backbone_graph)
 
     # ---- host side ----------------------------------------------------------------
     def observe(self, row: int, token: int) -> list[int]:
@@ -212,16 +215,8 @@ class HATCachedEngine:
             x = pooled[members]  # [R, D]
             slot_list = [self.words[r] for r in row_list]  # where each row writes
             read_to = max(slot_list) + 1
-            if self.static:  # every row runs: a row without a word writes scratch at its
-                # next slot (hidden from its queries until its next word overwrites it)
-                rows = self._tensor(row_list)
-                words = pooled.new_zeros(self.batch, pooled.shape[-1])  # [B, D]
-                words[rows] = x
-                for cache in self.bb_caches:
-                    cache.fit(0, max(self.words) + 1)
-                guide = self._backbone_static(words, self._tensor(self.words))  # [B, D]
-                ring_slots = self._tensor([(w + 1) % self.ring_size for w in slot_list])
-                self.ring[rows, ring_slots] = guide[rows]
+            if self.static:
+                self._backbone_pass_static(row_list, x)
             elif row_list == self.all_rows and min(slot_list) + 1 == read_to:
                 # every row adds its word at the same position (always at batch 1): no mask
                 out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
@@ -291,12 +286,36 @@ class HATCachedEngine:
         hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
         return self._logits(hidden[:, -1])
 
-    def _backbone_graph(self, words, slots):  # noqa: ANN001, ANN202
-        caches = self.bb_caches  # words [B, D] at slots [B] -> guides of the next words [B, D]
+    def _backbone_pass_static(self, row_list: list[int], x: torch.Tensor) -> None:
+        """One backbone pass of the rows ``row_list`` (their words x [R, D]) as a static graph.
+        The rows run in a group of a few fixed sizes (powers of two from B/8 to B, so at most
+        four graphs), topped up with rows that have no word: those write scratch at their next
+        slot, hidden from their queries until their next word overwrites it."""
+        size = max(self.batch // 8, 1)
+        while size < len(row_list):
+            size *= 2
+        size = min(size, self.batch)
+        taken = set(row_list)
+        group = row_list + [r for r in self.all_rows if r not in taken][: size - len(row_list)]
+        words = x.new_zeros(size, x.shape[-1])  # [R', D]
+        words[: len(row_list)] = x
+        capacity = self.bb_caches[0].k.shape[2]
+        for cache in self.bb_caches:
+            cache.fit(0, max(self.words) + 1)
+        if self.bb_caches[0].k.shape[2] != capacity:  # the caches grew: new graphs
+            self._backbone_static.reshaped()
+        rows = None if size == self.batch else self._tensor(group)  # all rows: no gather
+        order = self._tensor(group)
+        guide = self._backbone_static(words, self._tensor([self.words[r] for r in group]), rows)
+        ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
+        self.ring[order[: len(row_list)], ring_slots] = guide[: len(row_list)]
+
+    def _backbone_graph(self, words, slots, rows):  # noqa: ANN001, ANN202
+        caches = self.bb_caches  # words [R, D] of rows [R] (None: all) at slots [R]
         keys = torch.arange(caches[0].k.shape[2], device=words.device)
         mask = AttentionMask(dense=(keys[None] <= slots[:, None])[:, None, None])
-        out = self.model.backbone(words[:, None], slots[:, None], mask, caches, slots)
-        return self.model.decoder.guide_norm(out[:, 0])
+        out = self.model.backbone(words[:, None], slots[:, None], mask, caches, slots, None, rows)
+        return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
 
     # ---- helpers ------------------------------------------------------------------
     def _tensor(self, values: list[int]) -> torch.Tensor:

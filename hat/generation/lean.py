@@ -8,7 +8,7 @@ second implementation: it runs the modules' own ``forward`` code on plain Python
 holding the same parameters (the default). ``compile_step=True`` instead runs the usual
 step (one new byte or token, no recomputed columns) as static-shape functions of the same
 modules — caches read whole under a position mask, positions as tensors — compiled once with
-``torch.compile`` (``compile_static``): no guards fail and nothing recompiles as the caches fill.
+``torch.compile`` (``StaticStep``): no guards fail and nothing recompiles as the caches fill.
 """
 
 from __future__ import annotations
@@ -82,10 +82,37 @@ def lean_view(module: nn.Module) -> Any:
     return view
 
 
-def compile_static(fn: Any) -> Any:
+class StaticStep:
     """``fn``, a step function whose inputs keep their shapes from step to step, under
-    ``torch.compile`` (``generate(compile_step=True)``): one graph, compiled once per shape."""
-    return torch.compile(fn, dynamic=False)
+    ``torch.compile`` (``generate(compile_step=True)``): one graph per shape of its arguments.
+
+    Checking dynamo's guards costs ~200 us per call on a 2-core CPU (a guard per parameter,
+    cache and setting), as much as a small layer. An engine's calls pass the same modules and
+    caches, so only the first call with each shape of the arguments, and the first after
+    ``reshaped()`` (a cache grew), checks them all; the others check only the guards that tell
+    the compiled graphs apart (``set_stance(skip_guard_eval_unsafe=True)``; a graph it would
+    have to compile then is an error, never a silent reuse: tests/test_generation.py)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.compiled = torch.compile(fn, dynamic=False)
+        self.seen: set[tuple] = set()  # argument shapes called with every guard checked
+
+    def reshaped(self) -> None:
+        """Something the arguments do not show changed shape: check every guard again."""
+        self.seen.clear()
+
+    def __call__(self, *args: torch.Tensor | None) -> Any:
+        shapes = tuple(None if a is None else tuple(a.shape) for a in args)
+        if shapes not in self.seen:
+            self.seen.add(shapes)
+            return self.compiled(*args)
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return self.compiled(*args)
+
+
+def round_up(n: int, unit: int) -> int:
+    """n rounded up to a multiple of ``unit``."""
+    return -(-n // unit) * unit
 
 
 def compile_possible(compile: bool, device: str) -> bool:
