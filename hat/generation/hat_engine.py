@@ -161,7 +161,7 @@ class HATCachedEngine:
         if relabel[0]:
             rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
             self.col_word[rows, slots] = words
-        if finished:  # words that ended before column n: the backbone needs no byte of it
+        if finished:  # words that ended before column n: none needs its encoder state
             self._backbone_steps(finished)
         c0 = min(first)
         if self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
