@@ -182,15 +182,15 @@ def sharpen(attn: Attention) -> None:
 
 
 class Force:
-    """A logits processor that makes row 0 emit ``data`` first (then samples freely)."""
+    """A logits processor that makes row ``row`` emit ``data`` first (then samples freely)."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self.step = data, 0
+    def __init__(self, data: bytes, row: int = 0) -> None:
+        self.data, self.row, self.step = data, row, 0
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.step < len(self.data):
-            scores[0] = -float("inf")
-            scores[0, self.data[self.step]] = 0.0
+            scores[self.row] = -float("inf")
+            scores[self.row, self.data[self.step]] = 0.0
         self.step += 1
         return scores
 
@@ -249,6 +249,30 @@ def test_several_words_finish_in_one_step(step: dict) -> None:
         for cache in (True, False)
     ]
     assert torch.equal(*outs)
+
+
+def test_most_rows_finish_a_word_at_once(step: dict) -> None:
+    """Five of six rows end a word at the same bytes, the third row not until later: the
+    static backbone then runs all six rows (its largest group) in row order, the eager one
+    five. Every row's text differs, so a row given another's word would show."""
+    model = tiny()
+    texts = [bytes([c]) + b" ab cd ef gh ij" for c in b"vwxyzq"]
+    texts[2] = b"xabcdefgh ij klm"
+    cached, uncached = (
+        model.generate(
+            **batch_of([b"x"] * 6),
+            max_new_tokens=len(texts[0]),
+            logits_processor=[Force(t, row) for row, t in enumerate(texts)],
+            use_cache=cache,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **step,
+        )
+        for cache in (True, False)
+    )
+    assert [bytes(row[2:].tolist()) for row in cached.sequences] == texts
+    for got, want in zip(cached.logits, uncached.logits, strict=True):  # forced text: compare
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # what each row predicted
 
 
 @pytest.mark.parametrize(

@@ -294,21 +294,24 @@ class HATCachedEngine:
         size = max(self.batch // 8, 1)
         while size < len(row_list):
             size *= 2
-        size = min(size, self.batch)
-        taken = set(row_list)
-        group = row_list + [r for r in self.all_rows if r not in taken][: size - len(row_list)]
-        words = x.new_zeros(size, x.shape[-1])  # [R', D]
-        words[: len(row_list)] = x
+        if size >= self.batch:  # every row, in row order: the caches' rows need no gather
+            group, rows = self.all_rows, None
+        else:
+            taken = set(row_list)
+            group = row_list + [r for r in self.all_rows if r not in taken][: size - len(row_list)]
+            rows = self._tensor(group)
+        place = {r: i for i, r in enumerate(group)}
+        at = self._tensor([place[r] for r in row_list])  # where row_list's rows are in the group
+        words = x.new_zeros(len(group), x.shape[-1])  # [R', D]
+        words[at] = x
         capacity = self.bb_caches[0].k.shape[2]
         for cache in self.bb_caches:
             cache.fit(0, max(self.words) + 1)
         if self.bb_caches[0].k.shape[2] != capacity:  # the caches grew: new graphs
             self._backbone_static.reshaped()
-        rows = None if size == self.batch else self._tensor(group)  # all rows: no gather
-        order = self._tensor(group)
         guide = self._backbone_static(words, self._tensor([self.words[r] for r in group]), rows)
         ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
-        self.ring[order[: len(row_list)], ring_slots] = guide[: len(row_list)]
+        self.ring[self._tensor(row_list), ring_slots] = guide[at]
 
     def _backbone_graph(self, words, slots, rows):  # noqa: ANN001, ANN202
         caches = self.bb_caches  # words [R, D] of rows [R] (None: all) at slots [R]
