@@ -91,7 +91,9 @@ class StaticStep:
     caches, so only the first call with each shape of the arguments, and the first after
     ``reshaped()`` (a cache grew), checks them all; the others check only the guards that tell
     the compiled graphs apart (``set_stance(skip_guard_eval_unsafe=True)``; a graph it would
-    have to compile then is an error, never a silent reuse: tests/test_generation.py)."""
+    have to compile then is an error, never a silent reuse: tests/test_generation.py). So a
+    module or parameter of the model replaced by another object in the middle of a
+    ``generate`` call would go unseen; values changed in place are always seen."""
 
     def __init__(self, fn: Any) -> None:
         self.compiled = torch.compile(fn, dynamic=False)
