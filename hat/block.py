@@ -296,20 +296,8 @@ class KVCache:
         rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, Dh] at ``pos``; return the keys and values of positions
-        [read_start(pos), pos + S) (int ``pos``) or [0, end) (per-row ``pos``, of ``rows``);
-        or, static, write by slot and return the whole buffers."""
-        if isinstance(pos, torch.Tensor) and (pos.dim() == 0 or end is None):
-            if pos.dim() == 0:  # one slot for every row: k, v [B, Hkv, 1, Dh]
-                self.k.index_copy_(2, pos[None], k)
-                self.v.index_copy_(2, pos[None], v)
-            elif rows is None:  # one slot per row
-                self.k[self.rows, :, pos] = k[:, :, 0]
-                self.v[self.rows, :, pos] = v[:, :, 0]
-            else:  # one slot for each of some rows: theirs come back (copies)
-                self.k[rows, :, pos] = k[:, :, 0]
-                self.v[rows, :, pos] = v[:, :, 0]
-                return self.k[rows], self.v[rows]  # [R, Hkv, capacity, Dh]
-            return self.k, self.v  # [B, Hkv, capacity, Dh]
+        [read_start(pos), pos + S) (int ``pos``), of every slot (a 0-d slot), or of positions
+        [0, end) (per-row ``pos``; every slot without ``end``), of ``rows`` if given."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
             if end - self.offset > self.k.shape[2]:
@@ -320,19 +308,22 @@ class KVCache:
             a, b = pos - self.offset, end - self.offset
             self.k[:, :, a:b] = k
             self.v[:, :, a:b] = v
-        else:
-            if self.window is not None:
-                raise ValueError("per-row positions need a cache without a window")
-            if end > self.k.shape[2]:
-                self._make_room(0, end)
-            if rows is not None:  # a subset of the rows: write and read those only
-                self.k[rows, :, pos] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row rows[i]
-                self.v[rows, :, pos] = v[:, :, 0]
-                return self.k[rows, :, :end], self.v[rows, :, :end]  # copies: [R, Hkv, end, Dh]
-            self.k[self.rows, :, pos] = k[:, :, 0]  # [B, Hkv, Dh] at slot pos[b] of row b
-            self.v[self.rows, :, pos] = v[:, :, 0]
-            start = 0
-        return self.k[:, :, start : end - self.offset], self.v[:, :, start : end - self.offset]
+            return self.k[:, :, start:b], self.v[:, :, start:b]
+        if pos.dim() == 0:  # static: one slot for every row, k, v [B, Hkv, 1, Dh]
+            self.k.index_copy_(2, pos[None], k)
+            self.v.index_copy_(2, pos[None], v)
+            return self.k, self.v  # [B, Hkv, capacity, Dh]
+        if self.window is not None:
+            raise ValueError("per-row positions need a cache without a window")
+        if end is not None and end > self.k.shape[2]:
+            self._make_room(0, end)
+        which = self.rows if rows is None else rows
+        self.k[which, :, pos] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row which[i]
+        self.v[which, :, pos] = v[:, :, 0]
+        keys, values = (self.k, self.v) if end is None else (self.k[:, :, :end], self.v[:, :, :end])
+        if rows is not None:  # a subset of the rows: theirs (copies) [R, Hkv, end, Dh]
+            keys, values = keys[rows], values[rows]
+        return keys, values
 
     def _make_room(self, pos: int, end: int) -> None:
         """Grow, or slide, so that positions up to ``end`` fit."""
