@@ -222,15 +222,14 @@ class HATCachedEngine:
                 out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
                 self.ring[:, read_to % self.ring_size] = self.decoder.guide_norm(out[:, 0])
             else:
-                rows = None if row_list == self.all_rows else self._tensor(row_list)
-                slots = self._tensor(slot_list)  # [R]
-                keys = torch.arange(read_to, device=self.device)
-                mask = AttentionMask(dense=(keys[None] <= slots[:, None])[:, None, None])
+                rows, slots = self._tensor(row_list), self._tensor(slot_list)  # [R], [R]
+                mask = word_mask(slots, read_to)
+                cache_rows = None if row_list == self.all_rows else rows
                 out = self.backbone(
-                    x[:, None], slots[:, None], mask, self.bb_caches, slots, read_to, rows
+                    x[:, None], slots[:, None], mask, self.bb_caches, slots, read_to, cache_rows
                 )  # [R, 1, D]
                 ring_slots = self._tensor([(w + 1) % self.ring_size for w in slot_list])
-                self.ring[self._tensor(row_list), ring_slots] = self.decoder.guide_norm(out[:, 0])
+                self.ring[rows, ring_slots] = self.decoder.guide_norm(out[:, 0])
             for r in row_list:
                 self.words[r] += 1
 
@@ -315,8 +314,7 @@ class HATCachedEngine:
 
     def _backbone_graph(self, words, slots, rows):  # noqa: ANN001, ANN202
         caches = self.bb_caches  # words [R, D] of rows [R] (None: all) at slots [R]
-        keys = torch.arange(caches[0].k.shape[2], device=words.device)
-        mask = AttentionMask(dense=(keys[None] <= slots[:, None])[:, None, None])
+        mask = word_mask(slots, caches[0].k.shape[2])
         out = self.model.backbone(words[:, None], slots[:, None], mask, caches, slots, None, rows)
         return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
 
@@ -356,6 +354,13 @@ class HATCachedEngine:
         for t in (self.enc_out, self.col_word):
             t[:, : self.cap - shift] = t[:, shift:].clone()
         self.base += shift
+
+
+def word_mask(slots: torch.Tensor, keys: int) -> AttentionMask:
+    """[R, 1, 1, keys] mask of one backbone query per row, at word slot ``slots`` [R]: it sees
+    that row's words up to its own (slots past it hold nothing yet, or scratch)."""
+    cols = torch.arange(keys, device=slots.device)
+    return AttentionMask(dense=(cols[None] <= slots[:, None])[:, None, None])
 
 
 class HATUncachedEngine:
