@@ -262,7 +262,9 @@ def tokenizer_for(bpe_cfg, directory: Path):  # noqa: ANN001, ANN201
         from hat.bpe import BPETokenizer
 
         return BPETokenizer(path)
-    return train_tokenizer(DataConfig(), bpe_cfg.vocab_size, path, 4_000_000, False)
+    return train_tokenizer(
+        DataConfig(), bpe_cfg.vocab_size, path, 4_000_000, hard_vocab_limit=False
+    )
 
 
 def main() -> None:
