@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, sized for a short device lease; not yet run on one. Three parts,
 # each step with a time limit, so that one call fits a 10-minute command limit:
-#   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9 min)
+#   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
 #   scripts/gpu_checks.sh compile       # issue 14's compiled paths (<= 5 min)
-#   scripts/gpu_checks.sh               # all three (<= 14 min)
+#   scripts/gpu_checks.sh               # all three (<= 14.5 min)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
 # BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
 # when the machine cannot reach PyPI.
@@ -32,7 +32,11 @@ if want core; then
     # FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
     FSDP_ENV="ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
     FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
-    step fsdp_smoke 120 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl"
+    # ... and hat-continue from its export with the backbone frozen for 3 steps (FSDP replaces
+    # the parameters it shards; the frozen ones' gradients are dropped before clipping)
+    FSDP_CONTINUE="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.continue_ init_from=$OUT/fsdp_run/model freeze.modules=[backbone] freeze.steps=3 trainer.steps=6 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=0 trainer.log_interval=1 trainer.eval_batches=2 trainer.eval_interval=0 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_continue"
+    step fsdp_smoke 150 bash -c "env $FSDP_ENV $FSDP_RUN trainer.steps=10 && env $FSDP_ENV $FSDP_RUN && ls $OUT/fsdp_run/checkpoints/* && tail -3 $OUT/fsdp_run/metrics.jsonl && env $FSDP_ENV $FSDP_CONTINUE && grep -c '\"kind\": \"train\"' $OUT/fsdp_continue/metrics.jsonl"
+    rm -rf "$OUT/fsdp_continue"
     rm -rf "$OUT/fsdp_run"
     step bench_pooling 80 $PY scripts/bench_pooling.py --out "$OUT/bench_pooling.json"
 fi

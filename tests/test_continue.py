@@ -24,6 +24,7 @@ from hat.training.continued import (
     trained_units_by_source,
 )
 from hat.training.record import data_from_record, read_training_record
+from tests.helpers import losses
 from tests.test_train import check, read_metrics, run_cli
 
 SMALL = [  # tiny rows, no sample, deterministic: seconds per run
@@ -69,19 +70,39 @@ def replay_share(out: Path, batches: int) -> float:
 
 
 # ---- through the CLI ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_continue_hat_replays_rewarms_evaluates_and_freezes(
-    pretrained: dict, tmp_path: Path
-) -> None:
-    init = pretrained["hat"] / "model"
-    out = tmp_path / "es"
+def continue_hat_args(init: Path, out: Path) -> list[str]:
     schedule = ["schedule.warmup_steps=3", "schedule.decay_fraction=0.5"]
     args = [f"init_from={init}", "replay.fraction=0.25", "trainer.steps=8", *schedule]
     args += ["trainer.eval_interval=4", "trainer.checkpoint_interval=2", "trainer.keep_last=10"]
-    args += ["freeze.modules=[backbone]", "freeze.steps=4", f"trainer.output_dir={out}"]
-    proc = run_cli(continue_cli(*args))
+    return [*args, "freeze.modules=[backbone]", "freeze.steps=4", f"trainer.output_dir={out}"]
+
+
+@pytest.fixture(scope="module")
+def continued_hat(pretrained: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """hat-continue of the tiny HAT on Spanish with English replay, the backbone frozen for the
+    first 4 of 8 steps -> (its init, its run directory, its log)."""
+    init, out = pretrained["hat"] / "model", tmp_path_factory.mktemp("continued") / "es"
+    proc = run_cli(continue_cli(*continue_hat_args(init, out)))
     check(proc)
-    log = proc.stdout + proc.stderr
+    return init, out, proc.stdout + proc.stderr
+
+
+def assert_backbone_frozen_then_trained(init: Path, out: Path) -> None:
+    """The backbone does not change while frozen (steps 1-4) and does after."""
+    init_weights = load_file(str(init / "model.safetensors"))
+    checkpoints = out / "checkpoints"
+    backbone = [k for k in init_weights if k.startswith("backbone.")]
+    for step in (2, 4):
+        state = load_file(str(checkpoints / f"step_{step:08d}" / "model.safetensors"))
+        assert backbone and all((state[k] == init_weights[k]).all() for k in backbone)
+        assert any((state[k] != init_weights[k]).any() for k in state if k.startswith("encoder."))
+    final = load_file(str(out / "model" / "model.safetensors"))
+    assert any((final[k] != init_weights[k]).any() for k in backbone)
+
+
+@pytest.mark.slow
+def test_continue_hat_replays_rewarms_evaluates_and_freezes(continued_hat: tuple) -> None:
+    init, out, log = continued_hat
     # hydra's record, written by hat-continue once the run held the directory
     assert f"init_from: {init}" in (out / ".hydra" / "config.yaml").read_text()
     assert "freeze.steps=4" in (out / ".hydra" / "overrides.yaml").read_text()
@@ -108,16 +129,7 @@ def test_continue_hat_replays_rewarms_evaluates_and_freezes(
     assert 0.1 < data["positions_per_byte/sample"] < 0.4
     assert "words per byte of held-out text" in log and "sample_es" in log
 
-    # the backbone does not change while frozen (steps 1-4) and does after
-    init_weights = load_file(str(init / "model.safetensors"))
-    checkpoints = out / "checkpoints"
-    for step in (2, 4):
-        state = load_file(str(checkpoints / f"step_{step:08d}" / "model.safetensors"))
-        backbone = [k for k in init_weights if k.startswith("backbone.")]
-        assert backbone and all((state[k] == init_weights[k]).all() for k in backbone)
-        assert any((state[k] != init_weights[k]).any() for k in state if k.startswith("encoder."))
-    final = load_file(str(out / "model" / "model.safetensors"))
-    assert any((final[k] != init_weights[k]).any() for k in backbone)
+    assert_backbone_frozen_then_trained(init, out)
 
     # the export records its mixture and where it came from; a continuation can continue again
     record = read_training_record(out / "model")
@@ -128,6 +140,25 @@ def test_continue_hat_replays_rewarms_evaluates_and_freezes(
     # longer run trains (sampling noise ~1.5 %), and as logged over this run's 8 batches
     assert replay_share(out, 400) == pytest.approx(0.25, abs=0.05)
     assert data["replay_share"] == pytest.approx(replay_share(out, 8), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_continue_and_freeze_as_one(continued_hat: tuple, tmp_path: Path) -> None:
+    """Under DDP the frozen backbone's gradients are reduced and dropped (its parameters keep
+    requiring gradients: DDP reduces what it was wrapped with); one process stops computing
+    them. The same losses either way, and the backbone stays as it was while frozen."""
+    init, reference, _ = continued_hat
+    out = tmp_path / "ddp"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args += ["-m", "hat.cli.continue_", *SMALL, *continue_hat_args(init, out)]
+    proc = run_cli(args, env={"OMP_NUM_THREADS": "1"})
+    check(proc)
+    assert "on 2 x cpu" in proc.stdout + proc.stderr  # really two ranks
+    got, want = losses(out), losses(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
+    assert_backbone_frozen_then_trained(init, out)
 
 
 @pytest.mark.slow
@@ -295,11 +326,22 @@ def test_units_by_source_follow_the_real_loader(
 def test_freezer_freezes_then_releases() -> None:
     model = hat.HATForCausalLM.from_name("tiny")
     freezer = Freezer(model, ["backbone", "decoder.transformer.layers.0"], steps=3)
-    freezer.update(0)
-    frozen = {id(p) for p in freezer.params}
+    freezer.update(0, model)
+    frozen = {id(p) for p in freezer.parameters(model)}
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.encoder.parameters() if id(p) not in frozen)
-    freezer.update(3)
+    assert freezer.frozen_parameters(model) == []  # one process: nothing to drop
+    freezer.update(3, model)
     assert all(p.requires_grad for p in model.parameters())
+
+    wrapped = Freezer(model, ["backbone"], steps=3)
+    wrapped.wrapped = True  # as under DDP / FSDP: gradients dropped, requires_grad untouched
+    wrapped.update(0, model)
+    assert all(p.requires_grad for p in model.parameters())
+    assert {id(p) for p in wrapped.frozen_parameters(model)} == {
+        id(p) for p in model.backbone.parameters()
+    }
+    wrapped.update(3, model)
+    assert wrapped.frozen_parameters(model) == []
     with pytest.raises(ValueError, match="freezes every parameter"):
         Freezer(model, [name for name, _ in model.named_children()], 1)

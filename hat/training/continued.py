@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from omegaconf import DictConfig, OmegaConf
 
 from hat.auto import load_pretrained
@@ -151,11 +152,6 @@ def resolve_continue_config(cfg: ContinueConfig | DictConfig) -> ContinueConfig:
         raise ConfigError(
             f"freeze.steps={freeze.steps} but freeze.modules is empty; name the modules, "
             "e.g. freeze.modules=[backbone]"
-        )
-    if freeze.modules and world_size() > 1:
-        raise ConfigError(
-            "freeze with several processes is not supported (DDP fixes which parameters train "
-            "when it wraps the model); run the frozen phase on one process, or drop freeze"
         )
     state = out.optimizer_state
     if state not in ("fresh", "init_from") and not Path(state).is_dir():
@@ -467,31 +463,48 @@ def find_modules(model: torch.nn.Module, names: list[str]) -> list[torch.nn.Modu
 
 
 class Freezer:
-    """Keeps the parameters of some modules out of training for the first ``steps`` steps
-    (``requires_grad=False``: no gradient, AdamW skips them, clipping ignores them)."""
+    """Keeps the parameters of some modules out of training for the first ``steps`` steps.
+
+    On one process they stop requiring gradients: none is computed, AdamW skips them, clipping
+    ignores them. A model wrapped for several processes (DDP, FSDP) keeps reducing the
+    parameters it was wrapped with, so there ``wrapped`` is set: the gradients are computed and
+    reduced as usual and ``frozen_parameters`` lists what the trainer drops before clipping,
+    which leaves clipping and AdamW exactly as on one process. Parameters are looked up by
+    module name at each use: FSDP replaces the ones of the modules it shards.
+    """
 
     def __init__(self, model: torch.nn.Module, names: list[str], steps: int) -> None:
         self.names, self.steps = list(names), steps
-        params = {id(p): p for m in find_modules(model, self.names) for p in m.parameters()}
-        self.params = list(params.values())
+        params = self.parameters(model)
         if params and len(params) == len({id(p) for p in model.parameters()}):
             raise ValueError(
                 f"freeze.modules={self.names} freezes every parameter; leave some module to train"
             )
         self.frozen = False
+        self.wrapped = False  # set by the trainer once it knows how the model is wrapped
 
-    def update(self, step: int) -> None:
+    def parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters of the named modules of ``model`` (unwrapped), each once."""
+        params = {id(p): p for m in find_modules(model, self.names) for p in m.parameters()}
+        return list(params.values())
+
+    def update(self, step: int, model: torch.nn.Module) -> None:
         """Freeze before step ``steps``, release from then on (``step``: steps done)."""
         frozen = step < self.steps
-        if frozen == self.frozen or not self.params:
+        if frozen == self.frozen or not self.names:
             return
-        for p in self.params:
-            p.requires_grad_(not frozen)
+        if not self.wrapped:
+            for p in self.parameters(model):
+                p.requires_grad_(not frozen)
         self.frozen = frozen
         if frozen:
             logger.info(f"step {step}: {self.names} frozen until step {self.steps}")
         else:
             logger.info(f"step {step}: {self.names} released: every module trains from now on")
+
+    def frozen_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """What the trainer must drop the gradients of this step (only when ``wrapped``)."""
+        return self.parameters(model) if self.frozen and self.wrapped else []
 
 
 class ContinueTrainer(Trainer):
@@ -538,6 +551,7 @@ class ContinueTrainer(Trainer):
         )
         train_cfg.data = self.mixture.data
         super().__init__(train_cfg, model=model)
+        self.freezer.wrapped = self.accelerator.distributed_type != DistributedType.NO
         if self.step == 0 and self.accelerator.is_main_process and kind.uses_tokenizer:
             model.tokenizer.save(self.out_dir)  # the run's directory holds its tokenizer
         if self.step == 0 and optimizer_from is not None:
@@ -633,8 +647,11 @@ class ContinueTrainer(Trainer):
         self.metrics.write(record)
 
     def train_step(self) -> tuple[StepStats, float]:
-        self.freezer.update(self.step)
+        self.freezer.update(self.step, self.plain_model)
         return super().train_step()
+
+    def frozen_parameters(self) -> list[torch.nn.Parameter]:
+        return self.freezer.frozen_parameters(self.plain_model)
 
     def training_record(self) -> dict[str, Any]:
         record = super().training_record()

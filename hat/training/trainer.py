@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +229,12 @@ def forward_backward(
     trainer: TrainerConfig,
     grad_clip: float,
     positions: int,
+    frozen: Sequence[torch.Tensor] = (),
 ) -> StepStats:
     """Forward and backward over this rank's rows (``positions``: backbone positions in
-    them, for throughput); gradients are left for the optimizer."""
+    them, for throughput); gradients are left for the optimizer, except those of ``frozen``
+    (parameters a wrapped model reduces but that do not train this step), dropped before
+    clipping."""
     micro_batches = split_rows(batch, trainer.grad_accum)
     # normalise by the global target count: each rank's gradients are averaged by DDP (hence
     # * world_size), and micro-batches with more targets weigh more, as one big batch would
@@ -250,6 +253,8 @@ def forward_backward(
             out = model(**micro)
             accelerator.backward(out.sum_nll * scale)
         totals += _sums(out).detach()
+    for p in frozen:
+        p.grad = None
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
     counted = torch.tensor([float(positions)], device=accelerator.device)
@@ -478,6 +483,10 @@ class Trainer:
     def plain_model(self) -> PreTrainedLM:
         return unwrap(self.accelerator, self.model)
 
+    def frozen_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters whose gradients are dropped this step (none here; see ``Freezer``)."""
+        return []
+
     def train_step(self) -> tuple[StepStats, float]:
         """One optimizer step on the next global batch; NaN/inf stops the run or skips the batch."""
         t = self.cfg.trainer
@@ -489,6 +498,7 @@ class Trainer:
             t,
             self.cfg.optim.grad_clip,
             self.backbone_positions(batch),
+            self.frozen_parameters(),
         )
         if stats.finite:
             self.optimizer.step()
