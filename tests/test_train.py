@@ -34,6 +34,7 @@ from hat.training.checkpoint import (
     verify_checkpoint,
     write_manifest,
 )
+from hat.training.metrics import DataWaitAdvice
 from tests.helpers import TINY, check, cli, losses, read_metrics, run_cli
 
 
@@ -53,6 +54,7 @@ def test_cli_run_trains_checkpoints_and_exports(reference_run: Path) -> None:
     first, last = train_lines[0]["loss"], train_lines[-1]["loss"]
     assert last < first - 1.0, (first, last)
     assert {"loss", "bpb", "lr", "grad_norm", "bytes_per_s", "words_per_s"} <= set(train_lines[-1])
+    assert all(0 < r["data_wait"] < 1 for r in train_lines)  # share of time waiting for batches
     assert [p.name for p in list_checkpoints(reference_run / "checkpoints")] == [
         "step_00000030",
         "step_00000040",
@@ -266,6 +268,19 @@ def test_config_errors_say_what_to_change() -> None:
         resolve_config(compose("trainer.steps=50"))
     with pytest.raises(ConfigError, match="raise trainer.row_bytes"):
         resolve_config(compose("model=tiny", "trainer.row_bytes=64"))
+
+
+def test_waiting_for_data_on_an_accelerator_is_said_once() -> None:
+    advice = DataWaitAdvice("cuda", num_workers=0)
+    assert advice.check(0.9) is None  # the first interval: workers start
+    message = advice.check(0.3)
+    assert "30% of the training time" in message and "data.num_workers (now 0)" in message
+    assert advice.check(0.5) is None  # once
+    busy = DataWaitAdvice("cuda", num_workers=4)
+    assert busy.check(0.0) is None and busy.check(0.05) is None  # below 10 %: fine
+    assert "in 4 workers" in busy.check(0.2)
+    cpu = DataWaitAdvice("cpu", num_workers=0)  # workers would take the training's cores
+    assert cpu.check(0.9) is None and cpu.check(0.9) is None
 
 
 def test_schedules() -> None:

@@ -96,12 +96,51 @@ class Throughput:
 
     n_bytes: float = 0.0
     n_units: float = 0.0
+    data_s: float = 0.0  # of which spent waiting for batches (this rank)
     start: float = field(default_factory=time.perf_counter)
 
-    def add(self, n_bytes: float, n_units: float) -> None:
+    def add(self, n_bytes: float, n_units: float, data_s: float = 0.0) -> None:
         self.n_bytes += n_bytes
         self.n_units += n_units
+        self.data_s += data_s
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
 
     def rates(self) -> tuple[float, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = self.elapsed()
         return self.n_bytes / elapsed, self.n_units / elapsed
+
+    def data_share(self) -> float:
+        """The share of training time spent waiting for the data pipeline."""
+        return min(self.data_s / self.elapsed(), 1.0)
+
+
+class DataWaitAdvice:
+    """Warns once when an accelerator waits for the data pipeline: packing (splitting words,
+    tokenizing) runs on the CPU, in this process unless ``data.num_workers`` > 0, and a GPU
+    step of a small model can be shorter than packing its batch. The first log interval is
+    skipped (worker start-up). Not on a CPU, where workers would take the training's cores."""
+
+    THRESHOLD = 0.1
+
+    def __init__(self, device_type: str, num_workers: int) -> None:
+        self.active = device_type != "cpu"
+        self.num_workers = num_workers
+        self.intervals = 0
+
+    def check(self, share: float) -> str | None:
+        """The warning for this log interval's ``share`` of time waiting for data, if any."""
+        self.intervals += 1
+        if not self.active or self.intervals < 2 or share < self.THRESHOLD:
+            return None
+        self.active = False
+        where = (
+            "in the training process" if not self.num_workers else f"in {self.num_workers} workers"
+        )
+        message = (
+            f"{share:.0%} of the training time went to waiting for batches (packed {where}): "
+            f"raise data.num_workers (now {self.num_workers}) so that packing keeps up"
+        )
+        logger.warning(message)
+        return message

@@ -65,7 +65,14 @@ from hat.training.checkpoint import (
     save_checkpoint,
 )
 from hat.training.config import TrainConfig, TrainerConfig, resolve_config
-from hat.training.metrics import METRICS_FILE, MetricsLog, Throughput, mfu, peak_flops
+from hat.training.metrics import (
+    METRICS_FILE,
+    DataWaitAdvice,
+    MetricsLog,
+    Throughput,
+    mfu,
+    peak_flops,
+)
 from hat.training.optim import build_optimizer, build_scheduler, lr_multiplier, peak_lr
 from hat.training.record import portable_data, write_training_record
 from hat.training.resume import RunLock, apply_optimizer_settings, compare_settings, log_changes
@@ -196,6 +203,7 @@ class StepStats:
     n_bytes: float  # bytes of text those targets spell
     n_positions: float  # backbone positions: HAT words, twin tokens
     grad_norm: float
+    data_s: float = 0.0  # seconds this rank waited for the batch (not summed over ranks)
 
     @property
     def loss(self) -> float:
@@ -395,6 +403,7 @@ class Trainer:
         self.loader = build_train_loader(cfg.data, fmt, self.seq_len, t.global_rows, **shard)
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, accelerator)
         self.step, self.bytes_seen = 0, 0.0
+        self.data_advice = DataWaitAdvice(accelerator.device.type, cfg.data.num_workers)
         if resume_from is not None:
             self.resume(resume_from, changes)
         accelerator.init_trackers(
@@ -453,10 +462,11 @@ class Trainer:
         with logging_redirect_tqdm(console), bar:
             while self.step < t.steps:
                 stats, lr = self.train_step()
-                throughput.add(stats.n_bytes, stats.n_positions)
+                throughput.add(stats.n_bytes, stats.n_positions, stats.data_s)
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.steps:
                     self.log(stats, lr, throughput)
+                    self.data_advice.check(throughput.data_share())
                     bar.set_postfix(
                         loss=f"{stats.loss:.3f}",
                         bpb=f"{stats.bpb:.3f}",
@@ -490,7 +500,9 @@ class Trainer:
     def train_step(self) -> tuple[StepStats, float]:
         """One optimizer step on the next global batch; NaN/inf stops the run or skips the batch."""
         t = self.cfg.trainer
+        waiting = time.perf_counter()
         batch = next(self.loader)
+        waited = time.perf_counter() - waiting
         stats = forward_backward(
             self.model,
             batch,
@@ -500,6 +512,7 @@ class Trainer:
             self.backbone_positions(batch),
             self.frozen_parameters(),
         )
+        stats.data_s = waited
         if stats.finite:
             self.optimizer.step()
         elif t.skip_nan_batches:
@@ -533,6 +546,7 @@ class Trainer:
             "bytes_per_s": bytes_per_s,
             f"{self.kind.position}s_per_s": positions_per_s,
             "bytes_seen": self.bytes_seen,
+            "data_wait": throughput.data_share(),  # share of the time spent waiting for batches
         }
         utilisation = mfu(
             self.model_cfg,
