@@ -134,9 +134,9 @@ class AttentionMask:
 
         With SDPA and a window well below the row, the row is cut into chunks of ``CHUNK``
         queries, each attending to the keys of its own chunk and of the chunks before it that
-        its window reaches (``chunked_attention``): 320 keys per query at window 256 where a
-        dense mask computes all S (512 for a 512-byte row) and the window lets 192 through on
-        average.
+        its window reaches (``chunked_attention``): at window 256 and a 512-byte row, 240 keys
+        per query on average (320 once the window lies inside the row, fewer before) where a
+        dense mask computes all 512 and the window lets 192 through on average.
         """
         if impl == "auto":
             impl = "flex" if doc_ids.is_cuda else "sdpa"
@@ -188,26 +188,44 @@ def chunked_attention(
     """Sliding-window attention by chunks of queries (``_chunked_mask``'s layout).
 
     q [B, H, S, Dh], k and v [B, Hkv, S, Dh] -> [B, H, S, Dh]. Each chunk's keys are a window
-    of the row: a copy of (K / C) x the keys, small next to the attention itself.
+    of the row: a copy of (K / C) x the keys, small next to the attention itself. The first
+    ``back`` chunks' windows reach before the row: each attends to its (c + 1) * C real keys
+    only, in a call of its own (for 512-byte rows at window 256, a quarter of the keys a single
+    call would compute are such padding).
     """
     batch, heads, seq, head_dim = q.shape
     chunk, span = mask.chunk, mask.dense.shape[-1]
     chunks, back = seq // chunk, span // chunk - 1
+    dense = mask.dense.view(batch, chunks, 1, chunk, span)
+    outs = []
+    for c in range(back):  # [B, H, C, Dh] each: keys 0 .. (c + 1) * C - 1 of the row
+        keys = slice(0, (c + 1) * chunk)
+        out = F.scaled_dot_product_attention(
+            q[:, :, c * chunk : (c + 1) * chunk],
+            k[:, :, keys],
+            v[:, :, keys],
+            attn_mask=dense[:, c, :, :, (back - c) * chunk :],
+            enable_gqa=gqa,
+        )
+        outs.append(out)
+    full = chunks - back  # chunks whose whole window lies in the row
 
-    def windows(x: torch.Tensor) -> torch.Tensor:  # [B, Hkv, S, Dh] -> [B * nC, Hkv, K, Dh]
-        x = _chunk_windows(x, back).transpose(1, 2)  # [B, nC, Hkv, K, Dh]
-        return x.reshape(batch * chunks, x.shape[2], span, head_dim)
+    def windows(x: torch.Tensor) -> torch.Tensor:  # [B, Hkv, S, Dh] -> [B * nF, Hkv, K, Dh]
+        x = x.view(batch, x.shape[1], chunks, chunk, head_dim)
+        x = torch.cat([x[:, :, i : i + full] for i in range(back + 1)], dim=3)
+        return x.transpose(1, 2).reshape(batch * full, -1, span, head_dim)
 
-    q = q.view(batch, heads, chunks, chunk, head_dim).transpose(1, 2)  # [B, nC, H, C, Dh]
+    q_full = q[:, :, back * chunk :].reshape(batch, heads, full, chunk, head_dim)
     out = F.scaled_dot_product_attention(
-        q.reshape(batch * chunks, heads, chunk, head_dim),
+        q_full.transpose(1, 2).reshape(batch * full, heads, chunk, head_dim),
         windows(k),
         windows(v),
-        attn_mask=mask.dense,
+        attn_mask=dense[:, back:].reshape(batch * full, 1, chunk, span),
         enable_gqa=gqa,
-    )  # [B * nC, H, C, Dh]
-    out = out.view(batch, chunks, heads, chunk, head_dim).transpose(1, 2)
-    return out.reshape(batch, heads, seq, head_dim)
+    )  # [B * nF, H, C, Dh]
+    out = out.view(batch, full, heads, chunk, head_dim).transpose(1, 2)
+    outs.append(out.reshape(batch, heads, full * chunk, head_dim))
+    return torch.cat(outs, dim=2)
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
