@@ -166,20 +166,10 @@ def _chunked_mask(doc_ids: torch.Tensor, window: int) -> AttentionMask:
     q_pos = torch.arange(seq, device=device).view(chunks, CHUNK, 1)  # [nC, C, 1]
     k_pos = q_pos[:, :1] - back * CHUNK + torch.arange(span, device=device)  # [nC, 1, K]
     allowed = (k_pos >= 0) & (k_pos <= q_pos) & (q_pos - k_pos < window)  # [nC, C, K]
-    key_doc = _chunk_windows(doc_ids[:, None, :, None], back)[:, 0, :, :, 0]  # [B, nC, K]
-    same_doc = doc_ids.view(batch, chunks, CHUNK, 1) == key_doc[:, :, None]  # [B, nC, C, K]
+    key_doc = doc_ids[:, k_pos.clamp(min=0)]  # [B, nC, 1, K] (keys before the row: not allowed)
+    same_doc = doc_ids.view(batch, chunks, CHUNK, 1) == key_doc  # [B, nC, C, K]
     dense = (allowed & same_doc).view(batch * chunks, 1, CHUNK, span)
     return AttentionMask(dense=dense, chunk=CHUNK)
-
-
-def _chunk_windows(x: torch.Tensor, back: int) -> torch.Tensor:
-    """[B, H, S, D] -> [B, H, S/C, (back + 1) * C, D]: for each chunk of C positions, itself and
-    the ``back`` chunks before it (zeros before the row). Shifted views and one ``cat``: its
-    backward is cheap slicing, where ``unfold``'s is a slow scatter."""
-    batch, heads, seq, dim = x.shape
-    chunks = seq // CHUNK
-    x = F.pad(x, (0, 0, back * CHUNK, 0)).view(batch, heads, chunks + back, CHUNK, dim)
-    return torch.cat([x[:, :, i : i + chunks] for i in range(back + 1)], dim=3)
 
 
 def chunked_attention(
@@ -191,41 +181,69 @@ def chunked_attention(
     of the row: a copy of (K / C) x the keys, small next to the attention itself. The first
     ``back`` chunks' windows reach before the row: each attends to its (c + 1) * C real keys
     only, in a call of its own (for 512-byte rows at window 256, a quarter of the keys a single
-    call would compute are such padding).
+    call would compute are such padding). Inputs are cut with ``split`` and ``KeyWindows``,
+    whose gradients go back in one copy (a slice's would zero-fill a full-size buffer).
     """
     batch, heads, seq, head_dim = q.shape
     chunk, span = mask.chunk, mask.dense.shape[-1]
     chunks, back = seq // chunk, span // chunk - 1
+    full = chunks - back  # chunks whose whole window lies in the row
     dense = mask.dense.view(batch, chunks, 1, chunk, span)
+    cuts = [chunk] * back + [full * chunk]
+    q_parts, k_parts, v_parts = (x.split(cuts, dim=2) for x in (q, k, v))
     outs = []
     for c in range(back):  # [B, H, C, Dh] each: keys 0 .. (c + 1) * C - 1 of the row
-        keys = slice(0, (c + 1) * chunk)
         out = F.scaled_dot_product_attention(
-            q[:, :, c * chunk : (c + 1) * chunk],
-            k[:, :, keys],
-            v[:, :, keys],
+            q_parts[c],
+            torch.cat(k_parts[: c + 1], dim=2),
+            torch.cat(v_parts[: c + 1], dim=2),
             attn_mask=dense[:, c, :, :, (back - c) * chunk :],
             enable_gqa=gqa,
         )
         outs.append(out)
-    full = chunks - back  # chunks whose whole window lies in the row
-
-    def windows(x: torch.Tensor) -> torch.Tensor:  # [B, Hkv, S, Dh] -> [B * nF, Hkv, K, Dh]
-        x = x.view(batch, x.shape[1], chunks, chunk, head_dim)
-        x = torch.cat([x[:, :, i : i + full] for i in range(back + 1)], dim=3)
-        return x.transpose(1, 2).reshape(batch * full, -1, span, head_dim)
-
-    q_full = q[:, :, back * chunk :].reshape(batch, heads, full, chunk, head_dim)
+    q_full = q_parts[-1].reshape(batch, heads, full, chunk, head_dim).transpose(1, 2)
     out = F.scaled_dot_product_attention(
-        q_full.transpose(1, 2).reshape(batch * full, heads, chunk, head_dim),
-        windows(k),
-        windows(v),
+        q_full.reshape(batch * full, heads, chunk, head_dim),
+        KeyWindows.apply(k, chunk, back),
+        KeyWindows.apply(v, chunk, back),
         attn_mask=dense[:, back:].reshape(batch * full, 1, chunk, span),
         enable_gqa=gqa,
     )  # [B * nF, H, C, Dh]
     out = out.view(batch, full, heads, chunk, head_dim).transpose(1, 2)
     outs.append(out.reshape(batch, heads, full * chunk, head_dim))
     return torch.cat(outs, dim=2)
+
+
+class KeyWindows(torch.autograd.Function):
+    """Keys (or values) [B, Hkv, S, Dh] -> the windows of the chunks from ``back`` on, [B * nF,
+    Hkv, K, Dh]: chunk j's window is chunks j - back .. j, K = (back + 1) * C positions.
+
+    The backward adds each window's gradient into one buffer in place: written as slices of x
+    and a ``cat``, autograd would zero-fill a full-size gradient for every slice (a tenth of a
+    byte layer's attention time at 512-byte rows).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, chunk: int, back: int) -> torch.Tensor:
+        batch, heads, seq, head_dim = x.shape
+        ctx.shape, ctx.chunk, ctx.back = x.shape, chunk, back
+        chunks = seq // chunk
+        full = chunks - back
+        x = x.view(batch, heads, chunks, chunk, head_dim).transpose(1, 2)  # [B, nC, Hkv, C, Dh]
+        windows = torch.cat([x[:, i : i + full] for i in range(back + 1)], dim=3)  # one copy
+        return windows.view(batch * full, heads, -1, head_dim)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        batch, heads, seq, head_dim = ctx.shape
+        chunk, back = ctx.chunk, ctx.back
+        chunks = seq // chunk
+        full = chunks - back
+        grad = grad.view(batch, full, heads, back + 1, chunk, head_dim).transpose(1, 2)
+        out = grad.new_zeros(batch, heads, chunks, chunk, head_dim)
+        for i in range(back + 1):  # window slot i of chunk j holds chunk j - back + i
+            out[:, :, i : i + full] += grad[:, :, :, i]
+        return out.view(batch, heads, seq, head_dim), None, None
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
