@@ -429,11 +429,14 @@ class Attention(nn.Module):
         """x [B * S, D] -> [B * S, D]."""
         heads, qk_heads = self.n_heads, self.n_heads + self.kv_heads
         qkv = self.qkv(x).view(ctx.batch, -1, qk_heads + self.kv_heads, self.head_dim)
-        qk, v = qkv[:, :, :qk_heads], qkv[:, :, qk_heads:]  # [B, S, H + Hkv, Dh], [B, S, Hkv, Dh]
+        # split, not slices: the backward of a slice zero-fills a gradient of its whole input
+        qk, v = qkv.split([qk_heads, self.kv_heads], dim=2)  # [B, S, H + Hkv, Dh], [B, S, Hkv, Dh]
         if self.q_norm is not None:
-            qk = torch.cat([self.q_norm(qk[:, :, :heads]), self.k_norm(qk[:, :, heads:])], dim=2)
+            q, k = qk.split([heads, self.kv_heads], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
         qk = rotate(qk, *ctx.rope).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
-        q, k, v = qk[:, :heads], qk[:, heads:], v.transpose(1, 2)
+        q, k = qk.split([heads, self.kv_heads], dim=1)
+        v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end, ctx.cache_rows)
             # k, v [B, Hkv, S_cached, Dh]

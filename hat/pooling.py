@@ -61,7 +61,7 @@ class WordPooler(nn.Module):
         """
         heads, count = self.n_heads, byte_states.shape[0]
         kv = self.kv(self.norm(byte_states)).view(count, 2 * heads, self.head_dim)
-        k, v = kv[:, :heads], kv[:, heads:]  # [N, H, Dh]
+        k, v = kv.split(heads, dim=1)  # [N, H, Dh] each (split: a cheaper backward than slices)
         q = self.query  # [H, Dh]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
