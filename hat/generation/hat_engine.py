@@ -228,8 +228,7 @@ class HATCachedEngine:
                 out = self.backbone(
                     x[:, None], slots[:, None], mask, self.bb_caches, slots, read_to, cache_rows
                 )  # [R, 1, D]
-                ring_slots = self._tensor([(w + 1) % self.ring_size for w in slot_list])
-                self.ring[rows, ring_slots] = self.decoder.guide_norm(out[:, 0])
+                self._store_guides(row_list, self.decoder.guide_norm(out[:, 0]))
             for r in row_list:
                 self.words[r] += 1
 
@@ -309,8 +308,13 @@ class HATCachedEngine:
         if self.bb_caches[0].k.shape[2] != capacity:  # the caches grew: new graphs
             self._backbone_static.reshaped()
         guide = self._backbone_static(words, self._tensor([self.words[r] for r in group]), rows)
+        self._store_guides(row_list, guide[at])
+
+    def _store_guides(self, row_list: list[int], guides: torch.Tensor) -> None:
+        """The guides [R, D] that the backbone just gave ``row_list``'s rows (each for the word
+        after its word ``self.words[r]``) into their ring slots."""
         ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
-        self.ring[self._tensor(row_list), ring_slots] = guide[at]
+        self.ring[self._tensor(row_list), ring_slots] = guides
 
     def _backbone_graph(self, words, slots, rows):  # noqa: ANN001, ANN202
         caches = self.bb_caches  # words [R, D] of rows [R] (None: all) at slots [R]
