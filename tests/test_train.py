@@ -270,6 +270,30 @@ def test_config_errors_say_what_to_change() -> None:
         resolve_config(compose("model=tiny", "trainer.row_bytes=64"))
 
 
+def test_loader_workers_are_chosen_for_the_device(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """data.num_workers=null (the default, and the local data config's): none on a CPU, on a
+    GPU the CPUs each local process can spare (one kept for it), at most 8; a number wins."""
+    from hat.data import DataConfig
+    from hat.data.sources import auto_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert resolve_config(compose()).data.num_workers is None
+    (tmp_path / "x.txt").write_text("some text\n")
+    local = compose("data=local", f"data.sources.0.path={tmp_path / 'x.txt'}")
+    assert resolve_config(local).data.num_workers is None
+    assert auto_workers("cpu") == 0
+    assert auto_workers("cuda") == 8  # 15 to spare, capped
+    assert auto_workers("cuda", local_processes=4) == 3
+    assert auto_workers("cuda", local_processes=16) == 0
+    assert DataConfig().workers_for("cuda") == 8
+    assert DataConfig(num_workers=2).workers_for("cuda") == 2
+    assert DataConfig(num_workers=0).workers_for("cuda") == 0
+    with pytest.raises(ValueError, match="data.num_workers must be >= 0"):
+        DataConfig(num_workers=-1).validate()
+
+
 def test_waiting_for_data_on_an_accelerator_is_said_once() -> None:
     advice = DataWaitAdvice("cuda", num_workers=0)
     assert advice.check(0.9) is None  # the first interval: workers start

@@ -2,7 +2,7 @@
 
 Configuration (hydra fills these from YAML)::
 
-    DataConfig(sources=[SourceConfig("builtin:sample")], eval_every=100, seed=0, num_workers=0)
+    DataConfig(sources=[SourceConfig("builtin:sample")], eval_every=100, seed=0, num_workers=None)
     SourceConfig(path, name=None, split="train", text_field="text", weight=1.0,
                  sample_by="paragraph", streaming=True)
 

@@ -67,7 +67,7 @@ class PackedLoader:
         local_rows = global_rows // world_size
         self.lanes = list(range(rank * local_rows, (rank + 1) * local_rows))
         # workers only for the endless train stream: their finite streams would end unevenly
-        self.num_workers = min(cfg.num_workers, local_rows) if split == "train" else 0
+        self.num_workers = min(cfg.num_workers or 0, local_rows) if split == "train" else 0
         self.batches_done = 0
         self._batches: Iterator[Batch] | None = None
 

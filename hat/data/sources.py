@@ -14,6 +14,7 @@ import gzip
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,9 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(BUILTIN_SAMPLE)])
     eval_every: int = 100  # every Nth document of each source is held out (0: none)
     seed: int = 0  # seed of the weighted mixing draw
-    num_workers: int = 0  # torch DataLoader workers splitting/tokenizing (train loader only)
+    # torch DataLoader workers splitting/tokenizing (train loader only); None: chosen by
+    # the trainer for its device (``auto_workers``: none on a CPU, several on a GPU)
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         self.sources = [SourceConfig(**s) if isinstance(s, dict) else s for s in self.sources]
@@ -127,9 +130,18 @@ class DataConfig:
             raise ValueError(
                 f"data.eval_every must be 0 (no held-out split) or >= 2, got {self.eval_every}"
             )
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(
+                f"data.num_workers must be >= 0 (or null: chosen for the device), "
+                f"got {self.num_workers}"
+            )
         return self
+
+    def workers_for(self, device_type: str, local_processes: int = 1) -> int:
+        """``num_workers``, or for None the choice of ``auto_workers``."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return auto_workers(device_type, local_processes)
 
     def eval_sets(self) -> dict[str, DataConfig]:
         """Each source on its own (weight-0 ones included), by ``display_name``, for per-source
@@ -435,3 +447,19 @@ def _decoded_lines(f: IO[bytes], errors: str) -> Iterator[tuple[int, str]]:
 
 def _open_binary(path: Path) -> Any:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers(device_type: str, local_processes: int = 1) -> int:
+    """Loader workers per training process when ``data.num_workers`` is null. None on a CPU:
+    there packing is a few percent of a step and workers would take the model's cores. On an
+    accelerator the step can be shorter than packing its batch in one process (~2 MB/s of
+    text per process on a slow CPU, half of it in the splitter: docs/training.md), so each
+    process gets the CPUs it can spare, keeping one for itself, up to ``MAX_AUTO_WORKERS``."""
+    if device_type == "cpu":
+        return 0
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cpus // max(local_processes, 1) - 1))

@@ -400,10 +400,17 @@ class Trainer:
         self.eval_batches = lambda data: build_eval_batches(
             data, fmt, self.seq_len, t.global_rows, max_batches=t.eval_batches, **shard
         )
-        self.loader = build_train_loader(cfg.data, fmt, self.seq_len, t.global_rows, **shard)
+        device = accelerator.device.type
+        # processes on this machine: torchrun (and accelerate launch) say so
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        workers = cfg.data.workers_for(device, local)
+        if cfg.data.num_workers is None:
+            logger.info(f"data.num_workers=null: {workers} loader workers per process on {device}")
+        train_data = dataclasses.replace(cfg.data, num_workers=workers)
+        self.loader = build_train_loader(train_data, fmt, self.seq_len, t.global_rows, **shard)
         self.metrics = MetricsLog(self.out_dir / METRICS_FILE, accelerator)
         self.step, self.bytes_seen = 0, 0.0
-        self.data_advice = DataWaitAdvice(accelerator.device.type, cfg.data.num_workers)
+        self.data_advice = DataWaitAdvice(device, self.loader.num_workers)
         if resume_from is not None:
             self.resume(resume_from, changes)
         accelerator.init_trackers(
