@@ -73,6 +73,12 @@ class RotaryEmbedding(nn.Module):
     A non-persistent buffer (state dicts are unchanged), always fp32, grown on demand (by
     doubling): ``forward`` makes room for int positions; tensor positions must be below the
     size ``reserve`` was given.
+
+    Compiled code cannot grow the table (a buffer that changes shape recompiles the graph), so
+    there tensor positions whose bound the table does not cover get their angles from the
+    formula, in the graph. That is exact but slow: inductor inlines the cos and sin into every
+    consumer, recomputing them for each head of each layer (a tenth of a compiled HAT training
+    step on a CPU). ``reserve_positions`` before compiling keeps compiled code on the table.
     """
 
     def __init__(self, head_dim: int, theta: float) -> None:
@@ -100,18 +106,31 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Angles of ``positions`` [..., S] -> 2 x [..., S, 1, Dh]; or of the ``count``
         positions from the int ``positions`` on, shared by every row -> 2 x [count, 1, Dh]
-        (views of the table: no index op)."""
+        (views of the table: no index op). Tensor positions are below ``count`` or below a
+        size given to ``reserve``."""
         if isinstance(positions, int):
             end = positions + count
             if end > self.cos.shape[0] or self.cos.dtype != torch.float32:
                 self.reserve(end)
             return self.cos[positions:end], self.sin[positions:end]
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and not self.covers(count):
             # the same formula as the table, in the graph: a table that grows during tracing
             # would change shape after the first call and recompile the graph
             half_cos, half_sin = rope_angles(positions, self.head_dim, self.theta)
             return torch.cat([half_cos, half_cos], -1), torch.cat([-half_sin, half_sin], -1)
         return self.cos[positions], self.sin[positions]
+
+    def covers(self, count: int) -> bool:
+        """Whether the table holds positions [0, count), in fp32."""
+        return count <= self.cos.shape[0] and self.cos.dtype == torch.float32
+
+
+def reserve_positions(model: nn.Module, size: int) -> None:
+    """Make positions [0, size) available in every RoPE table of ``model``: before compiling
+    (compiled code reads the tables and cannot grow them) or decoding with tensor positions."""
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.reserve(size)
 
 
 # ---- masks and caches -----------------------------------------------------------------------

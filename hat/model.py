@@ -87,6 +87,7 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
                 layout.byte_pos.flatten(),
                 layout.offsets,
                 layout.word_end_pos.flatten(),
+                max_pos=seq,  # positions are within a row
             ).view(batch, -1, cfg.backbone.dim)
 
         # words -> backbone states (word i has seen words <= i) [B, W, D]

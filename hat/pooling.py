@@ -53,22 +53,26 @@ class WordPooler(nn.Module):
         byte_pos: torch.Tensor | int,
         offsets: torch.Tensor,
         word_end_pos: torch.Tensor | int,
+        max_pos: int | None = None,
     ) -> torch.Tensor:
         """byte_states [N, De] (flat), byte_pos [N], offsets [W+1], word_end_pos [W] -> [W, D].
 
         An int ``byte_pos`` is the position of the first of N consecutive bytes of one
-        document, an int ``word_end_pos`` that of a single word's last byte.
+        document, an int ``word_end_pos`` that of a single word's last byte. Tensor positions
+        are below ``max_pos`` (default N; the row length, when N bytes are several rows).
         """
         heads, count = self.n_heads, byte_states.shape[0]
+        bound = count if max_pos is None else max_pos
         kv = self.kv(self.norm(byte_states)).view(count, 2 * heads, self.head_dim)
         k, v = kv.split(heads, dim=1)  # [N, H, Dh] each (split: a cheaper backward than slices)
         q = self.query  # [H, Dh]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if not isinstance(byte_pos, int):
-            self.rope.reserve(count)  # a position within a packed document is below N
-        q = rotate(q.expand(offsets.shape[0] - 1, -1, -1), *self.rope(word_end_pos))  # [W, H, Dh]
-        k = rotate(k, *self.rope(byte_pos, count))
+            self.rope.reserve(bound)  # (does nothing in compiled code)
+        q_angles = self.rope(word_end_pos, 1 if isinstance(word_end_pos, int) else bound)
+        q = rotate(q.expand(offsets.shape[0] - 1, -1, -1), *q_angles)  # [W, H, Dh]
+        k = rotate(k, *self.rope(byte_pos, count if isinstance(byte_pos, int) else bound))
         # under autocast k and v come out of the projection in bf16 while the learned query
         # stays fp32: the kernel takes one dtype, the one the projections compute in
         q, k = q.to(v.dtype), k.to(v.dtype)

@@ -44,6 +44,14 @@ from hat.training.metrics import mfu, peak_flops
 from hat.training.trainer import forward_backward, make_accelerator, measure_sample, unwrap
 
 try:
+    from hat.block import reserve_positions
+except ImportError:  # --compare-ref's worker on a revision before the RoPE tables in compiled code
+
+    def reserve_positions(model: torch.nn.Module, size: int) -> None:
+        pass
+
+
+try:
     from hat.block import stage
 except ImportError:  # --compare-ref's worker on a revision before the stage labels
     import contextlib
@@ -92,6 +100,8 @@ class Bench:
         # trainer.compile=true: the same module under torch.compile (what accelerate's
         # inductor backend wraps it in), stepped with the same optimizer; eager and compiled
         # steps can then be interleaved on one set of weights
+        if compile:  # as the trainer does: compiled code reads the RoPE tables
+            reserve_positions(model, seq_len + 1)
         self.compiled = torch.compile(self.model) if compile else None
         self.compiled_trainer = dataclasses.replace(self.trainer, compile=True)
 

@@ -14,6 +14,7 @@ import torch
 
 import hat
 from hat.batching import collate_documents, document_words, pad_word_slots
+from hat.block import reserve_positions
 from hat.compiling import compile_unavailable
 from hat.training import OptimConfig, TrainConfig, TrainerConfig, build_optimizer
 from hat.training.trainer import forward_backward, make_accelerator
@@ -29,8 +30,10 @@ TEXTS = [
 ]
 
 
-def losses(backend: str | None, tmp_path: Path) -> list[float]:
-    """Loss of each of three AdamW steps of tiny HAT (the trainer's own forward_backward)."""
+def losses(backend: object, tmp_path: Path, tables: bool = True) -> list[float]:
+    """Loss of each of three AdamW steps of tiny HAT (the trainer's own forward_backward).
+    ``tables``: reserve the RoPE tables before compiling, as the trainer does (compiled code
+    then reads them; without, it computes the angles in the graph)."""
     cfg = TrainConfig(
         model=hat.preset("tiny"),
         trainer=TrainerConfig(
@@ -41,6 +44,8 @@ def losses(backend: str | None, tmp_path: Path) -> list[float]:
     torch.manual_seed(0)
     model = hat.HATForCausalLM(cfg.model)
     optimizer = build_optimizer(model, OptimConfig(), lr=3e-3)
+    if backend is not None and tables:
+        reserve_positions(model, cfg.trainer.row_bytes + 1)
     step_model = model if backend is None else torch.compile(model, backend=backend)
     out = []
     for texts in TEXTS:  # each batch its own word count: padded slots, one graph
@@ -52,13 +57,32 @@ def losses(backend: str | None, tmp_path: Path) -> list[float]:
     return out
 
 
+@pytest.mark.parametrize("tables", [True, False])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compiled_training_steps_equal_eager(backend: str, tmp_path: Path) -> None:
+def test_compiled_training_steps_equal_eager(backend: str, tables: bool, tmp_path: Path) -> None:
     torch._dynamo.reset()
     eager = losses(None, tmp_path)
-    compiled = losses(backend, tmp_path)
+    compiled = losses(backend, tmp_path, tables)
     assert eager[0] != eager[-1]  # the weights moved
     torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tables", [True, False])
+def test_compiled_step_reads_the_rope_tables_when_reserved(tables: bool, tmp_path: Path) -> None:
+    """With the tables reserved (the trainer does it) the graph looks the angles up: computed
+    in the graph, inductor inlined cos and sin into every head of every layer (a tenth of a
+    compiled CPU step). Without, the graph computes them (still exact: the test above)."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    losses(capture, tmp_path, tables)
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op.startswith("call")}
+    assert graphs and any("rms_norm" in t for t in targets)  # the model's graph was captured
+    assert any("cos" in t for t in targets) != tables
 
 
 def test_padded_word_slots_change_nothing() -> None:

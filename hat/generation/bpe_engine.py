@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hat.block import RotaryEmbedding
+from hat.block import reserve_positions
 from hat.generation.columns import LeftPadding, window_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
 from hat.modeling import softcap
@@ -34,14 +34,11 @@ class BPECachedEngine:
         self.device, self.batch = like.device, len(rows)
         self.cols = LeftPadding([len(r) for r in rows], max_new, self.device)
         total = self.cols.width + max_new
-        stack = model.backbone.transformer
-        for module in stack.modules():
-            if isinstance(module, RotaryEmbedding):
-                module.reserve(total + 1)
+        reserve_positions(model.backbone, total + 1)
         self.static = compile_possible(compile, self.device.type)
         announce("BPE twin", self.static, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
-        self.caches = stack.make_caches(self.batch, capacity, like=like)
+        self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
         self.n = self.cols.width  # next column
         self.embed, self.backbone, self.head = (
             lean_view(m) for m in (model.embed, model.backbone, model.head)

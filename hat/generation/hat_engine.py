@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from hat.batching import collate_documents
-from hat.block import AttentionMask, RotaryEmbedding
+from hat.block import AttentionMask, reserve_positions
 from hat.generation.columns import LeftPadding, window_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
 from hat.generation.words import WordTracker, word_starts
@@ -44,9 +44,7 @@ class HATCachedEngine:
         self.margin = cfg.max_word_bytes + 8  # columns a word (+ an incomplete char) can span
         self.ring_size = self.margin + 2  # guides kept per row (ring indexed by word % size)
         total = self.width + max_new
-        for module in model.modules():  # every position (bytes and words) is below total + 1
-            if isinstance(module, RotaryEmbedding):
-                module.reserve(total + 1)
+        reserve_positions(model, total + 1)  # every position (bytes and words) is below it
         self.static = compile_possible(compile, self.device.type)
         announce("HAT", self.static, self.device.type)
 

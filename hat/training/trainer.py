@@ -49,6 +49,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hat.auto import load_pretrained
 from hat.batching import IGNORE, pad_word_slots
+from hat.block import reserve_positions
 from hat.compiling import compile_unavailable
 from hat.data import build_eval_batches, build_train_loader, iter_documents
 from hat.errors import HatError
@@ -390,6 +391,8 @@ class Trainer:
         fmt = model.data_format()
         self.peak_lr = peak_lr(cfg.optim, model.config)
         optimizer = build_optimizer(model, cfg.optim, self.peak_lr)
+        if t.compile:  # compiled code reads the RoPE tables (positions are within a row)
+            reserve_positions(model, self.seq_len + 1)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             model, optimizer, build_scheduler(optimizer, t.steps, cfg.schedule)
         )
