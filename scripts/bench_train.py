@@ -52,6 +52,14 @@ except ImportError:  # --compare-ref's worker on a revision before the RoPE tabl
 
 
 try:
+    from hat.training.trainer import preloaded_allocator
+except ImportError:  # --compare-ref's worker on a revision before it
+
+    def preloaded_allocator() -> str | None:
+        return None
+
+
+try:
     from hat.block import stage
 except ImportError:  # --compare-ref's worker on a revision before the stage labels
     import contextlib
@@ -330,7 +338,13 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    report = {"device": device_name(), "torch": torch.__version__, "pairs": []}
+    report = {
+        "device": device_name(),
+        "torch": torch.__version__,
+        # on a CPU the allocator moves HAT's step by ~10 % (docs/training.md)
+        "allocator": preloaded_allocator() or "system malloc",
+        "pairs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             hat_name, bpe_name = pair.split(":")
@@ -418,6 +432,7 @@ def compare(args: argparse.Namespace) -> None:
         "device": device_name(),
         "threads": args.threads or torch.get_num_threads(),
         "torch": torch.__version__,
+        "allocator": preloaded_allocator() or "system malloc",
         **report,
     }
     write_report(report, args.out)

@@ -294,6 +294,20 @@ def test_loader_workers_are_chosen_for_the_device(
         DataConfig(num_workers=-1).validate()
 
 
+def test_the_preloaded_allocator_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LD_PRELOAD's malloc replacement (space or colon separated) is found by library name."""
+    from hat.training.trainer import preloaded_allocator
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert preloaded_allocator() is None
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert preloaded_allocator() == "tcmalloc"
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libfoo.so:/usr/lib/libjemalloc.so.2")
+    assert preloaded_allocator() == "jemalloc"
+    monkeypatch.setenv("LD_PRELOAD", "libfoo.so libbar.so")
+    assert preloaded_allocator() is None
+
+
 def test_waiting_for_data_on_an_accelerator_is_said_once() -> None:
     advice = DataWaitAdvice("cuda", num_workers=0)
     assert advice.check(0.9) is None  # the first interval: workers start

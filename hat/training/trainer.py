@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -165,6 +166,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             f"training step on {device_type}: eager (trainer.compile=false: {why};"
             " see BENCHMARKS.md)"
         )
+    if device_type == "cpu" and sys.platform == "linux" and not preloaded_allocator():
+        logger.info(
+            "CPU training with glibc's malloc: preloading tcmalloc made HAT's step ~10 % faster"
+            " (LD_PRELOAD=libtcmalloc_minimal.so.4; see docs/training.md)"
+        )
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="no" if precision == "fp32" else precision,
@@ -175,6 +181,19 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,
         dynamo_backend="inductor" if cfg.trainer.compile else None,
     )
+
+
+def preloaded_allocator() -> str | None:
+    """The malloc replacement preloaded into this process (``LD_PRELOAD``), or None.
+
+    glibc's malloc returns freed blocks of a few MB to the system, so every step on a CPU
+    faults in fresh pages for its largest activations; tcmalloc keeps them for reuse.
+    """
+    for lib in os.environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        for name in ("tcmalloc", "jemalloc", "mimalloc"):
+            if name in Path(lib).name:
+                return name
+    return None
 
 
 def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedLM:
@@ -231,6 +250,14 @@ def _sums(out: Any) -> torch.Tensor:
     )
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; to a GPU from pinned memory, so that the copy does not hold up
+    this thread, which goes on queueing the step's kernels behind it."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def forward_backward(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -254,7 +281,7 @@ def forward_backward(
     scale = accelerator.num_processes / global_targets
     totals = torch.zeros(4, device=accelerator.device)
     for i, micro in enumerate(micro_batches):
-        micro = {k: v.to(accelerator.device, non_blocking=True) for k, v in micro.items()}
+        micro = {k: to_device(v, accelerator.device) for k, v in micro.items()}
         if trainer.compile and "word_lengths" in micro:  # one compiled graph, not one per batch
             micro["word_lengths"] = pad_word_slots(micro["word_lengths"])
         last = i == len(micro_batches) - 1
