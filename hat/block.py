@@ -33,7 +33,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # the weight in x's dtype: under bf16 autocast (fp32 weights, bf16 activations, as in
+        # HAT's backbone) torch falls back from its fused RMSNorm kernel to several ops
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
 
 def stage(name: str) -> contextlib.AbstractContextManager:

@@ -14,6 +14,7 @@ from hat.block import (
     Attention,
     AttentionMask,
     KVCache,
+    RMSNorm,
     RotaryEmbedding,
     SwiGLU,
     Transformer,
@@ -293,6 +294,24 @@ def test_mixed_precision_pools_in_one_dtype(monkeypatch: pytest.MonkeyPatch) -> 
     out.loss.backward()
     assert seen == [(torch.bfloat16,) * 3]
     assert math.isfinite(float(out.loss))
+
+
+def test_norms_under_autocast_take_the_fused_kernel() -> None:
+    """Under bf16 autocast HAT's backbone sees bf16 activations and fp32 norm weights; torch
+    runs its fused RMSNorm (one kernel on a GPU) only when the two dtypes agree, and falls
+    back to several ops otherwise. The norm must still match fp32 and train its fp32 weight."""
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(32, 64)
+    with torch.profiler.profile() as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x.bfloat16())
+    ops = {e.name for e in prof.events()}
+    assert "aten::_fused_rms_norm" in ops, sorted(n for n in ops if n.startswith("aten::"))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), norm(x), atol=3e-2, rtol=2e-2)
+    out.float().sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.gpu
