@@ -165,7 +165,7 @@ class AttentionMask:
         if impl == "flex":
             return AttentionMask(block=_flex_block_mask(doc_ids, window))
         seq = doc_ids.shape[1]
-        if window is not None and seq % CHUNK == 0 and 4 * (window + CHUNK) <= 3 * seq:
+        if window is not None and 4 * (window + CHUNK) <= 3 * round_up(seq, CHUNK):
             return _chunked_mask(doc_ids, window)
         idx = torch.arange(seq, device=doc_ids.device)
         allowed = idx[None, :] <= idx[:, None]  # causal [S, S]
@@ -178,10 +178,21 @@ class AttentionMask:
 CHUNK = 64  # queries per chunk of chunked sliding-window attention
 
 
+def round_up(n: int, unit: int) -> int:
+    """n rounded up to a multiple of ``unit``."""
+    return -(-n // unit) * unit
+
+
 def _chunked_mask(doc_ids: torch.Tensor, window: int) -> AttentionMask:
     """Mask [B * S/C, 1, C, K] of chunked attention: query i of chunk c sits at c*C + i, key j
     of its span at (c - n)*C + j, K = (n + 1) * C keys: the chunk and the n = ceil((window - 1)
-    / C) chunks before it (as far back as the window reaches)."""
+    / C) chunks before it (as far back as the window reaches).
+
+    A row whose length is no multiple of C is padded at its end with a document of its own
+    (id -1: no real query sees it, each padding query sees itself); ``chunked_attention`` pads
+    q, k and v to match and drops those queries' outputs."""
+    pad = -doc_ids.shape[1] % CHUNK
+    doc_ids = F.pad(doc_ids, (0, pad), value=-1)  # document ids are >= 0
     batch, seq = doc_ids.shape
     back = -(-(window - 1) // CHUNK)
     span, chunks, device = (back + 1) * CHUNK, seq // CHUNK, doc_ids.device
@@ -206,9 +217,12 @@ def chunked_attention(
     call would compute are such padding). Inputs are cut with ``split`` and ``KeyWindows``,
     whose gradients go back in one copy (a slice's would zero-fill a full-size buffer).
     """
-    batch, heads, seq, head_dim = q.shape
+    batch, heads, length, head_dim = q.shape
     chunk, span = mask.chunk, mask.dense.shape[-1]
-    chunks, back = seq // chunk, span // chunk - 1
+    chunks, back = mask.dense.shape[0] // batch, span // chunk - 1
+    seq = chunks * chunk  # the row padded to whole chunks (see ``_chunked_mask``)
+    if seq > length:
+        q, k, v = (F.pad(x, (0, 0, 0, seq - length)) for x in (q, k, v))
     full = chunks - back  # chunks whose whole window lies in the row
     dense = mask.dense.view(batch, chunks, 1, chunk, span)
     cuts = [chunk] * back + [full * chunk]
@@ -233,7 +247,8 @@ def chunked_attention(
     )  # [B * nF, H, C, Dh]
     out = out.view(batch, full, heads, chunk, head_dim).transpose(1, 2)
     outs.append(out.reshape(batch, heads, full * chunk, head_dim))
-    return torch.cat(outs, dim=2)
+    out = torch.cat(outs, dim=2)
+    return out if seq == length else out[:, :, :length]
 
 
 class KeyWindows(torch.autograd.Function):

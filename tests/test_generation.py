@@ -282,8 +282,10 @@ def test_most_rows_finish_a_word_at_once(step: dict) -> None:
         ([RETRACT[0].encode(), b"Hello wor", "日本".encode()[:-1], b""], True),
         ([b"Hello wor", b"It's 3.14"], True),  # equal lengths: positions shared by all rows
         ([b"Hello wor"], True),
+        # prompts several windows long (tiny's byte window: 32): a chunked prefill
+        ([b"Long words here, " * 17, b"short. " * 20, b"x"], True),
     ],
-    ids=["ragged", "ragged-sharp", "equal-sharp", "b1-sharp"],
+    ids=["ragged", "ragged-sharp", "equal-sharp", "b1-sharp", "long-ragged-sharp"],
 )
 def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> None:
     """Every step's logits equal the full model on (prompt + bytes so far), last position.

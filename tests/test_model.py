@@ -237,19 +237,23 @@ def test_mask_is_causal_windowed_and_per_document() -> None:
     assert torch.equal(mask, expected)
 
 
-@pytest.mark.parametrize("window", [33, 64, 100])
-def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int) -> None:
+@pytest.mark.parametrize(
+    ("window", "length"), [(33, 256), (64, 256), (100, 256), (33, 250), (100, 193)]
+)
+def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int, length: int) -> None:
     """Chunks of queries over their window of keys compute what one dense mask does: outputs
-    and gradients, across document boundaries, grouped-query heads included."""
+    and gradients, across document boundaries, grouped-query heads included, and for rows
+    that are no multiple of the chunk (padded inside, the padding's outputs dropped)."""
     torch.manual_seed(0)
     doc_ids = torch.tensor([[0] * 50 + [1] * 150 + [2] * 56, [0] * 256, [0] * 255 + [1]])
+    doc_ids = doc_ids[:, :length]
     chunked = AttentionMask.packed(doc_ids, window, impl="sdpa")
-    assert chunked.chunk  # 256 positions, a window well below: the chunked layout
-    idx = torch.arange(256)
+    assert chunked.chunk  # a window well below the row: the chunked layout
+    idx = torch.arange(length)
     dense = (idx[None] <= idx[:, None]) & (idx[:, None] - idx[None] < window)
     dense = (dense & (doc_ids[:, :, None] == doc_ids[:, None]))[:, None]
-    q = torch.randn(3, 4, 256, 8, requires_grad=True)
-    k, v = (torch.randn(3, 2, 256, 8, requires_grad=True) for _ in range(2))
+    q = torch.randn(3, 4, length, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, length, 8, requires_grad=True) for _ in range(2))
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=dense, enable_gqa=True
     )
@@ -262,15 +266,22 @@ def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int) -> 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_model_with_chunked_attention_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The byte stacks of a 256-byte row run chunked attention; the loss and logits are those
-    of the dense mask (CHUNK = 7 does not divide the row: the dense path)."""
+@pytest.mark.parametrize("pad_to", [256, None])
+def test_model_with_chunked_attention_equals_dense(
+    monkeypatch: pytest.MonkeyPatch, pad_to: int | None
+) -> None:
+    """The byte stacks of a 256-byte row, or of a row of the longest document's length (no
+    multiple of the chunk), run chunked attention; the loss and logits are those of the dense
+    mask (CHUNK = 512: chunks longer than the row take the dense path)."""
     model = tiny()
-    texts = ["First doc. Second part of it, " * 3, "Other", "x " * 60]
-    batch = collate_documents([document_words(t, model.splitter) for t in texts], pad_to=256)
+    texts = ["First doc. Second part of it, " * 3, "Other", "x " * 60, "A longer one. " * 14]
+    batch = collate_documents([document_words(t, model.splitter) for t in texts], pad_to=pad_to)
+    seq = batch["input_ids"].shape[1]
+    assert seq == 256 if pad_to else seq % 64
+    assert AttentionMask.packed(torch.zeros(1, seq), 32).chunk
     chunked = model(**batch)
-    monkeypatch.setattr(hat.block, "CHUNK", 7)
-    assert not AttentionMask.packed(torch.zeros(1, 256), 32).chunk
+    monkeypatch.setattr(hat.block, "CHUNK", 512)
+    assert not AttentionMask.packed(torch.zeros(1, seq), 32).chunk
     dense = model(**batch)
     torch.testing.assert_close(chunked.logits, dense.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked.loss, dense.loss, atol=1e-6, rtol=1e-6)

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from hat.block import reserve_positions
+from hat.block import reserve_positions, round_up
 from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
+from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.modeling import softcap
 
 

@@ -24,6 +24,17 @@ def window_mask(
     return AttentionMask(dense=(ok | (diff == 0)[None])[:, None])
 
 
+def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> AttentionMask:
+    """The mask of a prefill over prompt columns [0, width), what ``window_mask(cols, cols,
+    doc_start, window)`` lets through for every prompt query, with the left padding as a
+    document of its own. Built by ``AttentionMask.packed``, so a prompt much longer than the
+    window runs chunked sliding-window attention (SDPA) instead of a dense [width, width] mask
+    (a 4 KB prompt: every query over 4 KB of keys for a window of 256)."""
+    cols = torch.arange(width, device=doc_start.device)
+    doc_ids = (cols[None, :] >= doc_start[:, None]).long()  # [B, P]: 0 padding, 1 the prompt
+    return AttentionMask.packed(doc_ids, window, impl="sdpa")
+
+
 class LeftPadding:
     """Prompts left-padded to one column axis: column c of row r is position c - pad[r].
 

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from hat.batching import collate_documents
-from hat.block import AttentionMask, reserve_positions
-from hat.generation.columns import LeftPadding, window_mask
-from hat.generation.lean import StaticStep, announce, compile_possible, lean_view, round_up
+from hat.block import AttentionMask, reserve_positions, round_up
+from hat.generation.columns import LeftPadding, prefill_mask, window_mask
+from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -96,15 +96,14 @@ class HATCachedEngine:
         ids = torch.full((self.batch, width), PAD, dtype=torch.long)
         for r, row in enumerate(self.rows):
             ids[r, self.pad_list[r] :] = torch.tensor(row)
-        cols = torch.arange(width, device=self.device)
         pos = self.cols.positions(0, width - 1)  # [B, P]
-        mask = window_mask(cols, cols, self.pad, self.cfg.encoder.window)
+        mask = prefill_mask(width, self.pad, self.cfg.encoder.window)
         states = self.encoder(ids.to(self.device), pos, mask, self.enc_caches)  # [B, P, De]
         self.enc_out[:, :width] = states
 
         guides, col_word = self._prefill_backbone()  # [B, W+1, D], [B, P]
         self.col_word[:, :width] = col_word
-        mask = window_mask(cols, cols, self.pad, self.cfg.decoder.window)
+        mask = prefill_mask(width, self.pad, self.cfg.decoder.window)
         hidden = self.decoder(states, guides, col_word, pos, mask, self.dec_caches)
         return self._logits(hidden[:, -1])
 

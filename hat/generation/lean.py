@@ -112,11 +112,6 @@ class StaticStep:
             return self.compiled(*args)
 
 
-def round_up(n: int, unit: int) -> int:
-    """n rounded up to a multiple of ``unit``."""
-    return -(-n // unit) * unit
-
-
 def compile_possible(compile: bool, device: str) -> bool:
     """``compile_step`` as it can run here: False, with a warning, where inductor cannot
     compile (Windows, a CPU without a C++ compiler; ``hat.compiling``)."""

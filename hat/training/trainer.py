@@ -328,7 +328,7 @@ def held_out_loss(model: torch.nn.Module, batches: Any, accelerator: Accelerator
             batch = batches.empty_batch() if batch is None else batch
         elif batch is None:
             break
-        totals += _sums(model(**{k: v.to(accelerator.device) for k, v in batch.items()}))
+        totals += _sums(model(**{k: to_device(v, accelerator.device) for k, v in batch.items()}))
     model.train()
     sum_nll, n_targets, text_nll, n_bytes = accelerator.reduce(totals, "sum").tolist()
     return EvalResult(sum_nll / max(n_targets, 1.0), bits_per_byte(text_nll, n_bytes), int(n_bytes))
