@@ -327,6 +327,24 @@ def test_norms_under_autocast_take_the_fused_kernel() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_scoring_rows_of_many_lengths_compiles_a_few_graphs() -> None:
+    """score() collates rows to each batch's longest document; compiled flex attention must
+    not compile a graph per length (past dynamo's limit it would fall back to the uncompiled
+    kernel, which materialises the scores)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny().cuda()
+    texts = ["word " * n for n in (40, 57, 71, 90, 113, 131, 150, 177, 199, 230)]
+    counters.clear()
+    scores = model.score(texts, batch_size=1)  # ten row lengths
+    assert all(math.isfinite(s) for s in scores)
+    assert counters["stats"]["unique_graphs"] <= 6, dict(counters["stats"])
+    reference = [model.cpu().score([t])[0] for t in texts]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(reference), rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bf16_training_step_matches_fp32() -> None:
     """What hat-train does on a GPU: bf16 autocast, flex attention, the Triton pooling kernel;
     its loss and gradients stay close to the fp32 reference path of the same model."""
