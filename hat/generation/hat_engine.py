@@ -114,11 +114,11 @@ class HATCachedEngine:
         items, where, col_word = [], [], torch.zeros(self.batch, self.width, dtype=torch.long)
         for r, t in enumerate(self.trackers):
             ends = [*t.starts[1:], len(t.data)]
-            for k, (s, e) in enumerate(zip(t.starts, ends)):
-                col_word[r, self.pad_list[r] + s : self.pad_list[r] + e] = k
-                if k < len(t.starts) - 1:  # the last word is still open
-                    items.append((r, s, e))
-                    where.append((r, k))
+            lengths = torch.tensor([e - s for s, e in zip(t.starts, ends)])
+            # column -> its word's index, one call per row (a 4 KB prompt has ~800 words)
+            col_word[r, self.pad_list[r] :] = torch.arange(len(lengths)).repeat_interleave(lengths)
+            items += [(r, s, e) for s, e in zip(t.starts[:-1], ends[:-1])]  # the last is open
+            where += [(r, k) for k in range(len(t.starts) - 1)]
         num = torch.tensor([len(t.starts) - 1 for t in self.trackers], device=self.device)
         width = max(int(num.max()), 1)
         x = self.ring.new_zeros(self.batch, width, bb_dim)  # [B, W, D]
