@@ -141,17 +141,24 @@ def reserve_positions(model: nn.Module, size: int) -> None:
 class AttentionMask:
     """Which keys each query may see: same document, not in the future, within the window.
 
-    ``dense`` is a bool tensor [B, 1, Sq, Sk] for SDPA; ``block`` a flex-attention BlockMask.
-    Exactly one is set. Build with ``AttentionMask.packed`` (training / scoring) or pass a
-    dense mask directly (cached decoding, where ``None`` means "every cached key").
+    ``dense`` is a bool tensor [B, 1, Sq, Sk] for SDPA; ``block`` a flex-attention BlockMask;
+    ``causal``: SDPA's own causal mask. Exactly one is set. Build with ``AttentionMask.packed``
+    (training / scoring) or pass a dense mask directly (cached decoding, where ``None`` means
+    "every cached key").
     """
 
     dense: torch.Tensor | None = None
     block: object | None = None
     chunk: int = 0  # > 0: sliding-window attention by chunks of queries, see `packed`
+    causal: bool = False
 
     @staticmethod
-    def packed(doc_ids: torch.Tensor, window: int | None, impl: str = "auto") -> AttentionMask:
+    def packed(
+        doc_ids: torch.Tensor,
+        window: int | None,
+        impl: str = "auto",
+        padding: torch.Tensor | None = None,
+    ) -> AttentionMask:
         """Causal, document-isolated (and optionally sliding-window) mask for rows [B, S].
 
         With SDPA and a window well below the row, the row is cut into chunks of ``CHUNK``
@@ -159,6 +166,11 @@ class AttentionMask:
         its window reaches (``chunked_attention``): at window 256 and a 512-byte row, 240 keys
         per query on average (320 once the window lies inside the row, fewer before) where a
         dense mask computes all 512 and the window lets 192 through on average.
+
+        ``padding`` [B, S] marks the padding at the rows' ends (whose outputs nobody reads):
+        when every row is one document before its padding and no window is narrower than the
+        row (what ``score`` collates), SDPA's own causal mask serves, exact for every other
+        position, where a dense [S, S] mask would compute the keys after each query too.
         """
         if impl == "auto":
             impl = "flex" if doc_ids.is_cuda else "sdpa"
@@ -167,6 +179,8 @@ class AttentionMask:
         seq = doc_ids.shape[1]
         if window is not None and 4 * (window + CHUNK) <= 3 * round_up(seq, CHUNK):
             return _chunked_mask(doc_ids, window)
+        if (window is None or window >= seq) and one_document_per_row(doc_ids, padding):
+            return AttentionMask(causal=True)
         idx = torch.arange(seq, device=doc_ids.device)
         allowed = idx[None, :] <= idx[:, None]  # causal [S, S]
         if window is not None:
@@ -176,6 +190,15 @@ class AttentionMask:
 
 
 CHUNK = 64  # queries per chunk of chunked sliding-window attention
+
+
+def one_document_per_row(doc_ids: torch.Tensor, padding: torch.Tensor | None) -> bool:
+    """Whether every row of ``doc_ids`` [B, S] is one document followed by its ``padding``
+    (a suffix). Never in compiled code: the answer depends on values (a graph break)."""
+    if padding is None or torch.compiler.is_compiling():
+        return False
+    suffix = bool((padding[:, 1:] >= padding[:, :-1]).all())  # no real position after padding
+    return suffix and bool(((doc_ids == doc_ids[:, :1]) | padding).all())
 
 
 def round_up(n: int, unit: int) -> int:
@@ -488,6 +511,10 @@ class Attention(nn.Module):
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
         elif mask is not None and mask.chunk:
             out = chunked_attention(q, k, v, mask, self.kv_heads != heads)
+        elif mask is not None and mask.causal:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=self.kv_heads != heads
+            )
         else:
             out = F.scaled_dot_product_attention(
                 q,

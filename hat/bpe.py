@@ -59,7 +59,9 @@ class BPEForCausalLM(GenerationMixin, PreTrainedLM):
     ) -> CausalLMOutput:
         with stage("bpe.layout"):
             starts = document_starts(input_ids, start_id=BOS_ID, pad_id=PAD_ID)
-            mask = AttentionMask.packed(starts.cumsum(dim=1), None, self.config.attn_impl)
+            mask = AttentionMask.packed(
+                starts.cumsum(dim=1), None, self.config.attn_impl, input_ids == PAD_ID
+            )
         with stage("bpe.backbone"):
             hidden = self.backbone(self.embed(input_ids), positions_since(starts), mask)
         with stage("bpe.head"):

@@ -68,12 +68,19 @@ class HATForCausalLM(GenerationMixin, PreTrainedLM):
             word_lengths = pad_word_slots(word_lengths)
         with stage("hat.layout"):
             layout = layout_words(input_ids, word_lengths)
-            byte_mask = AttentionMask.packed(layout.doc_ids, cfg.encoder.window, cfg.attn_impl)
-            word_mask = AttentionMask.packed(layout.word_doc, None, cfg.attn_impl)
+            # the rows' padding tails: PAD bytes, and their word (the tail document's) and
+            # the empty word slots after it
+            pad_bytes = input_ids == PAD
+            tail_doc = (layout.word_doc == layout.doc_ids[:, -1:]) & pad_bytes[:, -1:]
+            pad_words = ~layout.word_mask | tail_doc
+            byte_mask = AttentionMask.packed(
+                layout.doc_ids, cfg.encoder.window, cfg.attn_impl, pad_bytes
+            )
+            word_mask = AttentionMask.packed(layout.word_doc, None, cfg.attn_impl, pad_words)
             decoder_mask = byte_mask
             if cfg.decoder.window != cfg.encoder.window:
                 decoder_mask = AttentionMask.packed(
-                    layout.doc_ids, cfg.decoder.window, cfg.attn_impl
+                    layout.doc_ids, cfg.decoder.window, cfg.attn_impl, pad_bytes
                 )
 
         # bytes -> encoder states                               [B, T] -> [B, T, De]

@@ -123,6 +123,48 @@ def test_document_isolation(kind: str, tiny_bpe) -> None:
 
 
 @pytest.mark.parametrize("kind", ["hat", "bpe"])
+def test_rows_of_one_document_take_sdpa_causal(
+    kind: str, tiny_bpe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of one document each before their padding (what score() collates) attend with
+    SDPA's causal mask, not a dense [S, S] one; loss and the logits of every real position
+    are those of the dense mask. Packed rows of several documents, and padding that is not at
+    the end, keep the dense mask."""
+    model = tiny() if kind == "hat" else tiny_bpe
+    texts = ["One document, scored alone. " * 3, "Another, shorter."]
+    if kind == "hat":
+        batch = collate_documents([document_words(t, model.splitter) for t in texts])
+        real = batch["input_ids"] != hat.splitter.PAD
+    else:
+        batch = model._collate_for_scoring([model._encode_for_scoring(t, "") for t in texts])
+        real = batch["input_ids"] != hat.tokenizer.PAD_ID
+    assert not real.all()  # the shorter row is padded
+    causal = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        causal.append(kwargs.get("is_causal", False))
+        return sdpa(*args, **kwargs)
+
+    two_docs = torch.tensor([[0] * 5 + [1] * 5])
+    tail = torch.tensor([[False] * 8 + [True] * 2])
+    assert AttentionMask.packed(two_docs, None, "sdpa", tail).dense is not None
+    head = torch.tensor([[True] * 5 + [False] * 5])  # left padding: queries would see it
+    assert AttentionMask.packed(two_docs, None, "sdpa", head).dense is not None
+    assert AttentionMask.packed(two_docs, None, "sdpa", head.flip(1)).causal
+
+    monkeypatch.setattr(hat.block.F, "scaled_dot_product_attention", spy)
+    fast = model(**batch)
+    assert any(causal)
+    monkeypatch.setattr(hat.block, "one_document_per_row", lambda doc_ids, padding: False)
+    causal.clear()
+    dense = model(**batch)
+    assert not any(causal)
+    torch.testing.assert_close(fast.logits[real], dense.logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.loss, dense.loss, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hat", "bpe"])
 def test_gradients_reach_every_parameter(kind: str, tiny_bpe) -> None:
     model = (tiny(decoder_guide="every") if kind == "hat" else tiny_bpe).train()
     texts = ["First document here.", "A second, longer document with more words in it."]
