@@ -380,7 +380,9 @@ def test_gpu_scoring_rows_of_many_lengths_compiles_a_few_graphs() -> None:
     counters.clear()
     scores = model.score(texts, batch_size=1)  # ten row lengths
     assert all(math.isfinite(s) for s in scores)
-    assert counters["stats"]["unique_graphs"] <= 6, dict(counters["stats"])
+    # a graph per length would be >= 20 here (flex and its block mask, bytes and words, ten
+    # lengths); automatic dynamic shapes need a few per kind of call
+    assert counters["stats"]["unique_graphs"] <= 12, dict(counters["stats"])
     reference = [model.cpu().score([t])[0] for t in texts]
     torch.testing.assert_close(torch.tensor(scores), torch.tensor(reference), rtol=1e-3, atol=1e-2)
 
