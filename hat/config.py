@@ -129,7 +129,7 @@ class HATConfig:
         "first"  # add the previous word's vector before the "first" or "every" layer
     )
     logit_softcap: float | None = None
-    attn_impl: str = "auto"  # auto: flex attention on CUDA, SDPA with a dense mask on CPU
+    attn_impl: str = "auto"  # auto: flex attention on CUDA, SDPA on CPU (AttentionMask.packed)
     pool_impl: str = "auto"  # auto: Triton kernel on CUDA, PyTorch reference on CPU
     init_std: float = 0.02
 
