@@ -536,6 +536,12 @@ class SwiGLU(nn.Module):
         self.register_load_state_dict_pre_hook(fuse_on_load(("gate", "up"), "gate_up"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            # two products with the halves of the weight: the backward of one product's
+            # chunks would cat both gradients into a [N, 2 * hidden] buffer (~3 % of HAT's CPU
+            # training step); without gradients one product is fewer calls per decoded byte
+            gate_w, up_w = self.gate_up.weight.chunk(2, dim=0)
+            return self.down(F.silu(F.linear(x, gate_w)) * F.linear(x, up_w))
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 

@@ -420,6 +420,25 @@ def textbook_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> tor
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def test_swiglu_paths_agree() -> None:
+    """Training runs SwiGLU as two products with the halves of its fused weight, inference as
+    one product cut in two: the same outputs, and the gradients of the one-product formula."""
+    torch.manual_seed(0)
+    mlp = SwiGLU(16, 24)
+    x = torch.randn(10, 16, requires_grad=True)
+    out = mlp(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, mlp(x), atol=1e-6, rtol=1e-6)
+    grad = torch.randn_like(out)
+    gate, up = mlp.gate_up(x).chunk(2, dim=-1)
+    reference = mlp.down(torch.nn.functional.silu(gate) * up)
+    params = (x, mlp.gate_up.weight, mlp.down.weight)
+    for a, b in zip(
+        torch.autograd.grad(out, params, grad), torch.autograd.grad(reference, params, grad)
+    ):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_table_rotates_exactly_as_the_formula(dtype: torch.dtype) -> None:
     rope = RotaryEmbedding(32, 10000.0)
