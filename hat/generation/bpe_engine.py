@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hat.block import reserve_positions, round_up
-from hat.generation.columns import LeftPadding, window_mask
+from hat.generation.columns import LeftPadding, prefill_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.modeling import softcap
 
@@ -55,8 +55,7 @@ class BPECachedEngine:
         ids = torch.full((self.batch, width), self.pad_id, dtype=torch.long)
         for r, row in enumerate(self.rows):
             ids[r, width - len(row) :] = torch.tensor(row)
-        cols = torch.arange(width, device=self.device)
-        mask = window_mask(cols, cols, pad, None)  # the twin's backbone has no window
+        mask = prefill_mask(width, pad, None)  # the twin's backbone has no window
         pos = self.cols.positions(0, width - 1)
         hidden = self.backbone(self.embed(ids.to(self.device)), pos, mask, self.caches)  # [B, P, D]
         return self._logits(hidden[:, -1])

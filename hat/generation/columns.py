@@ -29,10 +29,11 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
     doc_start, window)`` lets through for every prompt query, with the left padding as a
     document of its own. Built by ``AttentionMask.packed``, so a prompt much longer than the
     window runs chunked sliding-window attention (SDPA) instead of a dense [width, width] mask
-    (a 4 KB prompt: every query over 4 KB of keys for a window of 256)."""
+    (a 4 KB prompt: every query over 4 KB of keys for a window of 256), and prompts without
+    left padding (batch 1, equal lengths) SDPA's own causal mask."""
     cols = torch.arange(width, device=doc_start.device)
-    doc_ids = (cols[None, :] >= doc_start[:, None]).long()  # [B, P]: 0 padding, 1 the prompt
-    return AttentionMask.packed(doc_ids, window, impl="sdpa")
+    prompt = cols[None, :] >= doc_start[:, None]  # [B, P]: the left padding is False
+    return AttentionMask.packed(prompt.long(), window, impl="sdpa", padding=~prompt)
 
 
 class LeftPadding:
