@@ -13,6 +13,7 @@ positions attends to everything cached before them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -376,6 +377,17 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.offset = 0  # position held in slot 0 (a sliding cache has dropped those before)
         self.rows = torch.arange(batch, device=device)
+        self.is_view = False  # a view of some rows (``row_view``) cannot grow or slide
+
+    def row_view(self, rows: slice) -> KVCache:
+        """The cache of ``rows`` alone, sharing this one's buffers: writes show in both. For a
+        prefill by groups of rows (``hat.generation.columns.row_groups``); it must fit the
+        buffers as they are (a view cannot reallocate or slide its parent's)."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[rows], self.v[rows]
+        view.rows = torch.arange(view.k.shape[0], device=self.k.device)
+        view.is_view = True
+        return view
 
     def fit(self, pos: int, end: int | None = None) -> int:
         """Make room (grow, or slide) for positions [pos, end) (default: ``pos`` alone);
@@ -430,6 +442,11 @@ class KVCache:
     def _make_room(self, pos: int, end: int) -> None:
         """Grow, or slide, so that positions up to ``end`` fit."""
         capacity = self.k.shape[2]
+        if self.is_view:
+            raise ValueError(
+                f"KVCache: a row view holds {capacity} positions from {self.offset}; "
+                f"positions [{pos}, {end}) need its parent to make room first"
+            )
         if self.window is None:  # grow
             batch, heads, _, head_dim = self.k.shape
             pad = self.k.new_zeros(batch, heads, max(end, 2 * capacity) - capacity, head_dim)

@@ -13,7 +13,7 @@ import torch
 
 import hat
 from hat.batching import collate_documents, document_words, layout_words
-from hat.block import Attention, AttentionMask
+from hat.block import Attention, AttentionMask, KVCache
 from hat.generation import (
     GenerationConfig,
     HATCachedEngine,
@@ -23,6 +23,9 @@ from hat.generation import (
     TopKLogitsWarper,
     TopPLogitsWarper,
     WordTracker,
+    bpe_engine,
+    columns,
+    hat_engine,
     lean,
     word_starts,
 )
@@ -105,6 +108,41 @@ def step(request, monkeypatch) -> dict:
         return {}
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
     return {"compile_step": True}
+
+
+@pytest.fixture(params=[None, 1, 2], ids=["one-group", "groups-of-1", "groups-of-2"])
+def prefill_groups(request, monkeypatch) -> None:
+    """The prefill by groups of rows (``row_groups``; on a CPU rows of long prompts run a
+    few at a time): the whole batch at once, each row alone, or two rows at a time."""
+    if request.param is None:
+        return
+    size = request.param
+
+    def groups(batch: int, width: int, device: torch.device) -> list[slice]:
+        return [slice(r, min(r + size, batch)) for r in range(0, batch, size)]
+
+    for engine in (hat_engine, bpe_engine):
+        monkeypatch.setattr(engine, "row_groups", groups)
+
+
+def test_row_groups_bound_the_positions_of_a_prefill(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(columns.PREFILL_POSITIONS, "cpu", 100)
+    assert columns.row_groups(5, 40, cpu) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert columns.row_groups(3, 400, cpu) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert columns.row_groups(3, 10, cpu) == [slice(0, 3)]
+    assert columns.row_groups(3, 400, torch.device("meta")) == [slice(0, 3)]  # no budget
+
+
+def test_kv_cache_row_view_shares_its_parent_buffers() -> None:
+    cache = KVCache(3, 1, 2, 4)
+    view = cache.row_view(slice(1, 3))
+    k, v = view.update(torch.ones(2, 1, 2, 2), 2 * torch.ones(2, 1, 2, 2), 0)
+    assert k.shape == (2, 1, 2, 2)
+    assert cache.k[1:, :, :2].eq(1).all() and cache.v[1:, :, :2].eq(2).all()
+    assert cache.k[0].eq(0).all() and cache.k[:, :, 2:].eq(0).all()
+    with pytest.raises(ValueError, match="row view"):
+        view.update(torch.ones(2, 1, 3, 2), torch.ones(2, 1, 3, 2), 2)  # would grow
 
 
 def generate_both(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +325,9 @@ def test_most_rows_finish_a_word_at_once(step: dict) -> None:
     ],
     ids=["ragged", "ragged-sharp", "equal-sharp", "b1-sharp", "long-ragged-sharp"],
 )
-def test_cached_logits_match_full_forward(prompts: list[bytes], sharp: bool) -> None:
+def test_cached_logits_match_full_forward(
+    prompts: list[bytes], sharp: bool, prefill_groups: None
+) -> None:
     """Every step's logits equal the full model on (prompt + bytes so far), last position.
     ``sharp``: queries scaled up so that attention, hence RoPE positions, matter (at random
     init attention is nearly uniform and a wrong position hardly changes the logits)."""
@@ -521,7 +561,9 @@ def test_bpe_cached_equals_uncached(tiny_bpe, step: dict) -> None:
     [["Hello there, my", "x", ""], ["It was a", "the end"], ["Once upon a time"]],
     ids=["ragged-sharp", "equal-sharp", "b1-sharp"],  # equal: 4 tokens each, no padding
 )
-def test_bpe_cached_logits_match_full_forward(tiny_bpe, texts: list[str]) -> None:
+def test_bpe_cached_logits_match_full_forward(
+    tiny_bpe, texts: list[str], prefill_groups: None
+) -> None:
     """The twin's cached steps (its backbone on left-padded rows) give, at every step, the
     logits of the full model on that row alone; queries scaled up so that attention, hence
     RoPE positions and hidden padding, matter. Greedy cached == uncached on the same model."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hat.block import reserve_positions, round_up
-from hat.generation.columns import LeftPadding, prefill_mask
+from hat.generation.columns import LeftPadding, prefill_mask, row_groups
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.modeling import softcap
 
@@ -50,15 +50,21 @@ class BPECachedEngine:
         return []
 
     def prefill(self) -> torch.Tensor:
-        """Run the prompts ([B, P] columns) through the backbone; logits [B, V]."""
-        width, pad = self.cols.width, self.cols.pad
+        """Run the prompts ([B, P] columns) through the backbone, by groups of rows
+        (``row_groups``); logits [B, V]."""
+        width = self.cols.width
         ids = torch.full((self.batch, width), self.pad_id, dtype=torch.long)
         for r, row in enumerate(self.rows):
             ids[r, width - len(row) :] = torch.tensor(row)
-        mask = prefill_mask(width, pad, None)  # the twin's backbone has no window
-        pos = self.cols.positions(0, width - 1)
-        hidden = self.backbone(self.embed(ids.to(self.device)), pos, mask, self.caches)  # [B, P, D]
-        return self._logits(hidden[:, -1])
+        ids = ids.to(self.device)
+        logits = []
+        for g in row_groups(self.batch, width, self.device):
+            mask = prefill_mask(width, self.cols.pad[g], None)  # the twin's backbone: no window
+            pos = self.cols.positions(0, width - 1, g)
+            caches = [cache.row_view(g) for cache in self.caches]
+            hidden = self.backbone(self.embed(ids[g]), pos, mask, caches)  # [G, P, D]
+            logits.append(self._logits(hidden[:, -1]))
+        return torch.cat(logits)  # [B, V]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` [B] at column n; return the logits [B, V] for column n + 1."""

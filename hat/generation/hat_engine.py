@@ -10,7 +10,7 @@ import torch
 
 from hat.batching import collate_documents
 from hat.block import AttentionMask, reserve_positions, round_up
-from hat.generation.columns import LeftPadding, prefill_mask, window_mask
+from hat.generation.columns import LeftPadding, prefill_mask, row_groups, window_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
@@ -91,53 +91,68 @@ class HATCachedEngine:
 
     # ---- prefill ------------------------------------------------------------------
     def prefill(self) -> torch.Tensor:
-        """Run the prompts ([B, P] columns) through all three stacks; logits [B, 256]."""
-        width = self.width
-        ids = torch.full((self.batch, width), PAD, dtype=torch.long)
+        """Run the prompts ([B, P] columns) through all three stacks, by groups of rows
+        (``row_groups``); logits [B, 256]."""
+        ids = torch.full((self.batch, self.width), PAD, dtype=torch.long)
         for r, row in enumerate(self.rows):
             ids[r, self.pad_list[r] :] = torch.tensor(row)
-        pos = self.cols.positions(0, width - 1)  # [B, P]
-        mask = prefill_mask(width, self.pad, self.cfg.encoder.window)
-        states = self.encoder(ids.to(self.device), pos, mask, self.enc_caches)  # [B, P, De]
-        self.enc_out[:, :width] = states
+        ids = ids.to(self.device)
+        groups = row_groups(self.batch, self.width, self.device)
+        return torch.cat([self._prefill_rows(g, ids[g]) for g in groups])  # [B, 256]
 
-        guides, col_word = self._prefill_backbone()  # [B, W+1, D], [B, P]
-        self.col_word[:, :width] = col_word
-        mask = prefill_mask(width, self.pad, self.cfg.decoder.window)
-        hidden = self.decoder(states, guides, col_word, pos, mask, self.dec_caches)
+    def _prefill_rows(self, g: slice, ids: torch.Tensor) -> torch.Tensor:
+        """The prefill of rows ``g``, their prompt columns ``ids`` [G, P] -> logits [G, 256]."""
+        width, pad = self.width, self.pad[g]
+        enc_caches, bb_caches, dec_caches = (
+            [cache.row_view(g) for cache in caches]
+            for caches in (self.enc_caches, self.bb_caches, self.dec_caches)
+        )
+        pos = self.cols.positions(0, width - 1, g)  # [G, P]
+        mask = prefill_mask(width, pad, self.cfg.encoder.window)
+        states = self.encoder(ids, pos, mask, enc_caches)  # [G, P, De]
+        self.enc_out[g, :width] = states
+
+        guides, col_word = self._prefill_backbone(g, bb_caches)  # [G, W+1, D], [G, P]
+        self.col_word[g, :width] = col_word
+        mask = prefill_mask(width, pad, self.cfg.decoder.window)
+        hidden = self.decoder(states, guides, col_word, pos, mask, dec_caches)
         return self._logits(hidden[:, -1])
 
-    def _prefill_backbone(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pool every finished prompt word, run them through the backbone, fill the guide ring.
-        Returns all guides [B, W+1, D] and each prompt column's word index [B, P]."""
-        bb_dim = self.cfg.backbone.dim
-        items, where, col_word = [], [], torch.zeros(self.batch, self.width, dtype=torch.long)
-        for r, t in enumerate(self.trackers):
+    def _prefill_backbone(self, g: slice, caches: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool every finished prompt word of rows ``g``, run them through the backbone
+        (``caches``: those rows'), fill their guide rings. Returns all their guides
+        [G, W+1, D] and each prompt column's word index [G, P]."""
+        bb_dim, rows = self.cfg.backbone.dim, range(self.batch)[g]
+        items, where = [], []
+        col_word = torch.zeros(len(rows), self.width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            t = self.trackers[r]
             ends = [*t.starts[1:], len(t.data)]
             lengths = torch.tensor([e - s for s, e in zip(t.starts, ends)])
             # column -> its word's index, one call per row (a 4 KB prompt has ~800 words)
-            col_word[r, self.pad_list[r] :] = torch.arange(len(lengths)).repeat_interleave(lengths)
+            col_word[i, self.pad_list[r] :] = torch.arange(len(lengths)).repeat_interleave(lengths)
             items += [(r, s, e) for s, e in zip(t.starts[:-1], ends[:-1])]  # the last is open
-            where += [(r, k) for k in range(len(t.starts) - 1)]
-        num = torch.tensor([len(t.starts) - 1 for t in self.trackers], device=self.device)
-        width = max(int(num.max()), 1)
-        x = self.ring.new_zeros(self.batch, width, bb_dim)  # [B, W, D]
+            where += [(i, k) for k in range(len(t.starts) - 1)]
+        num_list = [len(self.trackers[r].starts) - 1 for r in rows]
+        num = torch.tensor(num_list, device=self.device)  # [G] finished words
+        width = max(max(num_list), 1)
+        x = self.ring.new_zeros(len(rows), width, bb_dim)  # [G, W, D]
         if items:
-            rows, ks = zip(*where)
-            x[list(rows), list(ks)] = self._pool(items)
+            at, ks = zip(*where)
+            x[list(at), list(ks)] = self._pool(items)
         w_cols = torch.arange(width, device=self.device)
         causal = w_cols[None, :] <= w_cols[:, None]  # [W, W]
         ok = causal[None] & (w_cols[None, None, :] < num[:, None, None])  # finished words only
         mask = AttentionMask(
             dense=(ok | torch.eye(width, dtype=torch.bool, device=self.device))[:, None]
         )
-        out = self.backbone(x, 0, mask, self.bb_caches)  # positions 0..W-1 in every row
-        self.words = num.tolist()
-        guides = self.decoder.guides(out)  # [B, W+1, D]: slot k = guide of word k
+        out = self.backbone(x, 0, mask, caches)  # positions 0..W-1 in every row
+        self.words[g] = num_list
+        guides = self.decoder.guides(out)  # [G, W+1, D]: slot k = guide of word k
         # ring slot j holds the guide of the latest word w <= num with w % size == j
         j = torch.arange(self.ring_size, device=self.device)
-        w = (num[:, None] - (num[:, None] - j) % self.ring_size).clamp(min=0)  # [B, size]
-        self.ring = torch.gather(guides, 1, w[..., None].expand(-1, -1, bb_dim))
+        w = (num[:, None] - (num[:, None] - j) % self.ring_size).clamp(min=0)  # [G, size]
+        self.ring[g] = torch.gather(guides, 1, w[..., None].expand(-1, -1, bb_dim))
         return guides, col_word.to(self.device)
 
     # ---- one step -----------------------------------------------------------------
