@@ -397,6 +397,14 @@ class KVCache:
             self._make_room(pos, end)
         return pos - self.offset
 
+    def hold_from(self, first: int) -> None:
+        """Before the first write: hold positions from ``first`` on. A prefill of more positions
+        than the buffer holds (a long prompt) then keeps only its last ones, those later
+        queries may see (at least ``keep``), and its own queries attend to every new key."""
+        if self.window is None or first < 0:
+            raise ValueError(f"KVCache.hold_from({first}) needs a sliding cache and first >= 0")
+        self.offset = first
+
     def read_start(self, pos: int) -> int:
         """First position a query at ``pos`` attends to (the start of its window)."""
         return 0 if self.window is None else max(pos - self.window + 1, 0)
@@ -414,6 +422,8 @@ class KVCache:
         [0, end) (per-row ``pos``; every slot without ``end``), of ``rows`` if given."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
+            if pos < self.offset:  # a prefill longer than the buffer (``hold_from``)
+                return self._write_tail(k, v, pos, end)
             if end - self.offset > self.k.shape[2]:
                 self._make_room(pos, end)
             start = self.read_start(pos) - self.offset
@@ -438,6 +448,21 @@ class KVCache:
         if rows is not None:  # a subset of the rows: theirs (copies) [R, Hkv, end, Dh]
             keys, values = keys[rows], values[rows]
         return keys, values
+
+    def _write_tail(
+        self, k: torch.Tensor, v: torch.Tensor, pos: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first write, of positions [0, end), into a buffer that holds from ``offset``:
+        positions from the offset on are kept; the queries of the write see all of k, v."""
+        if pos != 0 or end - self.offset > self.k.shape[2]:
+            raise ValueError(
+                f"KVCache: a write of positions [{pos}, {end}) into a buffer holding "
+                f"{self.k.shape[2]} positions from {self.offset}"
+            )
+        skip = self.offset - pos
+        self.k[:, :, : end - self.offset] = k[:, :, skip:]
+        self.v[:, :, : end - self.offset] = v[:, :, skip:]
+        return k, v
 
     def _make_room(self, pos: int, end: int) -> None:
         """Grow, or slide, so that positions up to ``end`` fit."""

@@ -214,6 +214,53 @@ def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> Non
     assert max(slides) > 0, "the encoder and decoder KV caches never slid"
 
 
+def test_prompts_longer_than_the_buffers_keep_their_last_columns(step: dict, monkeypatch) -> None:
+    """Byte caches smaller than the prompt (eager: SLACK columns past the window; static
+    steps: just what one step writes, whatever the prompt's length): the prefill keeps the
+    prompt's last columns (``KVCache.hold_from``) and attends to all of them; every later
+    step's logits equal a full forward."""
+    monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
+    held = []
+    original = KVCache.hold_from
+
+    def hold_from(self, first):
+        held.append(first)
+        original(self, first)
+
+    monkeypatch.setattr(KVCache, "hold_from", hold_from)
+    model = tiny(max_word_bytes=8)  # windows of 32 bytes: buffers of ~40-64 columns
+    prompts = [b"A prompt of several windows, many words long. " * 3, b"short one"]
+    assert_logits_match_full_forward(model, prompts, max_new_tokens=40, **step)
+    assert held and min(held) > 0, "no cache was smaller than the prompt"
+    cached, uncached = generate_both(model, prompts, max_new_tokens=40, **step)
+    assert torch.equal(cached, uncached)
+
+
+def assert_logits_match_full_forward(model, prompts: list[bytes], **kwargs) -> None:  # noqa: ANN001
+    """Every generated step's logits (seeded sampling) equal the full model's on that row's
+    prompt + bytes so far, at its last position."""
+    out = model.generate(
+        **batch_of(prompts),
+        do_sample=True,
+        seed=3,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    width = batch_of(prompts)["input_ids"].shape[1]
+    for r, prompt in enumerate(prompts):
+        new = out.sequences[r, width:].tolist()
+        for step, logits in enumerate(out.logits):
+            if step and new[step - 1] in (EOD, PAD):
+                break
+            data = bytes([EOD]) + prompt + bytes(new[:step])
+            starts = word_starts(data, model.splitter)
+            words = [data[s:e] for s, e in zip(starts, [*starts[1:], len(data)])]
+            with torch.no_grad():
+                full = model(**collate_documents([words])).logits[0, len(data) - 1]
+            torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
+
+
 def sharpen(attn: Attention) -> None:
     """Scale an attention layer's queries up (the q rows of its fused projection)."""
     attn.qkv.weight[: attn.n_heads * attn.head_dim].mul_(8)
@@ -337,27 +384,9 @@ def test_cached_logits_match_full_forward(
             for module in model.modules():
                 if isinstance(module, Attention):
                     sharpen(module)
-    out = model.generate(
-        **batch_of(prompts),
-        max_new_tokens=30,
-        do_sample=True,
-        seed=3,
-        output_logits=True,
-        return_dict_in_generate=True,
-        logits_processor=[Force(RETRACT[1])],
+    assert_logits_match_full_forward(
+        model, prompts, max_new_tokens=30, logits_processor=[Force(RETRACT[1])]
     )
-    width = batch_of(prompts)["input_ids"].shape[1]
-    for r, prompt in enumerate(prompts):
-        new = out.sequences[r, width:].tolist()
-        for step, logits in enumerate(out.logits):
-            if step and new[step - 1] in (EOD, PAD):
-                break
-            data = bytes([EOD]) + prompt + bytes(new[:step])
-            starts = word_starts(data, model.splitter)
-            words = [data[s:e] for s, e in zip(starts, [*starts[1:], len(data)])]
-            with torch.no_grad():
-                full = model(**collate_documents([words])).logits[0, len(data) - 1]
-            torch.testing.assert_close(logits[r], full, atol=1e-4, rtol=0)
 
 
 def test_lean_view_runs_the_modules_code() -> None:

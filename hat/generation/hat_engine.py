@@ -28,7 +28,7 @@ class HATCachedEngine:
     """
 
     SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
-    UNIT = 256  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
+    UNIT = 64  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
 
     def __init__(
         self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
@@ -48,24 +48,35 @@ class HATCachedEngine:
         self.static = compile_possible(compile, self.device.type)
         announce("HAT", self.static, self.device.type)
 
-        def capacity(keep: int | None) -> int:
-            size = min(total, max(self.width, keep) + self.SLACK) if keep else total
+        def capacity(keep: int | None, writes: int) -> int:
+            """Columns of a stack's buffers: all of them without a window; with one, the
+            ``keep`` columns in reach plus room for the most columns one step ``writes``
+            (static graphs read the whole buffer: the least that works, the same for every
+            prompt length) or SLACK (eager steps read the window: compact rarely)."""
+            if not keep:
+                size = total
+            else:
+                size = min(total, keep + (writes if self.static else self.SLACK))
             return round_up(size, self.UNIT) if self.static else size
 
         enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
         # the decoder may recompute the last `margin` columns, each seeing `dec_w` back
         dec_keep = dec_w + self.margin if dec_w else None
         self.enc_caches = model.encoder.transformer.make_caches(
-            self.batch, capacity(enc_w), like=like
+            self.batch, capacity(enc_w, 1), like=like
         )
         self.dec_caches = model.decoder.transformer.make_caches(
-            self.batch, capacity(dec_keep), keep=dec_keep, like=like
+            self.batch, capacity(dec_keep, self.margin + 1), keep=dec_keep, like=like
         )
+        for cache in (*self.enc_caches, *self.dec_caches):
+            if self.width > cache.k.shape[2]:  # a long prompt: its last columns are kept
+                cache.hold_from(self.width - cache.keep)
         words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
         words = round_up(words, max(self.UNIT // 4, 1)) if self.static else words
         self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
         # encoder outputs and the word of each column: columns the decoder and pooler may read
-        self.keep, self.cap = dec_keep, capacity(dec_keep)
+        self.keep = dec_keep
+        self.cap = max(self.width, capacity(dec_keep, self.margin + 1))  # pooling reads prompts
         self.base = 0  # column held in slot 0
         self.enc_out = like.new_zeros(self.batch, self.cap, cfg.encoder.dim)  # [B, cap, De]
         self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
