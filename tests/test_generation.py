@@ -229,10 +229,23 @@ def test_prompts_longer_than_the_buffers_keep_their_last_columns(step: dict, mon
 
     monkeypatch.setattr(KVCache, "hold_from", hold_from)
     model = tiny(max_word_bytes=8)  # windows of 32 bytes: buffers of ~40-64 columns
-    prompts = [b"A prompt of several windows, many words long. " * 3, b"short one"]
-    assert_logits_match_full_forward(model, prompts, max_new_tokens=40, **step)
+    # row 0's first new bytes move a boundary back into its prompt: prompt columns recomputed
+    long = b"A prompt of several windows, many words long. " * 3 + RETRACT[0].encode()
+    prompts = [long, b"short one"]
+    assert_logits_match_full_forward(
+        model, prompts, max_new_tokens=40, logits_processor=[Force(RETRACT[1])], **step
+    )
     assert held and min(held) > 0, "no cache was smaller than the prompt"
-    cached, uncached = generate_both(model, prompts, max_new_tokens=40, **step)
+    cached, uncached = (
+        model.generate(
+            **batch_of(prompts),
+            max_new_tokens=40,
+            logits_processor=[Force(RETRACT[1])],
+            use_cache=cache,
+            **(step if cache else {}),
+        )
+        for cache in (True, False)
+    )
     assert torch.equal(cached, uncached)
 
 
