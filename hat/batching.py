@@ -97,6 +97,30 @@ def layout_words(input_ids: torch.Tensor, word_lengths: torch.Tensor) -> WordLay
     )
 
 
+# The most positions one inference forward (scoring, generation's prefill) runs on a CPU.
+# Many long rows at once make activations of tens to hundreds of MB, each a fresh allocation
+# (page faults) that no cache holds, so a row costs more in a big batch than in a small one:
+# HAT `small` scoring 16 documents of 4 KB, 6.3 s in one forward, 3.5 s one at a time; its
+# prefill of 32 x 4 KB prompts 22 s at once, 8.4 s by groups (BENCHMARKS.md, "Prefill by
+# groups of rows"). Elsewhere (a GPU: a caching allocator, and the more parallel work the
+# better) a batch runs at once.
+CPU_FORWARD_POSITIONS = 2048
+
+
+def row_groups(lengths: Sequence[int], device: torch.device) -> list[slice]:
+    """Consecutive groups of rows for one forward each, ``lengths`` (in positions) longest
+    first, each row padded to its group's first: on a CPU at most ``CPU_FORWARD_POSITIONS``
+    positions a group (one row at least); on other devices one group."""
+    if device.type != "cpu":
+        return [slice(0, len(lengths))]
+    groups, start = [], 0
+    while start < len(lengths):
+        size = max(1, CPU_FORWARD_POSITIONS // max(lengths[start], 1))
+        groups.append(slice(start, min(start + size, len(lengths))))
+        start += size
+    return groups
+
+
 WORD_SLOT_MULTIPLE = 128
 
 

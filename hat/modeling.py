@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from hat.batching import IGNORE
+from hat.batching import IGNORE, row_groups
 from hat.hub import resolve_model_dir
 from hat.manifest import DamagedFileError, verify_manifest, write_manifest
 from hat.splitter import as_text
@@ -189,6 +189,10 @@ class PreTrainedLM(nn.Module):
         forward passes: ``is_greedy`` says whether every predicted unit (byte for HAT, token for
         the twin) of the text is the model's most likely one given everything before it, i.e.
         greedy decoding would produce the text (lm-evaluation-harness's flag).
+
+        Texts are scored longest first, ``batch_size`` per batch; on a CPU a batch of long
+        texts runs as several forwards of at most ``hat.batching.CPU_FORWARD_POSITIONS``
+        positions (the same scores, faster there: ``hat.batching.row_groups``).
         """
         if isinstance(texts, str | bytes):
             raise TypeError("score() takes a list of texts; wrap a single text in a list")
@@ -236,8 +240,11 @@ class PreTrainedLM(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            chunks = []  # batches of at most batch_size; on a CPU, a few long rows at a time
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
+                rows = todo[start : start + batch_size]  # longest first
+                chunks += [rows[g] for g in row_groups([items[i][2] for i in rows], self.device)]
+            for chunk in chunks:
                 batch = self._collate_for_scoring([items[i] for i in chunk])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 out = self(**batch)

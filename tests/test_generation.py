@@ -24,7 +24,6 @@ from hat.generation import (
     TopPLogitsWarper,
     WordTracker,
     bpe_engine,
-    columns,
     hat_engine,
     lean,
     word_starts,
@@ -118,20 +117,12 @@ def prefill_groups(request, monkeypatch) -> None:
         return
     size = request.param
 
-    def groups(batch: int, width: int, device: torch.device) -> list[slice]:
+    def groups(lengths: list[int], device: torch.device) -> list[slice]:
+        batch = len(lengths)
         return [slice(r, min(r + size, batch)) for r in range(0, batch, size)]
 
     for engine in (hat_engine, bpe_engine):
         monkeypatch.setattr(engine, "row_groups", groups)
-
-
-def test_row_groups_bound_the_positions_of_a_prefill(monkeypatch) -> None:
-    cpu = torch.device("cpu")
-    monkeypatch.setitem(columns.PREFILL_POSITIONS, "cpu", 100)
-    assert columns.row_groups(5, 40, cpu) == [slice(0, 2), slice(2, 4), slice(4, 5)]
-    assert columns.row_groups(3, 400, cpu) == [slice(0, 1), slice(1, 2), slice(2, 3)]
-    assert columns.row_groups(3, 10, cpu) == [slice(0, 3)]
-    assert columns.row_groups(3, 400, torch.device("meta")) == [slice(0, 3)]  # no budget
 
 
 def test_kv_cache_row_view_shares_its_parent_buffers() -> None:

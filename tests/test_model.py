@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hat
+from hat import batching
 from hat.batching import collate_documents, document_words
 from hat.block import (
     Attention,
@@ -204,6 +205,34 @@ def test_score_batched_equals_single_and_uses_context(kind: str, tiny_bpe) -> No
     # with context, the score covers only the text's bytes: equal to full minus context
     full, ctx = model.score(["The cat."])[0], model.score(["The "])[0]
     assert batched[0] == pytest.approx(full - ctx, rel=1e-4, abs=1e-4)
+
+
+def test_row_groups_bound_the_positions_of_a_cpu_forward(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(batching, "CPU_FORWARD_POSITIONS", 100)
+    assert batching.row_groups([40] * 5, cpu) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert batching.row_groups([400, 30, 20, 10], cpu) == [slice(0, 1), slice(1, 4)]
+    assert batching.row_groups([10] * 3, cpu) == [slice(0, 3)]
+    assert batching.row_groups([400] * 3, torch.device("meta")) == [slice(0, 3)]  # no bound
+
+
+@pytest.mark.parametrize("kind", ["hat", "bpe"])
+def test_score_splits_batches_of_long_rows_on_a_cpu(kind: str, tiny_bpe, monkeypatch) -> None:
+    """A batch of more positions than ``CPU_FORWARD_POSITIONS`` runs as several forwards
+    (rows longest first, consecutive); the scores stay those of the whole batch."""
+    model = tiny() if kind == "hat" else tiny_bpe
+    texts = ["a much longer text than the others, by far", "cat.", "日本語 👍🏽", "dog", "x y z"]
+    whole = model.score(texts, batch_size=5, return_greedy=True)
+    forwards = []
+    hook = model.register_forward_hook(lambda module, args, output: forwards.append(1))
+    monkeypatch.setattr(batching, "CPU_FORWARD_POSITIONS", 24)
+    try:
+        split = model.score(texts, batch_size=5, return_greedy=True)
+    finally:
+        hook.remove()
+    assert len(forwards) > 1
+    assert [g for _, g in split] == [g for _, g in whole]
+    assert [v for v, _ in split] == pytest.approx([v for v, _ in whole], rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["hat", "bpe"])

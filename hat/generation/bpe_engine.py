@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from hat.batching import row_groups
 from hat.block import reserve_positions, round_up
-from hat.generation.columns import LeftPadding, prefill_mask, row_groups
+from hat.generation.columns import LeftPadding, prefill_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.modeling import softcap
 
@@ -58,7 +59,7 @@ class BPECachedEngine:
             ids[r, width - len(row) :] = torch.tensor(row)
         ids = ids.to(self.device)
         logits = []
-        for g in row_groups(self.batch, width, self.device):
+        for g in row_groups([width] * self.batch, self.device):
             mask = prefill_mask(width, self.cols.pad[g], None)  # the twin's backbone: no window
             pos = self.cols.positions(0, width - 1, g)
             caches = [cache.row_view(g) for cache in self.caches]

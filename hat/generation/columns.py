@@ -36,24 +36,6 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
     return AttentionMask.packed(prompt.long(), window, impl="sdpa", padding=~prompt)
 
 
-# The most prompt positions a prefill runs at once, per device type. On a CPU a batch of long
-# prompts makes activations of tens to hundreds of MB, each a fresh allocation (page faults)
-# that no cache holds, and the time per row grows with the batch (a 4 KB prompt alone: HAT
-# 0.30 s; 32 at once: 0.69 s each); groups of rows up to this many positions keep it near
-# flat (32 x 4 KB: HAT 2.6x, twin 1.4x faster; BENCHMARKS.md, "Prefill by groups of rows").
-# Elsewhere (a GPU: a caching allocator, and more parallel work the better) the whole batch
-# runs at once.
-PREFILL_POSITIONS: dict[str, int] = {"cpu": 4096}
-
-
-def row_groups(batch: int, width: int, device: torch.device) -> list[slice]:
-    """Consecutive groups of the batch's rows whose prompts (``width`` columns each) a prefill
-    runs together: at most ``PREFILL_POSITIONS[device.type]`` positions, one row at least."""
-    budget = PREFILL_POSITIONS.get(device.type)
-    size = batch if budget is None else max(1, min(batch, budget // max(width, 1)))
-    return [slice(r, min(r + size, batch)) for r in range(0, batch, size)]
-
-
 class LeftPadding:
     """Prompts left-padded to one column axis: column c of row r is position c - pad[r].
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from hat.batching import collate_documents
+from hat.batching import collate_documents, row_groups
 from hat.block import AttentionMask, reserve_positions, round_up
-from hat.generation.columns import LeftPadding, prefill_mask, row_groups, window_mask
+from hat.generation.columns import LeftPadding, prefill_mask, window_mask
 from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
@@ -108,7 +108,7 @@ class HATCachedEngine:
         for r, row in enumerate(self.rows):
             ids[r, self.pad_list[r] :] = torch.tensor(row)
         ids = ids.to(self.device)
-        groups = row_groups(self.batch, self.width, self.device)
+        groups = row_groups([self.width] * self.batch, self.device)
         return torch.cat([self._prefill_rows(g, ids[g]) for g in groups])  # [B, 256]
 
     def _prefill_rows(self, g: slice, ids: torch.Tensor) -> torch.Tensor:
