@@ -182,6 +182,7 @@ def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> Non
     """Long enough that the sliding windows slide and the column buffers are compacted."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 4)
     monkeypatch.setattr(HATCachedEngine, "UNIT", 1)  # static sizes not rounded up either
+    monkeypatch.setattr(HATCachedEngine, "WORD_UNIT", 1)
     shifts, slides = [], []
 
     def make_room(self, n):
@@ -523,6 +524,7 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
     # and the calls after that check every guard again (StaticStep.reshaped), so its graph is
     # recompiled, not reused
     monkeypatch.setattr(HATCachedEngine, "UNIT", 1)
+    monkeypatch.setattr(HATCachedEngine, "WORD_UNIT", 1)
     reshaped = []
     original = StaticStep.reshaped
     monkeypatch.setattr(StaticStep, "reshaped", lambda self: reshaped.append(1) or original(self))

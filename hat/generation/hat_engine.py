@@ -29,6 +29,7 @@ class HATCachedEngine:
 
     SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
     UNIT = 64  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
+    WORD_UNIT = 64  # the same for the backbone's word caches (~5 bytes a word: coarser)
 
     def __init__(
         self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
@@ -72,7 +73,7 @@ class HATCachedEngine:
             if self.width > cache.k.shape[2]:  # a long prompt: its last columns are kept
                 cache.hold_from(self.width - cache.keep)
         words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
-        words = round_up(words, max(self.UNIT // 4, 1)) if self.static else words
+        words = round_up(words, self.WORD_UNIT) if self.static else words
         self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
         # encoder outputs and the word of each column: columns the decoder and pooler may read
         self.keep = dec_keep
