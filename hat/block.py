@@ -381,7 +381,7 @@ class KVCache:
 
     def row_view(self, rows: slice) -> KVCache:
         """The cache of ``rows`` alone, sharing this one's buffers: writes show in both. For a
-        prefill by groups of rows (``hat.generation.columns.row_groups``); it must fit the
+        prefill by groups of rows (``hat.batching.row_groups``); it must fit the
         buffers as they are (a view cannot reallocate or slide its parent's)."""
         view = copy.copy(self)
         view.k, view.v = self.k[rows], self.v[rows]
