@@ -35,3 +35,17 @@ def test_today_runs_the_backbone_at_nearly_every_step_of_a_big_batch() -> None:
     assert waited_passes < passes / 2 and waited_steps > steps  # fewer passes, rows wait
     one = ws.word_ends("small", 1, 64, 128)
     assert ws.schedule(one, 1)[1] / len(one[0]) < 0.4  # a word is ~5 bytes
+
+
+def test_measure_times_passes_apart_from_byte_steps() -> None:
+    ws = load()
+    args = ws.argparse.Namespace(
+        preset="tiny", batch=4, prompt_bytes=32, measure_bytes=12, threads=None,
+        device="cpu", dtype="float32",
+    )  # fmt: skip
+    costs = ws.measure(args)
+    assert costs["steps_timed"] == 11  # the first new byte comes from the prefill
+    assert 0 < costs["passes_timed"] <= costs["steps_timed"]
+    assert costs["byte_step_ms"] > 0 and costs["pass_ms"] > 0
+    # the engine's methods are restored afterwards
+    assert ws.hat_engine.HATCachedEngine.step.__name__ == "step"
