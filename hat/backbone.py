@@ -34,5 +34,9 @@ class Backbone(nn.Module):
         cache_end: int | None = None,
         cache_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # the residual stream in the parameters' dtype, whatever made x: under bf16 autocast
+        # the twin's embedding gives fp32 but HAT's pooler (a Linear) gives bf16, which would
+        # run HAT's whole backbone in bf16 residuals; a model cast to bf16 stays bf16
+        x = x.to(self.norm.weight.dtype)
         h = self.transformer(x, positions, mask, caches, cache_pos, cache_end, cache_rows)
         return self.norm(h)  # [B, W, D]

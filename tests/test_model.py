@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -378,10 +379,31 @@ def test_mixed_precision_pools_in_one_dtype(monkeypatch: pytest.MonkeyPatch) -> 
     assert math.isfinite(float(out.loss))
 
 
+@pytest.mark.parametrize("kind", ["hat", "bpe"])
+def test_backbone_residual_stream_is_fp32_under_autocast(kind: str, tiny_bpe) -> None:
+    """Both models' backbones add their layers' outputs to an fp32 residual stream under bf16
+    autocast (HAT's input comes from the pooler's Linear, in bf16; the twin's from an
+    embedding, in fp32), and a model cast to bf16 keeps bf16."""
+    model = tiny() if kind == "hat" else tiny_bpe
+    seen = []
+    first = model.backbone.transformer.layers[0]
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model.score(["Mixed precision, both twins alike."])
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        with torch.no_grad():
+            half.score(["Mixed precision, both twins alike."])
+    finally:
+        hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+
+
 def test_norms_under_autocast_take_the_fused_kernel() -> None:
-    """Under bf16 autocast HAT's backbone sees bf16 activations and fp32 norm weights; torch
-    runs its fused RMSNorm (one kernel on a GPU) only when the two dtypes agree, and falls
-    back to several ops otherwise. The norm must still match fp32 and train its fp32 weight."""
+    """Under bf16 autocast a norm can see bf16 activations and fp32 weights (QK-norm on a
+    projection's output); torch runs its fused RMSNorm (one kernel on a GPU) only when the two
+    dtypes agree, and falls back to several ops otherwise. The norm must still match fp32 and
+    train its fp32 weight."""
     norm = RMSNorm(64)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
