@@ -251,21 +251,26 @@ def chunked_attention(
     dense = mask.dense.view(batch, chunks, 1, chunk, span)
     cuts = [chunk] * back + [full * chunk]
     q_parts, k_parts, v_parts = (x.split(cuts, dim=2) for x in (q, k, v))
+    # without autograd, one row's key prefixes and windows are views of k and v (overlapping
+    # windows: no copy); with it, copies whose backward adds into one buffer (KeyWindows)
+    views = batch == 1 and not torch.is_grad_enabled()
     outs = []
     for c in range(back):  # [B, H, C, Dh] each: keys 0 .. (c + 1) * C - 1 of the row
+        end = (c + 1) * chunk
         out = F.scaled_dot_product_attention(
             q_parts[c],
-            torch.cat(k_parts[: c + 1], dim=2),
-            torch.cat(v_parts[: c + 1], dim=2),
+            k[:, :, :end] if views else torch.cat(k_parts[: c + 1], dim=2),
+            v[:, :, :end] if views else torch.cat(v_parts[: c + 1], dim=2),
             attn_mask=dense[:, c, :, :, (back - c) * chunk :],
             enable_gqa=gqa,
         )
         outs.append(out)
     q_full = q_parts[-1].reshape(batch, heads, full, chunk, head_dim).transpose(1, 2)
+    windows = key_window_views if views else KeyWindows.apply
     out = F.scaled_dot_product_attention(
         q_full.reshape(batch * full, heads, chunk, head_dim),
-        KeyWindows.apply(k, chunk, back),
-        KeyWindows.apply(v, chunk, back),
+        windows(k, chunk, back),
+        windows(v, chunk, back),
         attn_mask=dense[:, back:].reshape(batch * full, 1, chunk, span),
         enable_gqa=gqa,
     )  # [B * nF, H, C, Dh]
@@ -273,6 +278,20 @@ def chunked_attention(
     outs.append(out.reshape(batch, heads, full * chunk, head_dim))
     out = torch.cat(outs, dim=2)
     return out if seq == length else out[:, :, :length]
+
+
+def key_window_views(x: torch.Tensor, chunk: int, back: int) -> torch.Tensor:
+    """``KeyWindows``' result for one row, x [1, Hkv, S, Dh] -> [nF, Hkv, K, Dh], as a view of
+    x: consecutive windows overlap in memory (their start moves by C positions). Inference
+    only (the backward of a strided view would scatter into a zero-filled buffer)."""
+    _, heads, seq, head_dim = x.shape
+    full = seq // chunk - back
+    _, stride_h, stride_s, stride_d = x.stride()
+    return x.as_strided(
+        (full, heads, (back + 1) * chunk, head_dim),
+        (chunk * stride_s, stride_h, stride_s, stride_d),
+        x.storage_offset(),
+    )
 
 
 class KeyWindows(torch.autograd.Function):

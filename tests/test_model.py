@@ -336,6 +336,16 @@ def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int, len
         torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # without autograd each row's key prefixes and windows are views of k and v; here of
+    # non-contiguous ones, as the attention layer's are (heads and positions transposed)
+    for row in range(3):
+        k_t, v_t = (x[row : row + 1].detach().transpose(1, 2).contiguous() for x in (k, v))
+        with torch.no_grad():
+            mask = AttentionMask.packed(doc_ids[row : row + 1], window, impl="sdpa")
+            out = chunked_attention(
+                q[row : row + 1], k_t.transpose(1, 2), v_t.transpose(1, 2), mask, gqa=True
+            )
+        torch.testing.assert_close(out, ref[row : row + 1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pad_to", [256, None])
