@@ -239,11 +239,18 @@ def chunked_attention(
     ``back`` chunks' windows reach before the row: each attends to its (c + 1) * C real keys
     only, in a call of its own (for 512-byte rows at window 256, a quarter of the keys a single
     call would compute are such padding). Inputs are cut with ``split`` and ``KeyWindows``,
-    whose gradients go back in one copy (a slice's would zero-fill a full-size buffer).
+    whose gradients go back in one copy (a slice's would zero-fill a full-size buffer);
+    without autograd rows run one at a time and their windows are views (``key_window_views``).
     """
     batch, heads, length, head_dim = q.shape
     chunk, span = mask.chunk, mask.dense.shape[-1]
     chunks, back = mask.dense.shape[0] // batch, span // chunk - 1
+    if batch > 1 and not torch.is_grad_enabled():
+        # a row at a time takes views of the keys where the batch would copy them: ~1.2-1.8x
+        # faster attention on a CPU for 2-8 rows of 0.5-1 KB, despite the extra calls
+        rows = [slice(b, b + 1) for b in range(batch)]
+        outs = [chunked_attention(q[r], k[r], v[r], _rows_of(mask, r, chunks), gqa) for r in rows]
+        return torch.cat(outs)  # [B, H, S, Dh]
     seq = chunks * chunk  # the row padded to whole chunks (see ``_chunked_mask``)
     if seq > length:
         q, k, v = (F.pad(x, (0, 0, 0, seq - length)) for x in (q, k, v))
@@ -251,9 +258,9 @@ def chunked_attention(
     dense = mask.dense.view(batch, chunks, 1, chunk, span)
     cuts = [chunk] * back + [full * chunk]
     q_parts, k_parts, v_parts = (x.split(cuts, dim=2) for x in (q, k, v))
-    # without autograd, one row's key prefixes and windows are views of k and v (overlapping
-    # windows: no copy); with it, copies whose backward adds into one buffer (KeyWindows)
-    views = batch == 1 and not torch.is_grad_enabled()
+    # without autograd (one row, see above) the key prefixes and windows are views of k and v
+    # (overlapping windows: no copy); with it, copies whose backward adds into one buffer
+    views = not torch.is_grad_enabled()
     outs = []
     for c in range(back):  # [B, H, C, Dh] each: keys 0 .. (c + 1) * C - 1 of the row
         end = (c + 1) * chunk
@@ -278,6 +285,12 @@ def chunked_attention(
     outs.append(out.reshape(batch, heads, full * chunk, head_dim))
     out = torch.cat(outs, dim=2)
     return out if seq == length else out[:, :, :length]
+
+
+def _rows_of(mask: AttentionMask, rows: slice, chunks: int) -> AttentionMask:
+    """The chunked mask of ``rows`` (each row owns ``chunks`` consecutive chunk masks)."""
+    dense = mask.dense[rows.start * chunks : rows.stop * chunks]
+    return AttentionMask(dense=dense, chunk=mask.chunk)
 
 
 def key_window_views(x: torch.Tensor, chunk: int, back: int) -> torch.Tensor:

@@ -336,8 +336,11 @@ def test_chunked_sliding_window_attention_equals_the_dense_mask(window: int, len
         torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # without autograd each row's key prefixes and windows are views of k and v; here of
-    # non-contiguous ones, as the attention layer's are (heads and positions transposed)
+    # without autograd the rows run one at a time, their key prefixes and windows views of k
+    # and v; here also of non-contiguous ones, as the attention layer's are
+    with torch.no_grad():
+        out = chunked_attention(q, k, v, chunked, gqa=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for row in range(3):
         k_t, v_t = (x[row : row + 1].detach().transpose(1, 2).contiguous() for x in (k, v))
         with torch.no_grad():
