@@ -245,9 +245,10 @@ def chunked_attention(
     batch, heads, length, head_dim = q.shape
     chunk, span = mask.chunk, mask.dense.shape[-1]
     chunks, back = mask.dense.shape[0] // batch, span // chunk - 1
-    if batch > 1 and not torch.is_grad_enabled():
+    if batch > 1 and not torch.is_grad_enabled() and q.device.type == "cpu":
         # a row at a time takes views of the keys where the batch would copy them: ~1.2-1.8x
-        # faster attention on a CPU for 2-8 rows of 0.5-1 KB, despite the extra calls
+        # faster attention on a CPU for 2-8 rows of 0.5-1 KB, despite the extra calls (on a
+        # GPU, not measured, the calls would cost launches)
         rows = [slice(b, b + 1) for b in range(batch)]
         outs = [chunked_attention(q[r], k[r], v[r], _rows_of(mask, r, chunks), gqa) for r in rows]
         return torch.cat(outs)  # [B, H, S, Dh]
@@ -258,9 +259,9 @@ def chunked_attention(
     dense = mask.dense.view(batch, chunks, 1, chunk, span)
     cuts = [chunk] * back + [full * chunk]
     q_parts, k_parts, v_parts = (x.split(cuts, dim=2) for x in (q, k, v))
-    # without autograd (one row, see above) the key prefixes and windows are views of k and v
-    # (overlapping windows: no copy); with it, copies whose backward adds into one buffer
-    views = not torch.is_grad_enabled()
+    # without autograd, one row's key prefixes and windows are views of k and v (overlapping
+    # windows: no copy); with it, copies whose backward adds into one buffer (KeyWindows)
+    views = batch == 1 and not torch.is_grad_enabled()
     outs = []
     for c in range(back):  # [B, H, C, Dh] each: keys 0 .. (c + 1) * C - 1 of the row
         end = (c + 1) * chunk
