@@ -120,14 +120,15 @@ class HATCachedEngine:
             for caches in (self.enc_caches, self.bb_caches, self.dec_caches)
         )
         pos = self.cols.positions(0, width - 1, g)  # [G, P]
-        mask = prefill_mask(width, pad, self.cfg.encoder.window)
-        states = self.encoder(ids, pos, mask, enc_caches)  # [G, P, De]
+        enc_w, dec_w = self.cfg.encoder.window, self.cfg.decoder.window
+        enc_mask = prefill_mask(width, pad, enc_w)
+        states = self.encoder(ids, pos, enc_mask, enc_caches)  # [G, P, De]
         self.enc_out[g, :width] = states
 
         guides, col_word = self._prefill_backbone(g, bb_caches)  # [G, W+1, D], [G, P]
         self.col_word[g, :width] = col_word
-        mask = prefill_mask(width, pad, self.cfg.decoder.window)
-        hidden = self.decoder(states, guides, col_word, pos, mask, dec_caches)
+        dec_mask = enc_mask if dec_w == enc_w else prefill_mask(width, pad, dec_w)
+        hidden = self.decoder(states, guides, col_word, pos, dec_mask, dec_caches)
         return self._logits(hidden[:, -1])
 
     def _prefill_backbone(self, g: slice, caches: list) -> tuple[torch.Tensor, torch.Tensor]:
