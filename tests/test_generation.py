@@ -3,6 +3,7 @@ restricted as specified, streaming equals the returned text, bad input fails cle
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -206,7 +207,10 @@ def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> Non
     assert max(slides) > 0, "the encoder and decoder KV caches never slid"
 
 
-def test_prompts_longer_than_the_buffers_keep_their_last_columns(step: dict, monkeypatch) -> None:
+@pytest.mark.parametrize("decoder_window", [None, 48], ids=["same-windows", "decoder-48"])
+def test_prompts_longer_than_the_buffers_keep_their_last_columns(
+    step: dict, monkeypatch, decoder_window: int | None
+) -> None:
     """Byte caches smaller than the prompt (eager: SLACK columns past the window; static
     steps: just what one step writes, whatever the prompt's length): the prefill keeps the
     prompt's last columns (``KVCache.hold_from``) and attends to all of them; every later
@@ -220,7 +224,12 @@ def test_prompts_longer_than_the_buffers_keep_their_last_columns(step: dict, mon
         original(self, first)
 
     monkeypatch.setattr(KVCache, "hold_from", hold_from)
-    model = tiny(max_word_bytes=8)  # windows of 32 bytes: buffers of ~40-64 columns
+    # windows of 32 bytes: buffers of ~40-64 columns; a decoder window of its own gives the
+    # prefill's decoder a mask of its own
+    decoder = hat.HATConfig.from_name("tiny").decoder
+    if decoder_window:
+        decoder = dataclasses.replace(decoder, window=decoder_window)
+    model = tiny(max_word_bytes=8, decoder=decoder)
     # row 0's first new bytes move a boundary back into its prompt: prompt columns recomputed
     long = b"A prompt of several windows, many words long. " * 3 + RETRACT[0].encode()
     prompts = [long, b"short one"]
