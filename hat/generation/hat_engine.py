@@ -53,11 +53,11 @@ class HATCachedEngine:
             """Columns of a stack's buffers: all of them without a window; with one, the
             ``keep`` columns in reach plus room for the most columns one step ``writes``
             (static graphs read the whole buffer: the least that works, the same for every
-            prompt length) or SLACK (eager steps read the window: compact rarely)."""
+            prompt length), or at least SLACK (eager steps read the window: compact rarely)."""
             if not keep:
                 size = total
             else:
-                size = min(total, keep + (writes if self.static else self.SLACK))
+                size = min(total, keep + (writes if self.static else max(writes, self.SLACK)))
             return round_up(size, self.UNIT) if self.static else size
 
         enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
