@@ -34,8 +34,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the weight in x's dtype: under bf16 autocast (fp32 weights, bf16 activations, as in
-        # HAT's backbone) torch falls back from its fused RMSNorm kernel to several ops
+        # the weight in x's dtype: under bf16 autocast (fp32 weights, bf16 activations, e.g.
+        # QK-norm on a projection's output) torch falls back from its fused kernel to several ops
         weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
         return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
