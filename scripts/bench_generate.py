@@ -122,15 +122,19 @@ class ForceText:
         return torch.full_like(scores, -float("inf")).scatter_(1, forced, 0.0)
 
 
+def new_word_starts(splitter, prompt: str, text: str) -> set[int]:  # noqa: ANN001
+    """Offsets into ``text``, written after ``prompt``, of the bytes that start a word (and so
+    finish the one before it), as the model's splitter splits the whole document."""
+    offset = 1 + len(prompt.encode())  # EOD + prompt
+    starts = word_starts(bytes([EOD]) + prompt.encode() + text.encode(), splitter)
+    return {s - offset for s in starts if s >= offset}
+
+
 def backbone_steps(model, prompts: list[str], outputs: list[str]) -> dict:  # noqa: ANN001
     """How often HAT's cached backbone runs in a call, from the text it wrote: the share of
     byte steps at which at least one row starts a word (so finishes the one before: a backbone
     step), and the rows per such step."""
-    per_row = []
-    for prompt, out in zip(prompts, outputs):
-        offset = 1 + len(prompt.encode())  # EOD + prompt
-        starts = word_starts(bytes([EOD]) + prompt.encode() + out.encode(), model.splitter)
-        per_row.append({s - offset for s in starts if s > offset})
+    per_row = [new_word_starts(model.splitter, p, out) - {0} for p, out in zip(prompts, outputs)]
     steps = max(len(out.encode()) for out in outputs)
     union = set().union(*per_row)
     return {

@@ -35,11 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: bench_generate
 
-from bench_generate import passages  # noqa: E402
+from bench_generate import new_word_starts, passages  # noqa: E402
 
 import hat  # noqa: E402
 from hat.generation import hat_engine  # noqa: E402
-from hat.generation.words import word_starts  # noqa: E402
 from hat.splitter import EOD, make_splitter  # noqa: E402
 
 
@@ -66,10 +65,8 @@ def word_ends(preset: str, batch: int, prompt_bytes: int, new_bytes: int) -> lis
     splitter = make_splitter(cfg.splitter, cfg.max_word_bytes)
     rows = []
     for prompt, text in passages(batch, prompt_bytes, new_bytes):
-        head = bytes([EOD]) + prompt.encode()
-        data = head + text.encode()
-        starts = set(word_starts(data, splitter))
-        rows.append([len(head) + i in starts for i in range(len(data) - len(head))])
+        starts = new_word_starts(splitter, prompt, text)
+        rows.append([i in starts for i in range(len(text.encode()))])
     return rows
 
 
