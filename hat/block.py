@@ -375,9 +375,12 @@ class KVCache:
     positions may be recomputed) and returns the cached entries a query there may attend to.
     ``pos`` is an int (S new entries at positions pos..pos+S-1 of every row) or a tensor [B]
     (one new entry per row, each at its own position: rows of the word backbone finish words
-    at different steps; ``end`` then bounds what is returned). With per-row positions,
-    ``rows`` [R] says which of the cache's rows the R new entries belong to (default: all):
-    the backbone runs only the rows that finished a word.
+    at different steps; ``end`` then bounds what is returned, and in a sliding cache ``first``,
+    the smallest of them, where the returned window starts: rows of HAT's byte stacks stand
+    at different columns when some wait for the backbone). With per-row positions, ``rows``
+    [R] says which of the cache's rows the R new entries belong to (default: all): the
+    backbone runs only the rows that finished a word. The caller's mask hides what a row's
+    query must not see of what comes back.
 
     Static shapes (``generate(compile_step=True)``): ``pos`` a 0-d tensor is the *slot* (see
     ``fit``) where one new entry of every row goes, and a per-row ``pos`` without ``end`` is
@@ -449,10 +452,12 @@ class KVCache:
         pos: int | torch.Tensor,
         end: int | None = None,
         rows: torch.Tensor | None = None,
+        first: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, S, Dh] at ``pos``; return the keys and values of positions
         [read_start(pos), pos + S) (int ``pos``), of every slot (a 0-d slot), or of positions
-        [0, end) (per-row ``pos``; every slot without ``end``), of ``rows`` if given."""
+        [read_start(first), end) (per-row ``pos``, ``first`` its smallest, default 0; every
+        slot without ``end``), of ``rows`` if given."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
             if pos < self.offset:  # a prefill longer than the buffer (``hold_from``)
@@ -470,14 +475,25 @@ class KVCache:
             self.k.index_copy_(2, pos[None], k)
             self.v.index_copy_(2, pos[None], v)
             return self.k, self.v  # [B, Hkv, capacity, Dh]
-        if self.window is not None:
-            raise ValueError("per-row positions need a cache without a window")
-        if end is not None and end > self.k.shape[2]:
-            self._make_room(0, end)
+        if self.window is not None and (end is None or first is None):
+            raise ValueError("per-row positions in a sliding cache need `end` and `first`")
+        first = 0 if first is None else first
+        if end is not None and end - self.offset > self.k.shape[2]:
+            self._make_room(first, end)
         which = self.rows if rows is None else rows
-        self.k[which, :, pos] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row which[i]
-        self.v[which, :, pos] = v[:, :, 0]
-        keys, values = (self.k, self.v) if end is None else (self.k[:, :, :end], self.v[:, :, :end])
+        slots = pos - self.offset if self.offset else pos
+        self.k[which, :, slots] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row which[i]
+        self.v[which, :, slots] = v[:, :, 0]
+        if end is None:
+            keys, values = self.k, self.v
+        else:
+            start = self.read_start(first) - self.offset
+            if start < 0:
+                raise ValueError(f"KVCache: position {first} needs keys this cache slid past")
+            keys, values = (
+                self.k[:, :, start : end - self.offset],
+                self.v[:, :, start : end - self.offset],
+            )
         if rows is not None:  # a subset of the rows: theirs (copies) [R, Hkv, end, Dh]
             keys, values = keys[rows], values[rows]
         return keys, values
@@ -534,6 +550,7 @@ class LayerContext:
     cache_pos: int | torch.Tensor = 0
     cache_end: int | None = None
     cache_rows: torch.Tensor | None = None
+    cache_first: int | None = None
 
 
 # ---- the block ------------------------------------------------------------------------------
@@ -579,7 +596,7 @@ class Attention(nn.Module):
         q, k = qk.split([heads, self.kv_heads], dim=1)
         v = v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end, ctx.cache_rows)
+            k, v = cache.update(k, v, ctx.cache_pos, ctx.cache_end, ctx.cache_rows, ctx.cache_first)
             # k, v [B, Hkv, S_cached, Dh]
         mask = ctx.mask
         if mask is not None and mask.block is not None:
@@ -658,13 +675,16 @@ class Transformer(nn.Module):
         cache_pos: int | torch.Tensor = 0,
         cache_end: int | None = None,
         cache_rows: torch.Tensor | None = None,
+        cache_first: int | None = None,
     ) -> LayerContext:
         """The per-forward inputs of every layer. ``positions``: [B, S] (or [1, S]) each below
-        S or a size given to ``rope.reserve``; or an int p, positions p..p+S-1 of every row."""
+        S or a size given to ``rope.reserve``; or an int p, positions p..p+S-1 of every row.
+        The ``cache_*`` arguments say where the caches write and what they return
+        (``KVCache.update``)."""
         if not isinstance(positions, int):
             self.rope.reserve(seq)  # a position within a sequence is below its length
         rope = self.rope(positions, seq)
-        return LayerContext(batch, rope, mask, cache_pos, cache_end, cache_rows)
+        return LayerContext(batch, rope, mask, cache_pos, cache_end, cache_rows, cache_first)
 
     def forward(
         self,
@@ -675,10 +695,13 @@ class Transformer(nn.Module):
         cache_pos: int | torch.Tensor = 0,
         cache_end: int | None = None,
         cache_rows: torch.Tensor | None = None,
+        cache_first: int | None = None,
     ) -> torch.Tensor:
         """x [B, S, D] -> [B, S, D]."""
         batch, seq, dim = x.shape
-        ctx = self.context(batch, seq, positions, mask, cache_pos, cache_end, cache_rows)
+        ctx = self.context(
+            batch, seq, positions, mask, cache_pos, cache_end, cache_rows, cache_first
+        )
         h = x.reshape(batch * seq, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, ctx, caches[i] if caches is not None else None)

@@ -13,7 +13,8 @@ class ByteDecoder(nn.Module):
     """Runs on the encoder's byte activations plus, at every byte of word i, the backbone's
     output for word i-1 (normalised and projected): no byte ever sees the backbone's view of
     its own word. ``guide="every"`` adds a separately projected guide before every layer.
-    With ``caches`` it decodes new bytes after the cached ones, written at ``cache_pos``.
+    With ``caches`` it decodes new bytes after the cached ones, written at ``cache_pos`` (one
+    per row: a tensor [B], with ``cache_end`` and ``cache_first``; see ``KVCache.update``).
     """
 
     def __init__(self, cfg: TransformerConfig, backbone_dim: int, guide: str = "first") -> None:
@@ -43,13 +44,17 @@ class ByteDecoder(nn.Module):
         byte_pos: torch.Tensor | int,
         mask: AttentionMask | None,
         caches: list[KVCache] | None = None,
-        cache_pos: int = 0,
+        cache_pos: int | torch.Tensor = 0,
+        cache_end: int | None = None,
+        cache_first: int | None = None,
     ) -> torch.Tensor:
         """byte_states [B, T, De], guides [B, G, D] (normalised, as ``guides`` gives them),
         guide_index [B, T]: the guide of each byte (None: guides are per byte, G == T)
         -> hidden [B, T, De] (normalised)."""
         batch, seq, dim = byte_states.shape
-        ctx = self.transformer.context(batch, seq, byte_pos, mask, cache_pos)
+        ctx = self.transformer.context(
+            batch, seq, byte_pos, mask, cache_pos, cache_end, cache_first=cache_first
+        )
         x = byte_states.reshape(batch * seq, dim)
         for i, layer in enumerate(self.transformer.layers):
             if i < self.n_guides:

@@ -14,7 +14,8 @@ class ByteEncoder(nn.Module):
 
     Returns the residual stream (no final norm): the pooler and the decoder each normalise
     what they read from it. With ``caches`` (one ``KVCache`` per layer) it encodes new bytes
-    after the cached ones, written at ``cache_pos``.
+    after the cached ones, written at ``cache_pos`` (one per row: a tensor [B], with
+    ``cache_end`` and ``cache_first``; see ``KVCache.update``).
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -28,7 +29,11 @@ class ByteEncoder(nn.Module):
         byte_pos: torch.Tensor | int,
         mask: AttentionMask | None,
         caches: list[KVCache] | None = None,
-        cache_pos: int = 0,
+        cache_pos: int | torch.Tensor = 0,
+        cache_end: int | None = None,
+        cache_first: int | None = None,
     ) -> torch.Tensor:
         x = self.embed(input_ids)  # [B, T] -> [B, T, De]
-        return self.transformer(x, byte_pos, mask, caches, cache_pos)
+        return self.transformer(
+            x, byte_pos, mask, caches, cache_pos, cache_end, cache_first=cache_first
+        )

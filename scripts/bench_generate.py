@@ -66,6 +66,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", default="hat,bpe", help="which of hat,bpe to run")
     p.add_argument("--compile-step", action="store_true", help="generate(compile_step=True)")
     p.add_argument(
+        "--backbone-wait",
+        type=int,
+        default=1,
+        metavar="K",
+        help="also HAT's cached generation with generate(backbone_wait=K), taking turns with K=1",
+    )
+    p.add_argument(
         "--text",
         choices=["corpus", "sampled"],
         default="corpus",
@@ -109,16 +116,20 @@ def passages(n: int, prompt_bytes: int, new_bytes: int) -> list[tuple[str, str]]
 class ForceText:
     """A logits processor that leaves each row only the next id of its given continuation
     (every other score -inf): ``generate`` then writes known text at the cost of real decoding.
-    Step t is the t-th call since the start of a ``generate`` call (the narrowest input)."""
+    A row's next id is the one after the ids it has written since the start of a ``generate``
+    call (the narrowest input), counted per row: with ``backbone_wait`` rows that wait for
+    HAT's backbone fall behind the others (their input ends in padding)."""
 
-    def __init__(self, ids: list[list[int]], device: str) -> None:
+    def __init__(self, ids: list[list[int]], device: str, pad_id: int) -> None:
         self.ids = torch.tensor([row[: min(map(len, ids))] for row in ids], device=device)
+        self.pad_id = pad_id
         self.start: int | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.start is None or input_ids.shape[1] < self.start:
             self.start = input_ids.shape[1]
-        forced = self.ids[:, input_ids.shape[1] - self.start, None]  # [B, 1]
+        written = (input_ids[:, self.start :] != self.pad_id).sum(1, keepdim=True)  # [B, 1]
+        forced = self.ids.gather(1, written.clamp(max=self.ids.shape[1] - 1))  # [B, 1]
         return torch.full_like(scores, -float("inf")).scatter_(1, forced, 0.0)
 
 
@@ -184,7 +195,7 @@ def workload(name: str, setup: tuple, batch: int, args: argparse.Namespace) -> t
         ids = [list(text.encode("utf-8")) for _, text in pairs]
     else:
         ids = [model.tokenizer.encode(text) for _, text in pairs]
-    force = ForceText(ids, args.device)
+    force = ForceText(ids, args.device, model.generation_spec().pad_id)
     return texts, force.ids.shape[1], {"do_sample": False, "logits_processor": [force]}
 
 
@@ -284,23 +295,32 @@ def main() -> None:
     for batch in batches:
         for name, setup in models.items():
             work, model = workload(name, setup, batch, args), setup[0]
-            # (use_cache, compile_step): with --compile-step the eager cached step is measured
-            # too, right before the compiled one, for the compiled / eager ratio
-            paths = [(True, False)] + [(True, True)] * args.compile_step
-            paths += [] if args.no_uncached else [(False, False)]
-            best: dict[tuple[bool, bool], tuple[int, float]] = {}
-            warmups: dict[tuple[bool, bool], float] = {}
+            # (use_cache, compile_step, backbone_wait): with --compile-step the eager cached
+            # step is measured too, right before the compiled one, for the compiled / eager
+            # ratio; with --backbone-wait HAT's eager cached step also with waiting rows
+            paths = [(True, False, 1)] + [(True, True, 1)] * args.compile_step
+            if name == "hat" and args.backbone_wait > 1:
+                paths.append((True, False, args.backbone_wait))
+            paths += [] if args.no_uncached else [(False, False, 1)]
+            best: dict[tuple, tuple[int, float]] = {}
+            warmups: dict[tuple, float] = {}
+            texts: dict[tuple, list[str]] = {}
             for rep in range(args.repeats):  # paths interleaved, alternating order: fastest
-                for cache, compiled in paths[:: -1 if rep % 2 else 1]:
+                for path in paths[:: -1 if rep % 2 else 1]:
+                    cache, compiled, wait = path
                     extra = {"compile_step": True} if compiled else {}
-                    new_bytes, seconds, written = run(model, work, cache, args.device, **extra)
-                    warmups.setdefault((cache, compiled), WARMUP_S[-1])  # the first: compiles
-                    if seconds < best.get((cache, compiled), (0, float("inf")))[1]:
-                        best[cache, compiled] = (new_bytes, seconds)
+                    extra |= {"backbone_wait": wait} if wait > 1 else {}
+                    new_bytes, seconds, texts[path] = run(model, work, cache, args.device, **extra)
+                    warmups.setdefault(path, WARMUP_S[-1])  # the first: compiles
+                    if seconds < best.get(path, (0, float("inf")))[1]:
+                        best[path] = (new_bytes, seconds)
+            written = texts[paths[0]]
+            if any(t != written for t in texts.values()) and args.text == "corpus":
+                raise SystemExit(f"{name}: the paths wrote different text")
             if name == "hat":  # from the text written (the same on every path)
                 backbone = backbone_steps(model, work[0], written)
-            for cache, compiled in paths:
-                new_bytes, seconds = best[cache, compiled]
+            for path in paths:
+                (cache, compiled, wait), (new_bytes, seconds) = path, best[path]
                 results.append(
                     {
                         "model": name,
@@ -308,11 +328,12 @@ def main() -> None:
                         "batch": batch,
                         "use_cache": cache,
                         "compile_step": compiled,
+                        **({"backbone_wait": wait} if name == "hat" else {}),
                         "max_new_tokens": work[1],
                         "new_bytes": new_bytes,
                         "seconds": round(seconds, 3),
                         "bytes_per_s": round(new_bytes / seconds, 1),
-                        "warmup_s": round(warmups[cache, compiled], 2),
+                        "warmup_s": round(warmups[path], 2),
                         **({"backbone": backbone} if name == "hat" else {}),
                     }
                 )
@@ -345,9 +366,20 @@ def ratios(results: list[dict]) -> dict[str, float]:
     speed = {
         (r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"]
         for r in results
-        if not r["compile_step"]
+        if not r["compile_step"] and r.get("backbone_wait", 1) == 1
     }
     out = {}
+    for r in results:
+        wait = r.get("backbone_wait", 1)
+        if wait > 1:  # HAT with waiting rows, against itself and the twin
+            key = f"wait{wait}"
+            out[f"hat_b{r['batch']}_{key}_over_wait1"] = round(
+                r["bytes_per_s"] / speed["hat", r["batch"], True], 2
+            )
+            if ("bpe", r["batch"], True) in speed:
+                out[f"b{r['batch']}_hat_{key}_over_bpe_cached"] = round(
+                    r["bytes_per_s"] / speed["bpe", r["batch"], True], 2
+                )
     for (model, batch), value in compiled.items():
         out[f"{model}_b{batch}_compiled_over_eager"] = round(value / speed[model, batch, True], 2)
         if model == "hat" and ("bpe", batch) in compiled:

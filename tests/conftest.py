@@ -50,3 +50,13 @@ def tiny_hat() -> hat.HATForCausalLM:
 def tiny_bpe(tiny_tokenizer: hat.BPETokenizer) -> hat.BPEForCausalLM:
     torch.manual_seed(0)
     return hat.BPEForCausalLM(hat.BPEConfig.from_name("bpe_tiny"), tiny_tokenizer).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Step-sized ops are faster on one thread (and the test machine is shared); a module
+    takes it for every test with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

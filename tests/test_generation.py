@@ -38,13 +38,7 @@ TOK = HATTokenizer()
 PROMPTS = [b"Hello wor", "日本".encode()[:-1], b"It's 3.14, not ", b"", "Thumbs 👍🏽 ".encode()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Step-sized ops are faster on one thread (and the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> hat.HATForCausalLM:
@@ -168,7 +162,7 @@ def test_cached_equals_uncached_sampled(variant: dict, step: dict, monkeypatch) 
     monkeypatch.setattr(
         HATCachedEngine,
         "_decode",
-        lambda self, c0, n: recomputed.append(n - c0) or original(self, c0, n),
+        lambda self, c0, n, *rows: recomputed.append(n - c0) or original(self, c0, n, *rows),
     )
     cached, uncached = generate_both(
         model, PROMPTS, max_new_tokens=60, do_sample=True, seed=7, **step
@@ -186,8 +180,8 @@ def test_cached_equals_uncached_past_the_windows(step: dict, monkeypatch) -> Non
     monkeypatch.setattr(HATCachedEngine, "WORD_UNIT", 1)
     shifts, slides = [], []
 
-    def make_room(self, n):
-        original(self, n)
+    def make_room(self, lo, n):
+        original(self, lo, n)
         shifts.append(self.base)
         slides.append(min(c.offset for c in self.enc_caches + self.dec_caches))
 

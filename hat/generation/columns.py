@@ -77,6 +77,17 @@ class LeftPadding:
             ok = ok & (cols > n - window)
         return AttentionMask(dense=ok[:, None, None])
 
+    def row_mask(self, cols: torch.Tensor, lo: int, end: int, window: int | None) -> AttentionMask:
+        """Mask [B, 1, 1, K] of one query per row, row r's at column ``cols[r]``, over keys
+        [lo, end): causal, within the window, not left padding (rows at different columns:
+        HAT's rows that wait for the backbone fall behind the others)."""
+        keys = torch.arange(lo, end, device=self.pad.device)  # [K]
+        col = cols[:, None]  # [B, 1]
+        ok = (keys[None] <= col) & (keys[None] >= self.pad[:, None])  # [B, K]
+        if window is not None:
+            ok = ok & (keys[None] > col - window)
+        return AttentionMask(dense=ok[:, None, None])
+
     def mask(self, n: int, lo: int) -> AttentionMask | None:
         """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them
         causal and in the window, so only left padding (keys before a row's start) can need

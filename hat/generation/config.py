@@ -39,6 +39,9 @@ class GenerationConfig:
     num_return_sequences: int = 1
     use_cache: bool = True
     compile_step: bool = False  # the cached step as static-shape torch.compile'd graphs (GPUs)
+    # HAT, cached: a row that finishes a word waits until this many rows wait, then one backbone
+    # pass serves them all (1: the backbone runs for each row at once)
+    backbone_wait: int = 1
     pad_token_id: int | None = None  # fills finished rows of the output; None: the model's PAD
 
     def update(self, **kwargs: Any) -> GenerationConfig:
@@ -80,6 +83,14 @@ class GenerationConfig:
             value = getattr(self, name)
             need(value is None or _is_int(value), f"{name} must be a whole number, got {value!r}")
         need(_is_int(self.num_return_sequences), "num_return_sequences must be a whole number")
+        need(
+            _is_int(self.backbone_wait) and self.backbone_wait >= 1,
+            f"backbone_wait must be a whole number >= 1, got {self.backbone_wait!r}",
+        )
+        need(
+            self.backbone_wait == 1 or not self.compile_step,
+            "backbone_wait > 1 runs the eager cached step: set compile_step=False",
+        )
         for name in ("temperature", "top_p", "repetition_penalty"):
             value = getattr(self, name)
             need(_is_real(value), f"{name} must be a finite number, got {value!r}")

@@ -168,18 +168,33 @@ def run_generation(
     # a budget only refuses ids once a row has <= max(UTF8_NEED) ids left (the mask's `cap`)
     tight_from = min(r.budget for r in out if not r.done) - max(UTF8_NEED)
 
+    # HAT: rows that finish a word may wait for a shared backbone pass (not with per-step
+    # outputs, whose steps would no longer be each row's ids)
+    wait = config.backbone_wait if config.use_cache else 1
+    if keep_scores or keep_logits or streamer is not None:
+        wait = 1
     if config.use_cache:
-        engine = spec.engines[0](model, rows, steps, compile=config.compile_step)
+        options = {"wait": wait} if wait > 1 else {}
+        engine = spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
     else:
         engine = spec.engines[1](model, rows, steps)
     logits = engine.prefill()
-    for step in range(steps):
-        left = (budgets - step).clamp(min=1) if step >= tight_from else None  # done rows: any
+    # with waiting, rows write at their own pace: `at` counts each row's new ids and `ready`
+    # says which rows' logits are new this step (the others sit it out)
+    ready: list[bool] | None = None
+    counts = [0] * len(rows)
+    for step in range(steps if wait == 1 else sum(r.budget for r in out)):
+        at = step if ready is None else torch.tensor(counts, device=device)
+        left = (budgets - at).clamp(min=1) if step >= tight_from else None  # done rows: any
         scores = automaton.mask(logits.float(), state, left)
-        if step < config.min_new_tokens:
+        if ready is None and step < config.min_new_tokens:
             scores[:, end_t] = -float("inf")
+        elif ready is not None and min(counts) < config.min_new_tokens:
+            early = (at < config.min_new_tokens)[:, None]  # [B, 1]
+            scores[:, end_t] = scores[:, end_t].masked_fill(early, -float("inf"))
         if processors:
-            scores = processors(history[:, : width - 1 + step], scores)
+            written = step if ready is None else max(counts)
+            scores = processors(history[:, : width - 1 + written], scores)
         tokens = _choose(scores, config.do_sample, generator)
         if n_done:
             tokens = torch.where(done, spec.pad_id, tokens)
@@ -188,13 +203,21 @@ def run_generation(
         if keep_logits:
             logits_out.append(logits.float())
         advanced = automaton.advance(state, tokens)
-        state = torch.where(done, state, advanced) if n_done else advanced
-        if processors:
+        hold = done if ready is None else done | ~torch.tensor(ready, device=device)
+        state = torch.where(hold, state, advanced) if n_done or ready is not None else advanced
+        if processors and ready is None:
             history[:, width - 1 + step] = tokens
+        elif processors:  # each row's id after its own (a row that waited is behind)
+            moved = [r for r in range(len(rows)) if ready[r] and not out[r].done]
+            where = torch.tensor([width - 1 + counts[r] for r in moved], device=device)
+            history[moved, where] = tokens[moved]
         host_state = state.tolist() if streamer is not None else None
         for r, token in enumerate(tokens.tolist()):
-            if not out[r].done:
+            if not out[r].done and (ready is None or ready[r]):
+                counts[r] += 1
                 _advance_row(out[r], r, token, spec, engine, config, end_ids, stops)
+                if out[r].done and wait > 1:
+                    engine.retire(r)
                 if streamer is not None and host_state[r] == 0:
                     _stream(streamer, spec, out[r])
         if sum(r.done for r in out) != n_done:
@@ -203,6 +226,7 @@ def run_generation(
         if n_done == len(out):
             break
         logits = engine.step(tokens)
+        ready = getattr(engine, "ready", None)
     if streamer is not None:
         _stream(streamer, spec, out[0])
         streamer.end()
@@ -338,6 +362,10 @@ class GenerationMixin:
         spec = self.generation_spec()
         if config.max_new_words is not None and not spec.byte_level:
             raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
+        if config.backbone_wait > 1 and not spec.byte_level:
+            raise ValueError(
+                "backbone_wait is for HAT (its backbone runs per word); the twin's per token"
+            )
         rows, kinds, single, width = _prepare_prompts(
             spec, inputs, input_ids, attention_mask, config.pad_token_id
         )

@@ -24,15 +24,23 @@ class HATCachedEngine:
     a word that ends is pooled and fed to the backbone (rolled back when the splitter moves an
     earlier boundary), and the decoder runs with the guide of each byte's word. Rows are
     left-padded to a shared column axis (column c of row r is byte c - pad[r] of its
-    document). ``observe`` feeds the host-side word tracker; ``step`` runs the device work.
+    document); each row writes at its own next column, the same for all rows unless rows wait
+    for the backbone (``wait`` > 1: see ``_schedule``). ``observe`` feeds the host-side word
+    tracker; ``step`` runs the device work.
     """
 
     SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
     UNIT = 64  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
     WORD_UNIT = 64  # the same for the backbone's word caches (~5 bytes a word: coarser)
+    LAG = 64  # with ``wait``: a row this many columns behind the lead waits for no one (< SLACK)
 
     def __init__(
-        self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
+        self,
+        model: Any,
+        rows: list[list[int]],
+        max_new: int,
+        compile: bool = False,
+        wait: int = 1,
     ) -> None:
         cfg = self.cfg = model.config
         self.model = model
@@ -48,6 +56,16 @@ class HATCachedEngine:
         reserve_positions(model, total + 1)  # every position (bytes and words) is below it
         self.static = compile_possible(compile, self.device.type)
         announce("HAT", self.static, self.device.type)
+        if wait > 1 and self.static:
+            raise ValueError("backbone_wait > 1 runs the eager step: set compile_step=False")
+        # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
+        # them all (1: the backbone runs at once); waiting rows fall behind the others
+        self.wait = wait
+        self.col = [self.width] * self.batch  # next column of each row
+        self.waiting: dict[int, tuple[int, int, int]] = {}  # row -> its deferred event
+        self.retired: set[int] = set()  # rows the caller has finished
+        self.last = [0] * self.batch  # each row's last observed byte (a waiting row's next)
+        self.ready: list[bool] | None = None  # rows whose logits the last step gave (None: all)
 
         def capacity(keep: int | None, writes: int) -> int:
             """Columns of a stack's buffers: all of them without a window; with one, the
@@ -84,8 +102,8 @@ class HATCachedEngine:
         self.words = [0] * self.batch  # words in the backbone cache, per row
         self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
-        self.n = self.width  # next column
         self.all_rows = list(range(self.batch))
+        self.row_index = torch.arange(self.batch, device=self.device)
         self.encoder, self.pooler, self.backbone, self.decoder = (
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
@@ -99,7 +117,12 @@ class HATCachedEngine:
         change = self.trackers[row].push(token)
         if change is not None:
             self.events.append((row, *change))
+        self.last[row] = token
         return self.trackers[row].starts
+
+    def retire(self, row: int) -> None:
+        """The caller is done with ``row``: it waits for nothing and sets no one's pace."""
+        self.retired.add(row)
 
     # ---- prefill ------------------------------------------------------------------
     def prefill(self) -> torch.Tensor:
@@ -170,34 +193,100 @@ class HATCachedEngine:
 
     # ---- one step -----------------------------------------------------------------
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` [B] at column n (after ``observe`` of every active row); return
-        the logits [B, 256] for column n + 1."""
-        n = self.n
-        self._make_room(n)
-        slot = n - self.base
-        self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
-        first = [n] * self.batch  # first column to (re)compute in the decoder, per row
+        """Write each ready row's next byte (``tokens`` [B], after ``observe``) at its column;
+        return the logits [B, 256] of every row's next column. With ``wait`` > 1 a row whose
+        byte finished a word may sit steps out: ``ready`` then lists the rows whose logits are
+        new, and a waiting row's byte is written once the backbone has taken its word."""
+        apply, resumed = self._schedule()
+        lead = max((c for r, c in enumerate(self.col) if r not in self.retired), default=0)
+        cols = [lead if r in self.retired else c for r, c in enumerate(self.col)]  # [B]
+        lo, n = min(cols), max(cols)
+        self._make_room(lo, n)
         finished: list[tuple[int, int, int, int]] = []
         relabel: tuple[list[int], list[int], list[int]] = ([], [], [])  # rows, slots, words
-        for r, keep, changed in self.events:
+        first: dict[int, int] = {}  # first column to (re)compute in the decoder, by row
+        for r, keep, changed in apply:
             self._assign_words(r, keep, finished, relabel)
             first[r] = self.pad_list[r] + changed
-        self.events.clear()
+        if lo == n:  # every row at column n (always without waiting)
+            slot = n - self.base
+            self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
+        else:
+            slots = self._tensor(cols) - self.base
+            self.col_word[self.row_index, slots] = self.col_word[self.row_index, slots - 1]
         if relabel[0]:
             rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
             self.col_word[rows, slots] = words
-        if finished:  # words that ended before column n: none needs its encoder state
+        if finished:  # words that ended before the rows' columns: none needs its encoder state
             self._backbone_steps(finished)
-        c0 = min(first)
-        if self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
-            words = self.col_word[:, slot, None]  # [B, 1]
+        if resumed:  # their bytes came in earlier steps
+            tokens = tokens.clone()
+            tokens[self._tensor(resumed)] = self._tensor([self.last[r] for r in resumed])
+        c0 = min(first.values(), default=n)
+        if lo < n:
+            logits = self._step_rows(tokens, cols, first)
+        elif self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
+            words = self.col_word[:, n - self.base, None]  # [B, 1]
             enc, dec = self._where(n, self.enc_caches), self._where(n, self.dec_caches)
             x, logits = self._byte_static(tokens, words, *enc, *dec[1:])
-            self.enc_out[:, slot] = x  # [B, De]
+            self.enc_out[:, n - self.base] = x  # [B, De]
         else:
             self._encode(tokens, n)
             logits = self._decode(c0, n)
-        self.n = n + 1
+        for r in range(self.batch):
+            if r not in self.waiting:
+                self.col[r] = cols[r] + 1
+        return logits
+
+    def _schedule(self) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """Take this step's word events -> (events to apply now, rows that resume). With
+        ``wait`` > 1 a row whose event finished a word waits (its event deferred) until
+        ``wait`` rows wait, no other row can write, or it lags ``LAG`` columns behind."""
+        events, self.events = self.events, []
+        if self.wait == 1:
+            return events, []
+        apply = []
+        for event in events:
+            r, keep = event[0], event[1]
+            if r in self.retired:
+                continue  # its caches are no longer read
+            if min(self.words[r], keep - 1) < len(self.trackers[r].starts) - 1:
+                self.waiting[r] = event  # it finished a word: the backbone must take it
+            else:
+                apply.append(event)
+        resumed: list[int] = []
+        if self.waiting:
+            moving = [r for r in range(self.batch) if r not in self.retired | set(self.waiting)]
+            lead = max((self.col[r] for r in moving), default=0)
+            lags = any(lead - self.col[r] >= self.LAG for r in self.waiting)
+            if len(self.waiting) >= self.wait or not moving or lags:
+                apply += self.waiting.values()
+                resumed = list(self.waiting)
+                self.waiting.clear()
+        self.ready = [r not in self.waiting for r in range(self.batch)]
+        return apply, resumed
+
+    def _step_rows(
+        self, tokens: torch.Tensor, cols: list[int], first: dict[int, int]
+    ) -> torch.Tensor:
+        """Encoder and decoder of one column per row, row r's at ``cols[r]`` (rows stand at
+        different columns once some have waited); rows in ``first`` then recompute their
+        decoder columns from there. Logits [B, 256]."""
+        c = self._tensor(cols)  # [B]
+        lo, end = min(cols), max(cols) + 1
+        positions = (c - self.pad)[:, None]  # [B, 1]
+        enc_w, dec_w = self.cfg.encoder.window, self.cfg.decoder.window
+        mask = self.cols.row_mask(c, self.enc_caches[0].read_start(lo), end, enc_w)
+        x = self.encoder(tokens[:, None], positions, mask, self.enc_caches, c, end, lo)
+        slots = c - self.base
+        self.enc_out[self.row_index, slots] = x[:, 0]  # [B, De]
+        index = self.col_word[self.row_index, slots][:, None] % self.ring_size  # [B, 1]
+        mask = self.cols.row_mask(c, self.dec_caches[0].read_start(lo), end, dec_w)
+        hidden = self.decoder(x, self.ring, index, positions, mask, self.dec_caches, c, end, lo)
+        logits = self._logits(hidden[:, -1])
+        for r, c0 in first.items():
+            if c0 < cols[r]:
+                logits[r] = self._decode(c0, cols[r], slice(r, r + 1))[0]
         return logits
 
     def _encode(self, tokens: torch.Tensor, n: int) -> None:
@@ -257,26 +346,29 @@ class HATCachedEngine:
             for r in row_list:
                 self.words[r] += 1
 
-    def _decode(self, c0: int, n: int) -> torch.Tensor:
-        """Decoder over columns [c0, n] (all rows; unchanged rows recompute the same values)."""
+    def _decode(self, c0: int, n: int, g: slice = slice(None)) -> torch.Tensor:
+        """Decoder over columns [c0, n] of rows ``g`` (default all; unchanged rows recompute
+        the same values) -> logits [G, 256] of column n."""
         base = self.base
         if c0 < base:
             raise RuntimeError(f"column {c0} was dropped from the buffers (base {base})")
-        lo = self.dec_caches[0].read_start(c0)
-        current = {len(t.starts) - 1 for t in self.trackers}  # word of column n, per row
+        caches = self.dec_caches if g == slice(None) else [c.row_view(g) for c in self.dec_caches]
+        lo = caches[0].read_start(c0)
+        current = {len(t.starts) - 1 for t in self.trackers[g]}  # word of column n, per row
         if c0 == n and len(current) == 1:  # one column, all rows in the same word: a view
-            guides, index = self.ring[:, current.pop() % self.ring_size, None], None  # [B, 1, D]
+            guides, index = self.ring[g, current.pop() % self.ring_size, None], None  # [G, 1, D]
         else:
-            guides, index = self.ring, self.col_word[:, c0 - base : n + 1 - base] % self.ring_size
-        if c0 == n:  # the usual case: one new column
+            guides = self.ring[g]
+            index = self.col_word[g, c0 - base : n + 1 - base] % self.ring_size
+        if c0 == n and g == slice(None):  # the usual case: one new column
             mask, positions = self.cols.mask(n, lo), self.cols.position(n)
         else:
             cols = torch.arange(c0, n + 1, device=self.device)
             keys = torch.arange(lo, n + 1, device=self.device)
-            mask = window_mask(cols, keys, self.pad, self.cfg.decoder.window)
-            positions = self.cols.positions(c0, n)
-        states = self.enc_out[:, c0 - base : n + 1 - base]  # [B, Q, De]
-        hidden = self.decoder(states, guides, index, positions, mask, self.dec_caches, c0)
+            mask = window_mask(cols, keys, self.pad[g], self.cfg.decoder.window)
+            positions = self.cols.positions(c0, n, g)
+        states = self.enc_out[g, c0 - base : n + 1 - base]  # [G, Q, De]
+        hidden = self.decoder(states, guides, index, positions, mask, caches, c0)
         return self._logits(hidden[:, -1])  # only the last column is predicted
 
     # ---- the static-shape step (compile_step=True) ---------------------------------
@@ -375,11 +467,12 @@ class HATCachedEngine:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return softcap(self.decoder.head(hidden), self.cfg.logit_softcap)
 
-    def _make_room(self, n: int) -> None:
-        """Slide the column buffers when column n would not fit (keeps ``keep`` columns)."""
+    def _make_room(self, lo: int, n: int) -> None:
+        """Slide the column buffers when column n would not fit (keeps ``keep`` columns
+        before column lo, the first any row writes)."""
         if n - self.base < self.cap:
             return
-        shift = n - self.keep - self.base
+        shift = lo - self.keep - self.base
         for t in (self.enc_out, self.col_word):
             t[:, : self.cap - shift] = t[:, shift:].clone()
         self.base += shift
