@@ -1,11 +1,14 @@
 """What letting rows wait for a shared backbone pass would buy HAT's batched generation.
 
-Today every row of a batch writes one byte per step, so a row that finishes a word needs the
-backbone at once: at batch 32 some row finishes a word at ~99 % of byte steps and the backbone
-runs nearly every step for ~6 rows (``bench_generate.py`` reports it as ``"backbone"``). A row
-that finished a word could instead wait (write nothing) until enough rows wait, and one
-backbone pass would serve them all; the others keep writing meanwhile. Not built: the cached
-engine would need a column axis per row (BENCHMARKS.md, "Batched generation").
+By default every row of a batch writes one byte per step, so a row that finishes a word needs
+the backbone at once: at batch 32 some row finishes a word at ~99 % of byte steps and the
+backbone runs nearly every step for ~6 rows (``bench_generate.py`` reports it as
+``"backbone"``). With ``generate(backbone_wait=K)`` a row that finished a word waits (writes
+nothing) until K rows wait, and one backbone pass serves them all; the others keep writing
+meanwhile (``bench_generate.py --backbone-wait K`` measures it). This script predicts it from
+counts and two costs, which is how K was chosen; the measurement is in BENCHMARKS.md ("Batched
+generation": the prediction overstates the gain where a pass of many rows costs more than a
+pass of few, e.g. on a CPU at ``1b``).
 
 This script counts both schedules on real text (the passages ``bench_generate.py`` writes,
 split by the preset's splitter): byte steps (each runs the encoder and decoder on the whole
