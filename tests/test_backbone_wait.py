@@ -163,6 +163,36 @@ def test_generate_writes_the_same_text_whatever_the_wait() -> None:
     assert greedy[0] == greedy[1]
 
 
+def test_a_row_without_budget_does_not_hold_the_others_up() -> None:
+    """A prompt as long as the context has no new bytes to write: it must not count as a row
+    that writes (the others would wait for K rows forever, then for LAG columns)."""
+    model = tiny(sharp=False)
+    full = b"x" * (model.generation_spec().max_len - 1)  # + the document start
+    prompts = [full, *PROMPTS[:3]]
+    batch = dict(TOK(prompts, return_tensors="pt", padding=True, padding_side="left"))
+    width = batch["input_ids"].shape[1] - 1
+    steps = []
+    original = HATCachedEngine.step
+
+    def step(self, tokens):  # noqa: ANN001, ANN202
+        steps.append(self.wait)
+        return original(self, tokens)
+
+    outs = []
+    for wait in (1, 4):  # 4: more than the rows that write; they must not wait for it
+        steps.clear()
+        forced = ForceRows([b"", *TEXTS[:3]], width)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(HATCachedEngine, "step", step)
+            outs.append(
+                model.generate(
+                    **batch, max_new_tokens=12, logits_processor=[forced], backbone_wait=wait
+                )
+            )
+        assert len(steps) < 3 * 12, f"{len(steps)} byte steps for 12 bytes a row"
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_backbone_wait_settings_fail_clearly(tiny_bpe) -> None:  # noqa: ANN001
     model = tiny(sharp=False)
     with pytest.raises(ValueError, match="backbone_wait must be a whole number >= 1"):

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="recompute everything at every step (slow; the reference)",
     )
+    p.add_argument(
+        "--backbone-wait",
+        type=int,
+        help="HAT, batched rows: a row that finished a word waits until this many rows wait "
+        "(one backbone pass for all; pays for large models)",
+    )
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -74,6 +80,7 @@ OPTIONS = (
     "stop_strings",
     "num_return_sequences",
     "use_cache",
+    "backbone_wait",
 )
 
 

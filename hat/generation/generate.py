@@ -179,6 +179,9 @@ def run_generation(
     else:
         engine = spec.engines[1](model, rows, steps)
     logits = engine.prefill()
+    if wait > 1:  # rows with no budget (a prompt as long as the context) set no one's pace
+        for r in (r for r, row in enumerate(out) if row.done):
+            engine.retire(r)
     # with waiting, rows write at their own pace: `at` counts each row's new ids and `ready`
     # says which rows' logits are new this step (the others sit it out)
     ready: list[bool] | None = None
@@ -209,7 +212,7 @@ def run_generation(
             history[:, width - 1 + step] = tokens
         elif processors:  # each row's id after its own (a row that waited is behind)
             moved = [r for r in range(len(rows)) if ready[r] and not out[r].done]
-            where = torch.tensor([width - 1 + counts[r] for r in moved], device=device)
+            where = [width - 1 + counts[r] for r in moved]
             history[moved, where] = tokens[moved]
         host_state = state.tolist() if streamer is not None else None
         for r, token in enumerate(tokens.tolist()):
