@@ -58,6 +58,8 @@ class HATCachedEngine:
         announce("HAT", self.static, self.device.type)
         if wait > 1 and self.static:
             raise ValueError("backbone_wait > 1 runs the eager step: set compile_step=False")
+        if wait > 1 and self.LAG >= self.SLACK:  # rows LAG apart must fit the sliding buffers
+            raise ValueError(f"HATCachedEngine.LAG ({self.LAG}) must be below SLACK ({self.SLACK})")
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others
         self.wait = wait
