@@ -475,13 +475,13 @@ class KVCache:
             self.k.index_copy_(2, pos[None], k)
             self.v.index_copy_(2, pos[None], v)
             return self.k, self.v  # [B, Hkv, capacity, Dh]
-        if self.window is not None and (end is None or first is None):
-            raise ValueError("per-row positions in a sliding cache need `end` and `first`")
+        if self.window is not None and end is not None and first is None:
+            raise ValueError("per-row positions in a sliding cache need `first` with `end`")
         first = 0 if first is None else first
         if end is not None and end - self.offset > self.k.shape[2]:
             self._make_room(first, end)
         which = self.rows if rows is None else rows
-        slots = pos - self.offset if self.offset else pos
+        slots = pos - self.offset if end is not None and self.offset else pos  # else: slots
         self.k[which, :, slots] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row which[i]
         self.v[which, :, slots] = v[:, :, 0]
         if end is None:

@@ -300,7 +300,9 @@ def main() -> None:
             # ratio; with --backbone-wait HAT's eager cached step also with waiting rows
             paths = [(True, False, 1)] + [(True, True, 1)] * args.compile_step
             if name == "hat" and args.backbone_wait > 1:
-                paths.append((True, False, args.backbone_wait))
+                paths += [
+                    (True, c, args.backbone_wait) for c in (False, True)[: 1 + args.compile_step]
+                ]
             paths += [] if args.no_uncached else [(False, False, 1)]
             best: dict[tuple, tuple[int, float]] = {}
             warmups: dict[tuple, float] = {}
@@ -362,7 +364,11 @@ def main() -> None:
 def ratios(results: list[dict]) -> dict[str, float]:
     """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached);
     with --compile-step also compiled / eager and HAT / BPE with both compiled."""
-    compiled = {(r["model"], r["batch"]): r["bytes_per_s"] for r in results if r["compile_step"]}
+    compiled = {
+        (r["model"], r["batch"]): r["bytes_per_s"]
+        for r in results
+        if r["compile_step"] and r.get("backbone_wait", 1) == 1
+    }
     speed = {
         (r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"]
         for r in results
@@ -371,15 +377,18 @@ def ratios(results: list[dict]) -> dict[str, float]:
     out = {}
     for r in results:
         wait = r.get("backbone_wait", 1)
-        if wait > 1:  # HAT with waiting rows, against itself and the twin
-            key = f"wait{wait}"
-            out[f"hat_b{r['batch']}_{key}_over_wait1"] = round(
-                r["bytes_per_s"] / speed["hat", r["batch"], True], 2
-            )
-            if ("bpe", r["batch"], True) in speed:
-                out[f"b{r['batch']}_hat_{key}_over_bpe_cached"] = round(
-                    r["bytes_per_s"] / speed["bpe", r["batch"], True], 2
-                )
+        if wait > 1:  # HAT with waiting rows, against K = 1 and the twin on the same path
+            batch = r["batch"]
+            if r["compile_step"]:
+                key, twin = f"wait{wait}_compiled", "bpe_compiled"
+                hat_1, bpe_1 = compiled.get(("hat", batch)), compiled.get(("bpe", batch))
+            else:
+                key, twin = f"wait{wait}", "bpe_cached"
+                hat_1, bpe_1 = speed.get(("hat", batch, True)), speed.get(("bpe", batch, True))
+            if hat_1:
+                out[f"hat_b{batch}_{key}_over_wait1"] = round(r["bytes_per_s"] / hat_1, 2)
+            if bpe_1:
+                out[f"b{batch}_hat_{key}_over_{twin}"] = round(r["bytes_per_s"] / bpe_1, 2)
     for (model, batch), value in compiled.items():
         out[f"{model}_b{batch}_compiled_over_eager"] = round(value / speed[model, batch, True], 2)
         if model == "hat" and ("bpe", batch) in compiled:

@@ -55,13 +55,23 @@ def full_logits(model: hat.HATForCausalLM, data: bytes) -> torch.Tensor:
         return model(**collate_documents([words])).logits[0, len(data) - 1]
 
 
-def drive(model, prompts: list[bytes], texts: list[bytes], wait: int) -> dict:  # noqa: ANN001
+@pytest.fixture(params=["eager", "static"])
+def static(request, monkeypatch) -> bool:
+    """The eager step, or the static-shape graphs of compile_step=True run uncompiled
+    (torch.compile replaced by the identity, as in test_generation.py)."""
+    if request.param == "static":
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    return request.param == "static"
+
+
+def drive(model, prompts: list[bytes], texts: list[bytes], wait: int, static: bool) -> dict:  # noqa: ANN001
     """Write ``texts`` after ``prompts`` through the cached engine the way ``generate`` does
     (a row only takes a byte when its logits are ready), checking every ready row's logits
     against the full model. Returns what happened: steps, steps with rows waiting, steps
     whose rows stood at different columns."""
     rows = [[EOD, *p] for p in prompts]
-    engine = HATCachedEngine(model, rows, max(map(len, texts)) + 1, wait=wait)
+    engine = HATCachedEngine(model, rows, max(map(len, texts)) + 1, static, wait=wait)
+    assert engine.static == static
     written = [0] * len(rows)
     seen = {"steps": 0, "waiting": 0, "apart": 0}
     with torch.inference_mode():
@@ -92,14 +102,14 @@ def drive(model, prompts: list[bytes], texts: list[bytes], wait: int) -> dict:  
 
 
 @pytest.mark.parametrize("wait", [1, 3, 6])
-def test_every_rows_logits_match_the_full_model(wait: int) -> None:
-    seen = drive(tiny(), PROMPTS, TEXTS, wait)
+def test_every_rows_logits_match_the_full_model(wait: int, static: bool) -> None:
+    seen = drive(tiny(), PROMPTS, TEXTS, wait, static)
     if wait > 1:
         assert seen["waiting"] > 5, "rows never waited"
         assert seen["apart"] > 5, "rows never stood at different columns"
 
 
-def test_waiting_past_the_windows(monkeypatch) -> None:
+def test_waiting_past_the_windows(monkeypatch, static: bool) -> None:
     """Texts several byte windows long (tiny: 32), little slack: the buffers slide while rows
     stand apart, and a row that lags LAG columns behind stops waiting."""
     monkeypatch.setattr(HATCachedEngine, "SLACK", 24)
@@ -113,10 +123,35 @@ def test_waiting_past_the_windows(monkeypatch) -> None:
 
     monkeypatch.setattr(HATCachedEngine, "_make_room", make_room)
     texts = [t * 4 for t in TEXTS[:4]]
-    seen = drive(tiny(max_word_bytes=8), PROMPTS[:4], texts, wait=4)
+    monkeypatch.setattr(HATCachedEngine, "UNIT", 1)  # static buffers not rounded up either
+    seen = drive(tiny(max_word_bytes=8), PROMPTS[:4], texts, 4, static)
     assert seen["apart"] > 20
     assert max(base for base, _ in slides) > 0, "the column buffers never slid"
     assert max(offset for _, offset in slides) > 0, "the byte KV caches never slid"
+
+
+def test_compiled_waiting_step_matches_the_full_model(monkeypatch) -> None:
+    """The static graphs traced for real (dynamo + AOTAutograd, eager kernels): the byte graph
+    with one column per row compiles once beside the shared-column one, nothing compiles as
+    the caches fill or on a second run, and every row's logits equal the full model's."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):  # noqa: ANN001, ANN202
+        graphs.append(gm)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
+    torch._dynamo.reset()
+    model = tiny()
+    seen = drive(model, PROMPTS[:4], TEXTS[:4], 3, True)
+    assert seen["apart"] > 5
+    first = len(graphs)  # byte graph: 2 (shared / per-row columns); backbone: groups of 1, 2, 4
+    assert 3 <= first <= 5
+    drive(model, PROMPTS[:4], TEXTS[:4], 3, True)
+    assert len(graphs) == first
 
 
 class ForceRows:
@@ -197,7 +232,5 @@ def test_backbone_wait_settings_fail_clearly(tiny_bpe) -> None:  # noqa: ANN001
     model = tiny(sharp=False)
     with pytest.raises(ValueError, match="backbone_wait must be a whole number >= 1"):
         model.generate("x", backbone_wait=0)
-    with pytest.raises(ValueError, match="set compile_step=False"):
-        model.generate("x", backbone_wait=4, compile_step=True)
     with pytest.raises(ValueError, match="backbone_wait is for HAT"):
         tiny_bpe.generate("x", backbone_wait=4)

@@ -82,7 +82,7 @@ class BPECachedEngine:
     def _step_graph(self, tokens, n, slot):  # noqa: ANN001, ANN202
         """The step with static shapes: the caches read whole under a mask of the columns
         each row may see (the twin's caches never slide: slot == column)."""
-        mask = self.cols.static_mask(n, 0, self.caches[0].k.shape[2], None)
+        mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None)
         x = self.model.embed(tokens[:, None])  # [B, 1, D]
         hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, slot)
         return self._logits(hidden[:, 0])

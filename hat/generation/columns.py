@@ -65,27 +65,20 @@ class LeftPadding:
         cols = torch.arange(first, last + 1, device=self.pad.device)
         return (cols[None] - self.pad[rows, None]).clamp(min=0)
 
-    def static_mask(
-        self, n: torch.Tensor, offset: torch.Tensor | int, capacity: int, window: int | None
+    def step_mask(
+        self, n: torch.Tensor, first: torch.Tensor | int, count: int, window: int | None
     ) -> AttentionMask:
-        """Mask [B, 1, 1, capacity] of the query at column ``n`` (a 0-d tensor) over all slots
-        of a cache whose slot j holds column ``offset`` + j: causal, within the window, not
-        left padding. The same shapes at every step (``generate(compile_step=True)``)."""
-        cols = offset + torch.arange(capacity, device=self.pad.device)  # [K]
-        ok = (cols <= n) & (cols[None] >= self.pad[:, None])  # [B, K]
+        """Mask [B, 1, 1, count] of one query per row, at column ``n`` (a 0-d tensor: every
+        row's; [B]: each row's own, as when HAT's rows that waited for the backbone stand
+        behind the others) over the keys at columns ``first`` .. ``first + count - 1``:
+        causal, within the window, not left padding. Static-shape steps
+        (``generate(compile_step=True)``) read every slot of a cache, ``first`` the column in
+        slot 0: the same shapes at every step."""
+        keys = first + torch.arange(count, device=self.pad.device)  # [K]
+        query = n.reshape(-1, 1)  # [1, 1] or [B, 1]
+        ok = (keys[None] <= query) & (keys[None] >= self.pad[:, None])  # [B, K]
         if window is not None:
-            ok = ok & (cols > n - window)
-        return AttentionMask(dense=ok[:, None, None])
-
-    def row_mask(self, cols: torch.Tensor, lo: int, end: int, window: int | None) -> AttentionMask:
-        """Mask [B, 1, 1, K] of one query per row, row r's at column ``cols[r]``, over keys
-        [lo, end): causal, within the window, not left padding (rows at different columns:
-        HAT's rows that wait for the backbone fall behind the others)."""
-        keys = torch.arange(lo, end, device=self.pad.device)  # [K]
-        col = cols[:, None]  # [B, 1]
-        ok = (keys[None] <= col) & (keys[None] >= self.pad[:, None])  # [B, K]
-        if window is not None:
-            ok = ok & (keys[None] > col - window)
+            ok = ok & (keys[None] > query - window)
         return AttentionMask(dense=ok[:, None, None])
 
     def mask(self, n: int, lo: int) -> AttentionMask | None:

@@ -87,10 +87,7 @@ class GenerationConfig:
             _is_int(self.backbone_wait) and self.backbone_wait >= 1,
             f"backbone_wait must be a whole number >= 1, got {self.backbone_wait!r}",
         )
-        need(
-            self.backbone_wait == 1 or not self.compile_step,
-            "backbone_wait > 1 runs the eager cached step: set compile_step=False",
-        )
+
         for name in ("temperature", "top_p", "repetition_penalty"):
             value = getattr(self, name)
             need(_is_real(value), f"{name} must be a finite number, got {value!r}")

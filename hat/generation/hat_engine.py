@@ -32,7 +32,7 @@ class HATCachedEngine:
     SLACK = 512  # extra columns per sliding buffer: they are compacted every SLACK steps
     UNIT = 64  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
     WORD_UNIT = 64  # the same for the backbone's word caches (~5 bytes a word: coarser)
-    LAG = 64  # with ``wait``: a row this many columns behind the lead waits for no one (< SLACK)
+    LAG = 64  # with ``wait``: a row this many columns behind the lead waits for no one
 
     def __init__(
         self,
@@ -56,10 +56,6 @@ class HATCachedEngine:
         reserve_positions(model, total + 1)  # every position (bytes and words) is below it
         self.static = compile_possible(compile, self.device.type)
         announce("HAT", self.static, self.device.type)
-        if wait > 1 and self.static:
-            raise ValueError("backbone_wait > 1 runs the eager step: set compile_step=False")
-        if wait > 1 and self.LAG >= self.SLACK:  # rows LAG apart must fit the sliding buffers
-            raise ValueError(f"HATCachedEngine.LAG ({self.LAG}) must be below SLACK ({self.SLACK})")
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others
         self.wait = wait
@@ -77,6 +73,8 @@ class HATCachedEngine:
             if not keep:
                 size = total
             else:
+                # rows that wait for the backbone stand up to LAG columns behind the lead
+                writes += self.LAG if wait > 1 else 0
                 size = min(total, keep + (writes if self.static else max(writes, self.SLACK)))
             return round_up(size, self.UNIT) if self.static else size
 
@@ -276,16 +274,27 @@ class HATCachedEngine:
         decoder columns from there. Logits [B, 256]."""
         c = self._tensor(cols)  # [B]
         lo, end = min(cols), max(cols) + 1
-        positions = (c - self.pad)[:, None]  # [B, 1]
-        enc_w, dec_w = self.cfg.encoder.window, self.cfg.decoder.window
-        mask = self.cols.row_mask(c, self.enc_caches[0].read_start(lo), end, enc_w)
-        x = self.encoder(tokens[:, None], positions, mask, self.enc_caches, c, end, lo)
         slots = c - self.base
-        self.enc_out[self.row_index, slots] = x[:, 0]  # [B, De]
-        index = self.col_word[self.row_index, slots][:, None] % self.ring_size  # [B, 1]
-        mask = self.cols.row_mask(c, self.dec_caches[0].read_start(lo), end, dec_w)
-        hidden = self.decoder(x, self.ring, index, positions, mask, self.dec_caches, c, end, lo)
-        logits = self._logits(hidden[:, -1])
+        if self.static:  # the byte graph with a column per row
+            words = self.col_word[self.row_index, slots][:, None]  # [B, 1]
+            enc, dec = (
+                self._where_rows(c, lo, end, self.enc_caches),
+                self._where_rows(c, lo, end, self.dec_caches),
+            )
+            x, logits = self._byte_static(tokens, words, c, *enc, *dec)
+            self.enc_out[self.row_index, slots] = x  # [B, De]
+        else:
+            positions = (c - self.pad)[:, None]  # [B, 1]
+            enc_w, dec_w = self.cfg.encoder.window, self.cfg.decoder.window
+            lo_enc, lo_dec = self.enc_caches[0].read_start(lo), self.dec_caches[0].read_start(lo)
+            mask = self.cols.step_mask(c, lo_enc, end - lo_enc, enc_w)
+            x = self.encoder(tokens[:, None], positions, mask, self.enc_caches, c, end, lo)
+            self.enc_out[self.row_index, slots] = x[:, 0]  # [B, De]
+            index = self.col_word[self.row_index, slots][:, None] % self.ring_size  # [B, 1]
+            mask = self.cols.step_mask(c, lo_dec, end - lo_dec, dec_w)
+            states, caches = x, self.dec_caches
+            hidden = self.decoder(states, self.ring, index, positions, mask, caches, c, end, lo)
+            logits = self._logits(hidden[:, -1])
         for r, c0 in first.items():
             if c0 < cols[r]:
                 logits[r] = self._decode(c0, cols[r], slice(r, r + 1))[0]
@@ -385,21 +394,32 @@ class HATCachedEngine:
         slot = [cache.fit(n) for cache in caches][0]  # the layers' caches slide together
         return tuple(torch.tensor([n, slot, n - slot], device=self.device))
 
+    def _where_rows(
+        self, c: torch.Tensor, lo: int, end: int, caches: list
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make room for columns [lo, end) in a stack's caches -> (each row's slot for its
+        column ``c`` [B], the column in slot 0 as a 0-d tensor)."""
+        for cache in caches:
+            cache.fit(lo, end)
+        offset = caches[0].offset
+        return c - offset, torch.tensor(offset, device=self.device)
+
     def _byte_graph(self, tokens, words, n, enc_slot, enc_offset, dec_slot, dec_offset):  # noqa: ANN001, ANN202
         x = self._encode_graph(tokens, n, enc_slot, enc_offset)  # [B, De]
         return x, self._decode_graph(x[:, None], words, n, dec_slot, dec_offset)
 
     def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]
-        mask = self.cols.static_mask(n, offset, caches[0].k.shape[2], self.cfg.encoder.window)
-        x = self.model.encoder(tokens[:, None], n - self.pad[:, None], mask, caches, slot)
+        mask = self.cols.step_mask(n, offset, caches[0].k.shape[2], self.cfg.encoder.window)
+        positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
+        x = self.model.encoder(tokens[:, None], positions, mask, caches, slot)
         return x[:, 0]
 
     def _decode_graph(self, states, words, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.dec_caches  # states [B, 1, De], words [B, 1] -> logits [B, 256]
-        mask = self.cols.static_mask(n, offset, caches[0].k.shape[2], self.cfg.decoder.window)
+        mask = self.cols.step_mask(n, offset, caches[0].k.shape[2], self.cfg.decoder.window)
         index = words % self.ring_size  # each row's guide in the ring
-        positions = n - self.pad[:, None]
+        positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
         hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
         return self._logits(hidden[:, -1])
 
