@@ -145,6 +145,25 @@ def test_adapter_generation_stops_at_until(model) -> None:
     assert text == piece * 5  # max_gen_toks counts the model's units
 
 
+@needs_lm_eval
+def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path) -> None:
+    """``backbone_wait`` reaches generate() in generate_until's batches; greedy text is the
+    same; the twin refuses it."""
+    calls = []
+    generate = tiny_hat.generate
+    tiny_hat.generate = lambda *a, **k: calls.append(k) or generate(*a, **k)
+    options = {"until": ["\n\n"], "max_gen_toks": 24, "do_sample": False}
+    contexts = ["Once upon a time", "x", "The quick brown fox", "It was"]
+    requests = _requests("generate_until", [(c, options) for c in contexts])
+    plain = HATEvalLM(tiny_hat, batch_size=4).generate_until(requests)
+    waiting = HATEvalLM(tiny_hat, batch_size=4, backbone_wait=3).generate_until(requests)
+    assert waiting == plain
+    assert "backbone_wait" not in calls[0] and calls[1]["backbone_wait"] == 3
+    tiny_bpe.save_pretrained(tmp_path / "bpe")
+    with pytest.raises(ValueError, match="backbone_wait is for HAT"):
+        HATEvalLM.create_from_arg_string(f"pretrained={tmp_path / 'bpe'},backbone_wait=4", {})
+
+
 def _task_writer():
     """scripts/lm_eval_tasks.py: the YAML the docs' harness runs use."""
     path = Path(__file__).resolve().parents[1] / "scripts" / "lm_eval_tasks.py"

@@ -27,7 +27,8 @@ Each request type maps onto one primitive of the models, batched:
 Model args: ``pretrained`` (a saved directory, a Hub id ``org/name[@revision]``, or a loaded
 model object), ``revision``, ``device`` (default: cuda if available), ``dtype`` (``auto``: as
 saved; ``float32``, ``bfloat16``, ...), ``batch_size`` (``auto`` = 16), ``max_gen_toks``,
-``window_bytes``.
+``window_bytes``, ``backbone_wait`` (HAT: ``generate(backbone_wait=K)`` in
+``generate_until``'s batches; pays for large models, docs/generation.md).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class HATEvalLM(LM):
         max_batch_size: int | None = None,
         max_gen_toks: int = 256,
         window_bytes: int | None = None,
+        backbone_wait: int | None = None,
         trust_remote_code: bool | None = None,  # lm-eval's flag; hat runs no remote code
     ) -> None:
         super().__init__()
@@ -87,6 +89,12 @@ class HATEvalLM(LM):
         cfg = self.model.config
         self.byte_level = kind_of(cfg).unit == "bytes"
         self.max_units = cfg.max_seq_bytes if self.byte_level else cfg.max_seq_tokens
+        # generate_until's batches: HAT's rows may wait for a shared backbone pass
+        self.generate_options = {}
+        if backbone_wait not in (None, ""):
+            if not self.byte_level:
+                raise ValueError("backbone_wait is for HAT models; the BPE twin has no words")
+            self.generate_options["backbone_wait"] = int(backbone_wait)
         self._warned = False
 
     # ---- lm-eval's request types --------------------------------------------------------
@@ -143,7 +151,11 @@ class HATEvalLM(LM):
                     part = members[start : start + self.batch_size]
                     contexts = [self._fit_context(requests[i].args[0], new) for i in part]
                     texts = self.model.generate(
-                        contexts, max_new_tokens=new, stop_strings=until or None, **options
+                        contexts,
+                        max_new_tokens=new,
+                        stop_strings=until or None,
+                        **options,
+                        **self.generate_options,
                     )
                     for i, text in zip(part, texts):
                         results[i] = postprocess_generated_text(text, until, None)
