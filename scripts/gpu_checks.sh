@@ -2,8 +2,8 @@
 # Every check that needs a GPU, sized for a short device lease; not yet run on one. Three parts,
 # each step with a time limit, so that one call fits a 10-minute command limit:
 #   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
-#   scripts/gpu_checks.sh compile       # issue 14's compiled paths, waiting rows at 1b (<= 6 min)
-#   scripts/gpu_checks.sh               # all three (<= 15.5 min: more than one lease; run
+#   scripts/gpu_checks.sh compile       # issue 14's compiled paths, waiting rows at 1b (<= 6.5 min)
+#   scripts/gpu_checks.sh               # all three (<= 16 min: more than one lease; run
 #                                       # `core bench` first)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
 # BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
@@ -54,6 +54,6 @@ if want compile; then
     step bench_generate_compile 180 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
     # rows waiting for a shared backbone pass (generate(backbone_wait=24)) against K = 1 and
     # the twin at 1b, batch 32 (eager; CPU: 2.02x, HAT / twin 0.33 -> 0.66)
-    step backbone_wait 60 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --hat 1b --bpe bpe_1b --batch-sizes 32 --new-bytes 64 --no-uncached --backbone-wait 24 --output "$OUT/backbone_wait.json"
+    step backbone_wait 90 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --hat 1b --bpe bpe_1b --batch-sizes 32 --new-bytes 64 --no-uncached --backbone-wait 24 --output "$OUT/backbone_wait.json"
 fi
 ls -la "$OUT"
