@@ -198,8 +198,11 @@ class HATCachedEngine:
         byte finished a word may sit steps out: ``ready`` then lists the rows whose logits are
         new, and a waiting row's byte is written once the backbone has taken its word."""
         apply, resumed = self._schedule()
-        lead = max((c for r, c in enumerate(self.col) if r not in self.retired), default=0)
-        cols = [lead if r in self.retired else c for r, c in enumerate(self.col)]  # [B]
+        if self.wait == 1:  # every row at the same column (finished rows too)
+            cols = self.col
+        else:  # finished rows keep pace with the lead (their scratch is never read)
+            lead = max((c for r, c in enumerate(self.col) if r not in self.retired), default=0)
+            cols = [lead if r in self.retired else c for r, c in enumerate(self.col)]  # [B]
         lo, n = min(cols), max(cols)
         self._make_room(lo, n)
         finished: list[tuple[int, int, int, int]] = []
@@ -233,9 +236,7 @@ class HATCachedEngine:
         else:
             self._encode(tokens, n)
             logits = self._decode(c0, n)
-        for r in range(self.batch):
-            if r not in self.waiting:
-                self.col[r] = cols[r] + 1
+        self.col = [c if r in self.waiting else c + 1 for r, c in enumerate(cols)]
         return logits
 
     def _schedule(self) -> tuple[list[tuple[int, int, int]], list[int]]:
