@@ -144,9 +144,14 @@ def new_word_starts(splitter, prompt: str, text: str) -> set[int]:  # noqa: ANN0
 def backbone_steps(model, prompts: list[str], outputs: list[str]) -> dict:  # noqa: ANN001
     """How often HAT's cached backbone runs in a call, from the text it wrote: the share of
     byte steps at which at least one row starts a word (so finishes the one before: a backbone
-    step), and the rows per such step."""
-    per_row = [new_word_starts(model.splitter, p, out) - {0} for p, out in zip(prompts, outputs)]
-    steps = max(len(out.encode()) for out in outputs)
+    step), and the rows per such step. Of a row's N new bytes the engine steps bytes 0..N-2
+    (the last is sampled, then the call ends), each step running the backbone if its byte
+    starts a word."""
+    per_row = [
+        {s for s in new_word_starts(model.splitter, p, out) if s < len(out.encode()) - 1}
+        for p, out in zip(prompts, outputs)
+    ]
+    steps = max(len(out.encode()) for out in outputs) - 1
     union = set().union(*per_row)
     return {
         "step_share": round(len(union) / max(steps, 1), 3),

@@ -49,3 +49,38 @@ def test_measure_times_passes_apart_from_byte_steps() -> None:
     assert costs["byte_step_ms"] > 0 and costs["pass_ms"] > 0
     # the engine's methods are restored afterwards
     assert ws.hat_engine.HATCachedEngine.step.__name__ == "step"
+
+
+def test_bench_generate_counts_the_passes_the_engine_runs(monkeypatch) -> None:
+    """``bench_generate.backbone_steps`` (the ``"backbone"`` it reports) counts from the text
+    what the cached engine runs: the byte steps with a backbone pass and the rows in each."""
+    import sys
+
+    import torch
+
+    import hat
+    from hat.generation import HATCachedEngine
+    from hat.splitter import PAD
+
+    load()  # puts scripts/ on the path
+    bench = sys.modules["bench_generate"]
+    torch.manual_seed(0)
+    model = hat.HATForCausalLM.from_name("tiny").eval()
+    pairs = bench.passages(6, 32, 48)
+    prompts = [prompt for prompt, _ in pairs]
+    force = bench.ForceText([list(text.encode()) for _, text in pairs], "cpu", PAD)
+    rows_per_pass = []
+    original = HATCachedEngine._backbone_steps
+
+    def counted(self, finished):  # noqa: ANN001, ANN202
+        rows_per_pass.append(len({row for row, *_ in finished}))
+        return original(self, finished)
+
+    monkeypatch.setattr(HATCachedEngine, "_backbone_steps", counted)
+    new = force.ids.shape[1]
+    out = model.generate(prompts, max_new_tokens=new, logits_processor=[force])
+    assert len(rows_per_pass) > 10
+    assert bench.backbone_steps(model, prompts, out) == {
+        "step_share": round(len(rows_per_pass) / (new - 1), 3),
+        "rows_per_step": round(sum(rows_per_pass) / len(rows_per_pass), 2),
+    }
