@@ -196,6 +196,8 @@ def test_generate_writes_the_same_text_whatever_the_wait() -> None:
         (prompt + text).decode("utf-8")
     greedy = [model.generate(PROMPTS, max_new_tokens=30, backbone_wait=w) for w in (1, 5)]
     assert greedy[0] == greedy[1]
+    one = [model.generate(PROMPTS[0], max_new_tokens=30, backbone_wait=w) for w in (1, 4)]
+    assert one[0] == one[1]  # a single row never waits for others
 
 
 def test_a_row_without_budget_does_not_hold_the_others_up() -> None:

@@ -257,7 +257,8 @@ class HATCachedEngine:
                 apply.append(event)
         resumed: list[int] = []
         if self.waiting:
-            moving = [r for r in range(self.batch) if r not in self.retired | set(self.waiting)]
+            idle = self.retired | self.waiting.keys()
+            moving = [r for r in range(self.batch) if r not in idle]
             lead = max((self.col[r] for r in moving), default=0)
             lags = any(lead - self.col[r] >= self.LAG for r in self.waiting)
             if len(self.waiting) >= self.wait or not moving or lags:
