@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backbone-wait",
-        type=int,
+        type=lambda v: v if v == "auto" else int(v),
         help="HAT, batched rows: a row that finished a word waits until this many rows wait "
-        "(one backbone pass for all; pays for large models)",
+        "(one backbone pass for all; pays for large models); 'auto' (the default) or K",
     )
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

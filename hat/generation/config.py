@@ -40,8 +40,9 @@ class GenerationConfig:
     use_cache: bool = True
     compile_step: bool = False  # the cached step as static-shape torch.compile'd graphs (GPUs)
     # HAT, cached: a row that finishes a word waits until this many rows wait, then one backbone
-    # pass serves them all (1: the backbone runs for each row at once)
-    backbone_wait: int = 1
+    # pass serves them all (1: the backbone runs for each row at once; "auto": 3/4 of a batch
+    # of >= 8 rows for the paper-sized presets, else 1)
+    backbone_wait: int | str = "auto"
     pad_token_id: int | None = None  # fills finished rows of the output; None: the model's PAD
 
     def update(self, **kwargs: Any) -> GenerationConfig:
@@ -84,8 +85,9 @@ class GenerationConfig:
             need(value is None or _is_int(value), f"{name} must be a whole number, got {value!r}")
         need(_is_int(self.num_return_sequences), "num_return_sequences must be a whole number")
         need(
-            _is_int(self.backbone_wait) and self.backbone_wait >= 1,
-            f"backbone_wait must be a whole number >= 1, got {self.backbone_wait!r}",
+            self.backbone_wait == "auto"
+            or (_is_int(self.backbone_wait) and self.backbone_wait >= 1),
+            f"backbone_wait must be 'auto' or a whole number >= 1, got {self.backbone_wait!r}",
         )
 
         for name in ("temperature", "top_p", "repetition_penalty"):

@@ -173,6 +173,9 @@ def run_generation(
     wait = config.backbone_wait if config.use_cache else 1
     if keep_scores or keep_logits or streamer is not None:
         wait = 1
+    if wait == "auto":  # HAT's engine decides from its model and the batch; the twin's: 1
+        choose = getattr(spec.engines[0], "auto_wait", None)
+        wait = choose(model, len(rows)) if choose is not None else 1
     if config.use_cache:
         options = {"wait": wait} if wait > 1 else {}
         engine = spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
@@ -365,7 +368,7 @@ class GenerationMixin:
         spec = self.generation_spec()
         if config.max_new_words is not None and not spec.byte_level:
             raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
-        if config.backbone_wait > 1 and not spec.byte_level:
+        if config.backbone_wait not in ("auto", 1) and not spec.byte_level:
             raise ValueError(
                 "backbone_wait is for HAT (its backbone runs per word); the twin's per token"
             )

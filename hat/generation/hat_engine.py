@@ -4,6 +4,8 @@ decoding with encoder, backbone and decoder caches) and its uncached reference,
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +17,8 @@ from hat.generation.lean import StaticStep, announce, compile_possible, lean_vie
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
+
+logger = logging.getLogger(__name__)
 
 
 class HATCachedEngine:
@@ -110,6 +114,23 @@ class HATCachedEngine:
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
             self._byte_static = StaticStep(self._byte_graph)
             self._backbone_static = StaticStep(self._backbone_graph)
+
+    WAIT_RATIO = 16  # backbone parameters per byte-stack parameter from which waiting pays
+
+    @classmethod
+    def auto_wait(cls, model: Any, batch: int) -> int:
+        """``backbone_wait="auto"``: rows wait for 3/4 of the batch where a backbone pass costs
+        many byte steps, i.e. the backbone holds >= ``WAIT_RATIO`` x the byte stacks'
+        parameters (the paper's presets: 53-197x; ``small`` 3x) and the batch has >= 8 rows;
+        else 1. Measured on a CPU (BENCHMARKS.md): ``1b`` batch 32 (K 24) 2.0x, batch 8 (K 6)
+        1.29x; ``small`` batch 32 0.91x."""
+        if batch < 8:
+            return 1
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        stacks = sum(p.numel() for m in (model.encoder, model.decoder) for p in m.parameters())
+        wait = max(2, round(0.75 * batch)) if backbone >= cls.WAIT_RATIO * stacks else 1
+        _announce_wait(wait, batch, round(backbone / max(stacks, 1)))
+        return wait
 
     # ---- host side ----------------------------------------------------------------
     def observe(self, row: int, token: int) -> list[int]:
@@ -500,6 +521,17 @@ class HATCachedEngine:
         for t in (self.enc_out, self.col_word):
             t[:, : self.cap - shift] = t[:, shift:].clone()
         self.base += shift
+
+
+@functools.cache
+def _announce_wait(wait: int, batch: int, ratio: int) -> None:
+    logger.info(
+        "HAT cached generation, batch %d: backbone_wait=auto -> %d (the backbone holds %dx the "
+        "byte stacks' parameters; set backbone_wait=1 to run it for each row at once)",
+        batch,
+        wait,
+        ratio,
+    )
 
 
 def word_mask(slots: torch.Tensor, keys: int) -> AttentionMask:

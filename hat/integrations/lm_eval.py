@@ -28,7 +28,7 @@ Model args: ``pretrained`` (a saved directory, a Hub id ``org/name[@revision]``,
 model object), ``revision``, ``device`` (default: cuda if available), ``dtype`` (``auto``: as
 saved; ``float32``, ``bfloat16``, ...), ``batch_size`` (``auto`` = 16), ``max_gen_toks``,
 ``window_bytes``, ``backbone_wait`` (HAT: ``generate(backbone_wait=K)`` in
-``generate_until``'s batches; pays for large models, docs/generation.md).
+``generate_until``'s batches, default ``auto``; docs/generation.md).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class HATEvalLM(LM):
         max_batch_size: int | None = None,
         max_gen_toks: int = 256,
         window_bytes: int | None = None,
-        backbone_wait: int | None = None,
+        backbone_wait: int | str | None = None,
         trust_remote_code: bool | None = None,  # lm-eval's flag; hat runs no remote code
     ) -> None:
         super().__init__()
@@ -91,7 +91,7 @@ class HATEvalLM(LM):
         self.max_units = cfg.max_seq_bytes if self.byte_level else cfg.max_seq_tokens
         # generate_until's batches: HAT's rows may wait for a shared backbone pass
         self.generate_options = {}
-        if backbone_wait not in (None, ""):
+        if backbone_wait not in (None, "", "auto"):
             if not self.byte_level:
                 raise ValueError("backbone_wait is for HAT models; the BPE twin has no words")
             self.generate_options["backbone_wait"] = int(backbone_wait)

@@ -134,7 +134,7 @@ def measure(args: argparse.Namespace) -> dict:
     engine._backbone_steps, engine.step = timed_backbone_steps, timed_step
     try:
         with torch.inference_mode():
-            kwargs = {"do_sample": True, "seed": 0, "suppress_tokens": [EOD]}
+            kwargs = {"do_sample": True, "seed": 0, "suppress_tokens": [EOD], "backbone_wait": 1}
             model.generate(prompts, max_new_tokens=4, **kwargs)  # warm-up
             spent.update(dict.fromkeys(spent, 0))
             model.generate(prompts, max_new_tokens=args.measure_bytes, **kwargs)
