@@ -481,7 +481,9 @@ class KVCache:
         if end is not None and end - self.offset > self.k.shape[2]:
             self._make_room(first, end)
         which = self.rows if rows is None else rows
-        slots = pos - self.offset if end is not None and self.offset else pos  # else: slots
+        # with `end`, positions (a sliding cache's slot 0 holds position `offset`); without,
+        # static steps give slots already
+        slots = pos if end is None or not self.offset else pos - self.offset
         self.k[which, :, slots] = k[:, :, 0]  # [R, Hkv, Dh] at slot pos[i] of row which[i]
         self.v[which, :, slots] = v[:, :, 0]
         if end is None:

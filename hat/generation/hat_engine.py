@@ -37,6 +37,7 @@ class HATCachedEngine:
     UNIT = 64  # static shapes: buffer sizes are multiples of it, so similar calls share graphs
     WORD_UNIT = 64  # the same for the backbone's word caches (~5 bytes a word: coarser)
     LAG = 64  # with ``wait``: a row this many columns behind the lead waits for no one
+    WAIT_RATIO = 16  # backbone parameters per byte-stack parameter from which waiting pays
 
     def __init__(
         self,
@@ -66,7 +67,6 @@ class HATCachedEngine:
         self.col = [self.width] * self.batch  # next column of each row
         self.waiting: dict[int, tuple[int, int, int]] = {}  # row -> its deferred event
         self.retired: set[int] = set()  # rows the caller has finished
-        self.last = [0] * self.batch  # each row's last observed byte (a waiting row's next)
         self.ready: list[bool] | None = None  # rows whose logits the last step gave (None: all)
 
         def capacity(keep: int | None, writes: int) -> int:
@@ -115,8 +115,6 @@ class HATCachedEngine:
             self._byte_static = StaticStep(self._byte_graph)
             self._backbone_static = StaticStep(self._backbone_graph)
 
-    WAIT_RATIO = 16  # backbone parameters per byte-stack parameter from which waiting pays
-
     @classmethod
     def auto_wait(cls, model: Any, batch: int) -> int:
         """``backbone_wait="auto"``: rows wait for 3/4 of the batch where a backbone pass costs
@@ -138,7 +136,6 @@ class HATCachedEngine:
         change = self.trackers[row].push(token)
         if change is not None:
             self.events.append((row, *change))
-        self.last[row] = token
         return self.trackers[row].starts
 
     def retire(self, row: int) -> None:
@@ -245,14 +242,17 @@ class HATCachedEngine:
             self._backbone_steps(finished)
         if resumed:  # their bytes came in earlier steps
             tokens = tokens.clone()
-            tokens[self._tensor(resumed)] = self._tensor([self.last[r] for r in resumed])
+            kept = [self.trackers[r].data[-1] for r in resumed]  # each one's newest byte
+            tokens[self._tensor(resumed)] = self._tensor(kept)
         c0 = min(first.values(), default=n)
         if lo < n:
             logits = self._step_rows(tokens, cols, first)
         elif self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
             words = self.col_word[:, n - self.base, None]  # [B, 1]
-            enc, dec = self._where(n, self.enc_caches), self._where(n, self.dec_caches)
-            x, logits = self._byte_static(tokens, words, *enc, *dec[1:])
+            enc, dec = self._fit(self.enc_caches, n, n + 1), self._fit(self.dec_caches, n, n + 1)
+            # column; each stack's slot for it and the column in its slot 0 (0-d each)
+            where = torch.tensor([n, n - enc, enc, n - dec, dec], device=self.device)
+            x, logits = self._byte_static(tokens, words, *where)
             self.enc_out[:, n - self.base] = x  # [B, De]
         else:
             self._encode(tokens, n)
@@ -300,11 +300,11 @@ class HATCachedEngine:
         slots = c - self.base
         if self.static:  # the byte graph with a column per row
             words = self.col_word[self.row_index, slots][:, None]  # [B, 1]
-            enc, dec = (
-                self._where_rows(c, lo, end, self.enc_caches),
-                self._where_rows(c, lo, end, self.dec_caches),
+            enc, dec = self._fit(self.enc_caches, lo, end), self._fit(self.dec_caches, lo, end)
+            offsets = torch.tensor([enc, dec], device=self.device)  # columns in slot 0
+            x, logits = self._byte_static(
+                tokens, words, c, c - enc, offsets[0], c - dec, offsets[1]
             )
-            x, logits = self._byte_static(tokens, words, c, *enc, *dec)
             self.enc_out[self.row_index, slots] = x  # [B, De]
         else:
             positions = (c - self.pad)[:, None]  # [B, 1]
@@ -411,21 +411,13 @@ class HATCachedEngine:
     # whole (every slot) under a mask of the columns a query may see, and the column, slot
     # and positions are tensors. Compiled once; the eager path above is the reference (and
     # runs the columns recomputed after a word boundary moved).
-    def _where(self, n: int, caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Make room for column n in a stack's caches -> (column, its slot, the column in
-        slot 0) as 0-d tensors."""
-        slot = [cache.fit(n) for cache in caches][0]  # the layers' caches slide together
-        return tuple(torch.tensor([n, slot, n - slot], device=self.device))
-
-    def _where_rows(
-        self, c: torch.Tensor, lo: int, end: int, caches: list
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Make room for columns [lo, end) in a stack's caches -> (each row's slot for its
-        column ``c`` [B], the column in slot 0 as a 0-d tensor)."""
+    @staticmethod
+    def _fit(caches: list, lo: int, end: int) -> int:
+        """Make room for columns [lo, end) in a stack's caches (its layers slide together)
+        -> the column held in slot 0."""
         for cache in caches:
             cache.fit(lo, end)
-        offset = caches[0].offset
-        return c - offset, torch.tensor(offset, device=self.device)
+        return caches[0].offset
 
     def _byte_graph(self, tokens, words, n, enc_slot, enc_offset, dec_slot, dec_offset):  # noqa: ANN001, ANN202
         x = self._encode_graph(tokens, n, enc_slot, enc_offset)  # [B, De]
