@@ -44,6 +44,7 @@ import torch
 
 import hat
 from hat.generation import token_byte_table
+from hat.generation.lean import compile_mode
 from hat.generation.words import word_starts
 from hat.splitter import EOD
 from hat.tokenizer import BOS_ID, EOS_ID
@@ -64,7 +65,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-uncached", action="store_true", help="skip the (slow) reference")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: --new-bytes 96")
     p.add_argument("--models", default="hat,bpe", help="which of hat,bpe to run")
-    p.add_argument("--compile-step", action="store_true", help="generate(compile_step=True)")
+    p.add_argument(
+        "--compile-step",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODE",
+        help="also generate(compile_step=True): CUDA graphs on a GPU; MODE: a torch.compile "
+        "mode instead (e.g. default: compiled without CUDA graphs)",
+    )
     p.add_argument(
         "--backbone-wait",
         type=int,
@@ -235,7 +244,7 @@ def worker(args: argparse.Namespace) -> None:
     from compare_ref import serve
 
     models = setups(args)
-    extra = {"compile_step": True} if args.compile_step else {}
+    extra = {"compile_step": args.compile_step} if args.compile_step else {}
 
     def measurement(name: str, batch: int):  # noqa: ANN202
         work = workload(name, models[name], batch, args)
@@ -274,7 +283,10 @@ def compare(args: argparse.Namespace) -> dict:
     forward += ["--device", args.device, "--dtype", args.dtype, "--models", args.models]
     forward += ["--text", args.text]
     forward += ["--threads", str(args.threads)] if args.threads else []
-    forward += ["--compile-step"] if args.compile_step else []
+    if args.compile_step:
+        forward += ["--compile-step"] + (
+            [args.compile_step] if args.compile_step is not True else []
+        )
     forward += ["--repeats", str(args.repeats)]
     report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=True)
     return {
@@ -311,11 +323,10 @@ def main() -> None:
             # (use_cache, compile_step, backbone_wait): with --compile-step the eager cached
             # step is measured too, right before the compiled one, for the compiled / eager
             # ratio; with --backbone-wait HAT's eager cached step also with waiting rows
-            paths = [(True, False, 1)] + [(True, True, 1)] * args.compile_step
+            compiling = bool(args.compile_step)
+            paths = [(True, False, 1)] + [(True, True, 1)] * compiling
             if name == "hat" and args.backbone_wait > 1:
-                paths += [
-                    (True, c, args.backbone_wait) for c in (False, True)[: 1 + args.compile_step]
-                ]
+                paths += [(True, c, args.backbone_wait) for c in (False, True)[: 1 + compiling]]
             paths += [] if args.no_uncached else [(False, False, 1)]
             best: dict[tuple, tuple[int, float]] = {}
             warmups: dict[tuple, float] = {}
@@ -323,7 +334,7 @@ def main() -> None:
             for rep in range(args.repeats):  # paths interleaved, alternating order: fastest
                 for path in paths[:: -1 if rep % 2 else 1]:
                     cache, compiled, wait = path
-                    extra = {"compile_step": True} if compiled else {}
+                    extra = {"compile_step": args.compile_step} if compiled else {}
                     extra |= {"backbone_wait": wait} if name == "hat" else {}  # not "auto"
                     new_bytes, seconds, texts[path] = run(model, work, cache, args.device, **extra)
                     warmups.setdefault(path, WARMUP_S[-1])  # the first: compiles
@@ -364,6 +375,10 @@ def main() -> None:
         "text": args.text,
         "quick": args.quick,
         "compile_step": args.compile_step,
+        # what compile_step ran as here: True is "reduce-overhead" (CUDA graphs) on a GPU
+        "compile_mode": compile_mode(args.compile_step, torch.device(args.device).type)
+        if args.compile_step
+        else None,
         "params": {name: m.num_parameters() for name, (m, _, _) in models.items()},
         "results": results,
         "ratios": ratios(results),

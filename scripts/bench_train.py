@@ -85,14 +85,15 @@ class Bench:
         rows: int,
         batches: int,
         compile: bool = False,
+        precision: str = "auto",
     ) -> None:
         self.row_bytes, self.rows = row_bytes, rows
-        cfg = TrainConfig(
-            model=model_cfg,
-            trainer=TrainerConfig(
-                row_bytes=row_bytes, global_rows=rows, output_dir=tempfile.mkdtemp()
-            ),
+        trainer = TrainerConfig(
+            row_bytes=row_bytes, global_rows=rows, output_dir=tempfile.mkdtemp()
         )
+        if precision != "auto":  # older revisions (--compare-ref) may lack the setting
+            trainer = dataclasses.replace(trainer, precision=precision)
+        cfg = TrainConfig(model=model_cfg, trainer=trainer)
         self.trainer = cfg.trainer
         self.accelerator = make_accelerator(cfg)
         torch.manual_seed(0)
@@ -329,6 +330,12 @@ def main() -> None:
         metavar="STEPS",
         help="also profile STEPS more steps of each model: milliseconds per step by stage",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="trainer.precision (auto: bf16 on a GPU, fp32 on a CPU)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -351,10 +358,20 @@ def main() -> None:
             bpe_cfg = preset(bpe_name)
             tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
             runners = [
-                Bench(cfg, tok, args.row_bytes, args.rows, args.steps + 4, args.compile)
+                Bench(
+                    cfg,
+                    tok,
+                    args.row_bytes,
+                    args.rows,
+                    args.steps + 4,
+                    args.compile,
+                    args.precision,
+                )
                 for cfg, tok in ((preset(hat_name), None), (bpe_cfg, tokenizer))
             ]
             hat_result, bpe_result = bench_pair(runners, args.steps, args.warmup, args.compile)
+            mixed = runners[0].accelerator.mixed_precision
+            report["precision"] = {"no": "fp32"}.get(mixed, mixed)
             if args.profile:
                 for runner, result in zip(runners, (hat_result, bpe_result)):
                     result["profile"] = profile_breakdown(runner, args.profile, args.compile)
@@ -404,7 +421,13 @@ def worker(args: argparse.Namespace) -> None:
                 (bpe_name, bpe_cfg, tokenizer),
             ):
                 runners[name] = Bench(
-                    model_cfg, tok, args.row_bytes, args.rows, args.warmup + args.steps, compile
+                    model_cfg,
+                    tok,
+                    args.row_bytes,
+                    args.rows,
+                    args.warmup + args.steps,
+                    compile,
+                    getattr(args, "precision", "auto"),
                 )
                 runners[name].steps(args.warmup, compile)
 

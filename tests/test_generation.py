@@ -448,7 +448,13 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
     assert all(kwargs == {"dynamic": False} for _, kwargs in compiled)
     lines = [r.getMessage() for r in caplog.records]
     assert any("eager modules" in line for line in lines)
-    assert any("torch.compile'd" in line for line in lines)
+    assert any("torch.compile'd" in line and "mode 'default'" in line for line in lines)
+    from hat.cli.generate import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["m", "--compile-step"]).compile_step is True  # hat-generate
+    assert parse(["m", "--compile-step", "default"]).compile_step == "default"
+    assert parse(["m"]).compile_step is None  # the model's generation config decides
 
 
 def test_compile_step_falls_back_to_eager_where_it_cannot_compile(monkeypatch, caplog) -> None:
@@ -542,18 +548,84 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
         torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
 
 
+def test_cuda_graph_mode_keeps_cache_addresses(tiny_bpe, monkeypatch) -> None:
+    """``compile_step="reduce-overhead"`` (what True means on a GPU: CUDA graphs) on a CPU,
+    where inductor skips the graphs and ``aot_eager`` stands in for it: the host side of the
+    graph path. The same text and logits as eager; each step's outputs are copies (a graph's
+    next replay overwrites its own); the caches of a second call of the same shapes are the
+    first call's buffers (their addresses are what a recorded graph writes), zeroed; other
+    shapes replace them; a backbone cache that grows is held grown."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    from hat.generation.lean import StaticBuffers
+
+    real_compile = torch.compile
+    modes = []
+
+    def fake_compile(fn, mode=None, **kw):  # noqa: ANN001, ANN202 - mode and backend exclude
+        modes.append(mode)
+        return real_compile(fn, backend=lookup_backend("aot_eager"), **kw)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    marks = []
+    real_mark = torch.compiler.cudagraph_mark_step_begin
+    monkeypatch.setattr(
+        torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1) or real_mark()
+    )
+    torch._dynamo.reset()
+    model = tiny()
+    kwargs = dict(max_new_tokens=24, output_logits=True, return_dict_in_generate=True)
+    batch = batch_of([b"Hello wor", b"It's 3.14, not "])
+    eager = model.generate(**batch, **kwargs)
+    graphs = model.generate(**batch, compile_step="reduce-overhead", **kwargs)
+    assert set(modes) == {"reduce-overhead"} and len(marks) >= 24
+    assert torch.equal(graphs.sequences, eager.sequences)
+    for step_graphs, step_eager in zip(graphs.logits, eager.logits, strict=True):
+        torch.testing.assert_close(step_graphs, step_eager, atol=1e-5, rtol=1e-5)
+    held = dict(StaticBuffers.for_model(model).held)
+    assert {n.split(".")[0] for n in held} == {"encoder", "decoder", "backbone"}
+    assert all(t.abs().sum() > 0 for t in held.values())  # the caches the steps wrote
+    again = model.generate(**batch, compile_step="reduce-overhead", **kwargs)
+    assert torch.equal(again.sequences, eager.sequences)  # zeroed: no stale keys leak in
+    now = StaticBuffers.for_model(model).held
+    assert all(now[n] is t for n, t in held.items())  # the same buffers, not new ones
+    model.generate(**batch_of([b"x"]), compile_step="reduce-overhead", max_new_tokens=4)
+    assert all(now[n].shape[0] == 1 for n in held)  # one row now: replaced
+
+    # a backbone cache that grows (2-byte words, caches not rounded up) is held grown
+    monkeypatch.setattr(HATCachedEngine, "UNIT", 1)
+    monkeypatch.setattr(HATCachedEngine, "WORD_UNIT", 1)
+    kwargs = dict(kwargs, max_new_tokens=100)
+    eager = model.generate(**batch, logits_processor=[Force(b"a " * 50)], **kwargs)
+    graphs = model.generate(
+        **batch, logits_processor=[Force(b"a " * 50)], compile_step="reduce-overhead", **kwargs
+    )
+    assert torch.equal(graphs.sequences, eager.sequences)
+    assert StaticBuffers.for_model(model).held["backbone.0.k"].shape[2] >= 50  # 50 new words
+
+    texts = ["Hello there, my", "x"]  # the twin
+    eager = tiny_bpe.generate(texts, max_new_tokens=20)
+    assert tiny_bpe.generate(texts, max_new_tokens=20, compile_step="reduce-overhead") == eager
+    assert {n.split(".")[0] for n in StaticBuffers.for_model(tiny_bpe).held} == {"backbone"}
+    with pytest.raises(ValueError, match="compile_step must be True, False or one of"):
+        tiny_bpe.generate("x", compile_step="fast")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_step_equals_eager_on_gpu() -> None:
-    """Inductor's GPU kernels (two rows: the byte graph and two backbone groups to compile)."""
+    """Inductor's GPU kernels replayed as CUDA graphs (``compile_step=True`` on a GPU; two
+    rows: the byte graph and two backbone groups). A second call replays the graphs recorded
+    by the first on the same cache buffers (zeroed), and must give the same text again."""
     model = tiny().cuda()
     batch = {k: v.cuda() for k, v in batch_of([b"Hello wor", "日本".encode()[:-1]]).items()}
     kwargs = dict(max_new_tokens=40, output_logits=True, return_dict_in_generate=True)
     eager = model.generate(**batch, **kwargs)
-    compiled = model.generate(**batch, compile_step=True, **kwargs)
-    assert torch.equal(eager.sequences, compiled.sequences)
-    for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
-        torch.testing.assert_close(step_compiled, step_eager, atol=1e-4, rtol=1e-4)
+    for _ in range(2):
+        compiled = model.generate(**batch, compile_step=True, **kwargs)
+        assert torch.equal(eager.sequences, compiled.sequences)
+        for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
+            torch.testing.assert_close(step_compiled, step_eager, atol=1e-4, rtol=1e-4)
 
 
 def test_cached_equals_uncached_qk_norm_and_equal_lengths() -> None:

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="HAT, batched rows: a row that finished a word waits until this many rows wait "
         "(one backbone pass for all; pays for large models); 'auto' (the default) or K",
     )
+    p.add_argument(
+        "--compile-step",
+        nargs="?",
+        const=True,
+        metavar="MODE",
+        help="compile the cached step (static shapes; CUDA graphs on a GPU); MODE: a "
+        "torch.compile mode instead (e.g. default: no CUDA graphs)",
+    )
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -81,6 +89,7 @@ OPTIONS = (
     "num_return_sequences",
     "use_cache",
     "backbone_wait",
+    "compile_step",
 )
 
 

@@ -10,7 +10,14 @@ import torch
 from hat.batching import row_groups
 from hat.block import reserve_positions, round_up
 from hat.generation.columns import LeftPadding, prefill_mask
-from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
+from hat.generation.lean import (
+    CUDA_GRAPH_MODES,
+    StaticBuffers,
+    StaticStep,
+    announce,
+    compile_mode,
+    lean_view,
+)
 from hat.modeling import softcap
 
 
@@ -26,7 +33,7 @@ class BPECachedEngine:
     # that calls of similar lengths share a graph
 
     def __init__(
-        self, model: Any, rows: list[list[int]], max_new: int, compile: bool = False
+        self, model: Any, rows: list[list[int]], max_new: int, compile: bool | str = False
     ) -> None:
         from hat.tokenizer import PAD_ID
 
@@ -36,16 +43,19 @@ class BPECachedEngine:
         self.cols = LeftPadding([len(r) for r in rows], max_new, self.device)
         total = self.cols.width + max_new
         reserve_positions(model.backbone, total + 1)
-        self.static = compile_possible(compile, self.device.type)
-        announce("BPE twin", self.static, self.device.type)
+        mode = compile_mode(compile, self.device.type)  # None: eager
+        self.static = mode is not None
+        announce("BPE twin", mode, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
+        if mode in CUDA_GRAPH_MODES:  # the graphs write the caches at recorded addresses
+            StaticBuffers.for_model(model).hold_caches("backbone", self.caches)
         self.n = self.cols.width  # next column
         self.embed, self.backbone, self.head = (
             lean_view(m) for m in (model.embed, model.backbone, model.head)
         )
         if self.static:  # compile_step=True: the step as a static-shape graph
-            self._step_static = StaticStep(self._step_graph)  # its caches never grow
+            self._step_static = StaticStep(self._step_graph, mode)  # its caches never grow
 
     def observe(self, row: int, token: int) -> list[int]:
         return []

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from hat.generation.lean import COMPILE_MODES
+
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
@@ -38,7 +40,9 @@ class GenerationConfig:
     stop_strings: str | list[str] | None = None
     num_return_sequences: int = 1
     use_cache: bool = True
-    compile_step: bool = False  # the cached step as static-shape torch.compile'd graphs (GPUs)
+    # the cached step as static-shape torch.compile'd graphs: True (CUDA graphs on a GPU, i.e.
+    # mode "reduce-overhead"; "default" elsewhere) or a torch.compile mode (hat.generation.lean)
+    compile_step: bool | str = False
     # HAT, cached: a row that finishes a word waits until this many rows wait, then one backbone
     # pass serves them all (1: the backbone runs for each row at once; "auto": 3/4 of a batch
     # of >= 8 rows for the paper-sized presets, else 1)
@@ -84,6 +88,11 @@ class GenerationConfig:
             value = getattr(self, name)
             need(value is None or _is_int(value), f"{name} must be a whole number, got {value!r}")
         need(_is_int(self.num_return_sequences), "num_return_sequences must be a whole number")
+        need(
+            isinstance(self.compile_step, bool) or self.compile_step in COMPILE_MODES,
+            f"compile_step must be True, False or one of torch.compile's modes {COMPILE_MODES}, "
+            f"got {self.compile_step!r}",
+        )
         need(
             self.backbone_wait == "auto"
             or (_is_int(self.backbone_wait) and self.backbone_wait >= 1),

@@ -13,7 +13,14 @@ import torch
 from hat.batching import collate_documents, row_groups
 from hat.block import AttentionMask, reserve_positions, round_up
 from hat.generation.columns import LeftPadding, prefill_mask, window_mask
-from hat.generation.lean import StaticStep, announce, compile_possible, lean_view
+from hat.generation.lean import (
+    CUDA_GRAPH_MODES,
+    StaticBuffers,
+    StaticStep,
+    announce,
+    compile_mode,
+    lean_view,
+)
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
 from hat.splitter import PAD
@@ -44,7 +51,7 @@ class HATCachedEngine:
         model: Any,
         rows: list[list[int]],
         max_new: int,
-        compile: bool = False,
+        compile: bool | str = False,
         wait: int = 1,
     ) -> None:
         cfg = self.cfg = model.config
@@ -59,8 +66,9 @@ class HATCachedEngine:
         self.ring_size = self.margin + 2  # guides kept per row (ring indexed by word % size)
         total = self.width + max_new
         reserve_positions(model, total + 1)  # every position (bytes and words) is below it
-        self.static = compile_possible(compile, self.device.type)
-        announce("HAT", self.static, self.device.type)
+        mode = compile_mode(compile, self.device.type)  # None: eager
+        self.static = mode is not None
+        announce("HAT", mode, self.device.type)
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others
         self.wait = wait
@@ -97,6 +105,13 @@ class HATCachedEngine:
         words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
         words = round_up(words, self.WORD_UNIT) if self.static else words
         self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
+        # CUDA graphs write the caches at the addresses they were recorded with: the same
+        # buffers serve the next call of the same shapes
+        self.buffers = StaticBuffers.for_model(model) if mode in CUDA_GRAPH_MODES else None
+        if self.buffers is not None:
+            self.buffers.hold_caches("encoder", self.enc_caches)
+            self.buffers.hold_caches("decoder", self.dec_caches)
+            self.buffers.hold_caches("backbone", self.bb_caches)
         # encoder outputs and the word of each column: columns the decoder and pooler may read
         self.keep = dec_keep
         self.cap = max(self.width, capacity(dec_keep, self.margin + 1))  # pooling reads prompts
@@ -112,8 +127,8 @@ class HATCachedEngine:
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
-            self._byte_static = StaticStep(self._byte_graph)
-            self._backbone_static = StaticStep(self._backbone_graph)
+            self._byte_static = StaticStep(self._byte_graph, mode)
+            self._backbone_static = StaticStep(self._backbone_graph, mode)
 
     @classmethod
     def auto_wait(cls, model: Any, batch: int) -> int:
@@ -461,6 +476,8 @@ class HATCachedEngine:
             cache.fit(0, max(self.words) + 1)
         if self.bb_caches[0].k.shape[2] != capacity:  # the caches grew: new graphs
             self._backbone_static.reshaped()
+            if self.buffers is not None:  # new buffers, holding the old ones' words
+                self.buffers.hold_caches("backbone", self.bb_caches, reuse=False)
         guide = self._backbone_static(words, self._tensor([self.words[r] for r in group]), rows)
         self._store_guides(row_list, guide[at])
 

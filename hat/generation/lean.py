@@ -9,6 +9,10 @@ holding the same parameters (the default). ``compile_step=True`` instead runs th
 step (one new byte or token, no recomputed columns) as static-shape functions of the same
 modules — caches read whole under a position mask, positions as tensors — compiled once with
 ``torch.compile`` (``StaticStep``): no guards fail and nothing recompiles as the caches fill.
+On a GPU the compiled steps replay as CUDA graphs (``compile_step=True`` means torch.compile's
+``mode="reduce-overhead"`` there): one launch per step instead of one per kernel. A graph
+writes its caches in place, so those keep their addresses from one ``generate`` call to the
+next (``StaticBuffers``), as transformers' static cache does.
 """
 
 from __future__ import annotations
@@ -95,9 +99,11 @@ class StaticStep:
     module or parameter of the model replaced by another object in the middle of a
     ``generate`` call would go unseen; values changed in place are always seen."""
 
-    def __init__(self, fn: Any) -> None:
-        self.compiled = torch.compile(fn, dynamic=False)
+    def __init__(self, fn: Any, mode: str = "default") -> None:
+        options = {} if mode == "default" else {"mode": mode}
+        self.compiled = torch.compile(fn, dynamic=False, **options)
         self.seen: set[tuple] = set()  # argument shapes called with every guard checked
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES
 
     def reshaped(self) -> None:
         """Something the arguments do not show changed shape: check every guard again."""
@@ -105,11 +111,79 @@ class StaticStep:
 
     def __call__(self, *args: torch.Tensor | None) -> Any:
         shapes = tuple(None if a is None else tuple(a.shape) for a in args)
+        if self.cuda_graphs:
+            # each call is a step of its own: a graph's outputs live in its memory pool until
+            # its next replay overwrites them, so they are copied out below
+            torch.compiler.cudagraph_mark_step_begin()
         if shapes not in self.seen:
             self.seen.add(shapes)
-            return self.compiled(*args)
-        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return self.compiled(*args)
+            out = self.compiled(*args)
+        else:
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out = self.compiled(*args)
+        return (
+            torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, out)
+            if self.cuda_graphs
+            else out
+        )
+
+
+class StaticBuffers:
+    """Cache buffers that keep their addresses from one ``generate`` call to the next.
+
+    A CUDA graph reads and writes its inputs at the addresses it was recorded with; a KV cache
+    allocated anew by every call would make every call record its graphs again. An engine
+    hands each cache buffer it allocated to ``hold``, under a name (``"enc.0.k"``), and gets
+    back the buffer held under that name by an earlier call, zeroed, when it has the same
+    shape, dtype and device; otherwise the new buffer becomes the one held (the old one is
+    released: at most one call's buffers are kept). Held per model (``for_model``)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def for_model(model: nn.Module) -> StaticBuffers:
+        """The model's buffers (created on first use; not part of its state dict)."""
+        if "_static_buffers" not in model.__dict__:
+            model.__dict__["_static_buffers"] = StaticBuffers()
+        return model.__dict__["_static_buffers"]
+
+    def hold(self, name: str, new: torch.Tensor, reuse: bool = True) -> torch.Tensor:
+        """``new`` (a freshly zeroed buffer), or with ``reuse`` the one held under ``name`` if
+        it has the same shape, dtype and device (zeroed). ``reuse=False``: hold ``new`` as it
+        is (a grown cache, its contents copied from the old)."""
+        old = self.held.get(name)
+        same = old is not None and (old.shape, old.dtype, old.device) == (
+            new.shape,
+            new.dtype,
+            new.device,
+        )
+        if reuse and same:
+            return old.zero_()
+        torch._dynamo.mark_static_address(new)  # cudagraphs: no copy in, writes allowed
+        self.held[name] = new
+        return new
+
+    def hold_caches(self, prefix: str, caches: list, reuse: bool = True) -> None:
+        """Swap each ``KVCache``'s k and v for the buffers held as ``prefix.i.k`` / ``.v``."""
+        for i, cache in enumerate(caches):
+            cache.k = self.hold(f"{prefix}.{i}.k", cache.k, reuse)
+            cache.v = self.hold(f"{prefix}.{i}.v", cache.v, reuse)
+
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", *CUDA_GRAPH_MODES, "max-autotune-no-cudagraphs")
+
+
+def compile_mode(setting: bool | str, device: str) -> str | None:
+    """``compile_step`` as a ``torch.compile`` mode for ``device``, or None (eager): True is
+    ``"reduce-overhead"`` (CUDA graphs) on a GPU and ``"default"`` elsewhere; a mode is
+    itself. None, with a warning, where inductor cannot compile (``hat.compiling``)."""
+    if not compile_possible(bool(setting), device):
+        return None
+    if setting is True:
+        return "reduce-overhead" if device == "cuda" else "default"
+    return setting
 
 
 def compile_possible(compile: bool, device: str) -> bool:
@@ -127,8 +201,11 @@ def _warn_no_compile(why: str) -> None:
 
 
 @functools.cache
-def announce(model: str, compile: bool, device: str) -> None:
+def announce(model: str, mode: str | None, device: str) -> None:
     """Log once per process which path a model's cached generation runs."""
-    path = "torch.compile'd static-shape steps" if compile else "eager modules through lean views"
-    hint = "" if compile else "; compile_step=True compiles static-shape steps"
+    path = "eager modules through lean views"
+    if mode is not None:
+        graphs = " as CUDA graphs" if mode in CUDA_GRAPH_MODES and device == "cuda" else ""
+        path = f"torch.compile'd static-shape steps (mode {mode!r}){graphs}"
+    hint = "" if mode is not None else "; compile_step=True compiles static-shape steps"
     logger.info("%s cached generation on %s: %s%s", model, device, path, hint)
