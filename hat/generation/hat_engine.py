@@ -120,6 +120,8 @@ class HATCachedEngine:
         self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
         self.words = [0] * self.batch  # words in the backbone cache, per row
         self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
+        if self.buffers is not None:  # the byte graph reads it: held, it is not copied in
+            self.ring = self.buffers.hold("ring", self.ring)
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         self.all_rows = list(range(self.batch))
         self.row_index = torch.arange(self.batch, device=self.device)
