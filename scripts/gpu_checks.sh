@@ -2,7 +2,8 @@
 # Every check that needs a GPU, sized for a short device lease; not yet run on one. Three parts,
 # each step with a time limit, so that one call fits a 10-minute command limit:
 #   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
-#   scripts/gpu_checks.sh compile       # issue 14's compiled paths, waiting rows at 1b (<= 6.5 min)
+#   scripts/gpu_checks.sh compile       # issue 14's compiled paths (CUDA graphs), waiting rows
+#                                       # at 1b (<= 6.5 min; its steps in order of value)
 #   scripts/gpu_checks.sh               # all three (<= 16 min: more than one lease; run
 #                                       # `core bench` first)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
@@ -47,13 +48,15 @@ if want bench; then
     step bench_generate 110 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --output "$OUT/bench_generate.json"
 fi
 if want compile; then
-    # issue 14's compiled paths: training steps compiled vs eager (interleaved, compile time
-    # apart) with the stage profile, and cached generation with the compiled step (warm-up apart)
-    step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
-    # static-shape compiled steps: four compiles (HAT and twin, batch 1 and 32), warm-up apart
+    # issue 14's compiled paths, most telling first (a 15-minute lease that ran `core bench`
+    # has ~4 minutes left: each step's JSON is kept as it finishes).
+    # Cached generation with compile_step=True: CUDA graphs of the static-shape steps (four
+    # compiles, HAT and twin at batch 1 and 32; warm-up apart, its JSON names the mode)
     step bench_generate_compile 180 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --compile-step --output "$OUT/bench_generate_compile.json"
     # rows waiting for a shared backbone pass (generate(backbone_wait=24)) against K = 1 and
     # the twin at 1b, batch 32 (eager; CPU: 2.02x, HAT / twin 0.33 -> 0.66)
     step backbone_wait 90 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --hat 1b --bpe bpe_1b --batch-sizes 32 --new-bytes 64 --no-uncached --backbone-wait 24 --output "$OUT/backbone_wait.json"
+    # training steps compiled vs eager (interleaved, compile time apart) with the stage profile
+    step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
 fi
 ls -la "$OUT"
