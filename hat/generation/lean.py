@@ -100,6 +100,8 @@ class StaticStep:
     ``generate`` call would go unseen; values changed in place are always seen."""
 
     def __init__(self, fn: Any, mode: str = "default") -> None:
+        """``mode``: torch.compile's; with a CUDA-graph mode each call is a step of its own
+        and returns copies of the graph's outputs."""
         options = {} if mode == "default" else {"mode": mode}
         self.compiled = torch.compile(fn, dynamic=False, **options)
         self.seen: set[tuple] = set()  # argument shapes called with every guard checked
@@ -133,10 +135,11 @@ class StaticBuffers:
 
     A CUDA graph reads and writes its inputs at the addresses it was recorded with; a KV cache
     allocated anew by every call would make every call record its graphs again. An engine
-    hands each cache buffer it allocated to ``hold``, under a name (``"enc.0.k"``), and gets
-    back the buffer held under that name by an earlier call, zeroed, when it has the same
+    hands each cache buffer it allocated to ``hold``, under a name (``"encoder.0.k"``), and
+    gets back the buffer held under that name by an earlier call, zeroed, when it has the same
     shape, dtype and device; otherwise the new buffer becomes the one held (the old one is
-    released: at most one call's buffers are kept). Held per model (``for_model``)."""
+    released: at most one call's buffers are kept, so calls whose shapes alternate record
+    their graphs anew each time). Held per model (``for_model``)."""
 
     def __init__(self) -> None:
         self.held: dict[str, torch.Tensor] = {}
