@@ -126,20 +126,32 @@ class ForceText:
     """A logits processor that leaves each row only the next id of its given continuation
     (every other score -inf): ``generate`` then writes known text at the cost of real decoding.
     A row's next id is the one after the ids it has written since the start of a ``generate``
-    call (the narrowest input), counted per row: with ``backbone_wait`` rows that wait for
-    HAT's backbone fall behind the others (their input ends in padding)."""
+    call (the narrowest input). With ``per_row`` each row's ids are counted (``backbone_wait``:
+    rows that wait for HAT's backbone fall behind the others, their input ending in padding);
+    without, every row has written as many as the input is wide, and the processor costs two
+    small ops a step (a scatter into a copy of a -inf table): HAT pays it per byte, the twin
+    per token, so it is kept as cheap as the per-step work of ``generate`` itself."""
 
     def __init__(self, ids: list[list[int]], device: str, pad_id: int) -> None:
         self.ids = torch.tensor([row[: min(map(len, ids))] for row in ids], device=device)
         self.pad_id = pad_id
         self.start: int | None = None
+        self.per_row = True  # run() sets it from the call's backbone_wait
+        self.blank: torch.Tensor | None = None  # -inf scores [B, V]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.start is None or input_ids.shape[1] < self.start:
             self.start = input_ids.shape[1]
-        written = (input_ids[:, self.start :] != self.pad_id).sum(1, keepdim=True)  # [B, 1]
-        forced = self.ids.gather(1, written.clamp(max=self.ids.shape[1] - 1))  # [B, 1]
-        return torch.full_like(scores, -float("inf")).scatter_(1, forced, 0.0)
+        last = self.ids.shape[1] - 1
+        if self.per_row:
+            written = (input_ids[:, self.start :] != self.pad_id).sum(1, keepdim=True)  # [B, 1]
+            forced = self.ids.gather(1, written.clamp(max=last))  # [B, 1]
+        else:
+            step = min(input_ids.shape[1] - self.start, last)
+            forced = self.ids[:, step : step + 1]  # [B, 1], a view
+        if self.blank is None or self.blank.shape != scores.shape:
+            self.blank = torch.full_like(scores, -float("inf"))
+        return self.blank.scatter(1, forced, 0.0)
 
 
 def new_word_starts(splitter, prompt: str, text: str) -> set[int]:  # noqa: ANN001
@@ -184,6 +196,9 @@ def run(model, work, cache, device, repeats=1, **kw):  # noqa: ANN001, ANN201
     shape the timed call meets), its time in ``WARMUP_S[-1]``."""
     texts, units, options = work
     kwargs = dict(use_cache=cache, **options, **kw)
+    for processor in options.get("logits_processor", []):
+        if isinstance(processor, ForceText):  # rows keep pace unless they may wait
+            processor.per_row = kw.get("backbone_wait", 1) != 1
     start = time.perf_counter()
     model.generate(texts, max_new_tokens=units if kw.get("compile_step") else 4, **kwargs)
     sync(device)

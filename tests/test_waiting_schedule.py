@@ -84,3 +84,33 @@ def test_bench_generate_counts_the_passes_the_engine_runs(monkeypatch) -> None:
         "step_share": round(len(rows_per_pass) / (new - 1), 3),
         "rows_per_step": round(sum(rows_per_pass) / len(rows_per_pass), 2),
     }
+
+
+def test_bench_generate_force_text_either_way() -> None:
+    """``ForceText`` makes the model write the given text: ``run`` counts per row with
+    ``backbone_wait`` and with the cheap shared count when rows keep pace; with waiting rows
+    only the per-row count is right."""
+    import sys
+
+    import torch
+
+    import hat
+    from hat.splitter import PAD
+
+    load()  # puts scripts/ on the path
+    bench = sys.modules["bench_generate"]
+    torch.manual_seed(0)
+    model = hat.HATForCausalLM.from_name("tiny").eval()
+    pairs = bench.passages(4, 24, 40)
+    prompts = [prompt for prompt, _ in pairs]
+    force = bench.ForceText([list(text.encode()) for _, text in pairs], "cpu", PAD)
+    work = (prompts, force.ids.shape[1], {"do_sample": False, "logits_processor": [force]})
+    wanted = [bytes(row).decode("utf-8", "replace") for row in force.ids.tolist()]
+    for wait in (1, 3):
+        _, _, texts = bench.run(model, work, True, "cpu", backbone_wait=wait)
+        assert force.per_row == (wait != 1)
+        assert texts == wanted
+    force.per_row = False  # wrong with waiting rows: they would skip ids of their text
+    shared = model.generate(prompts, max_new_tokens=force.ids.shape[1], backbone_wait=3,
+                            logits_processor=[force])  # fmt: skip
+    assert shared != wanted
