@@ -591,6 +591,8 @@ def test_cuda_graph_mode_keeps_cache_addresses(tiny_bpe, monkeypatch) -> None:
     assert all(now[n] is t for n, t in held.items())  # the same buffers, not new ones
     model.generate(**batch_of([b"x"]), compile_step="reduce-overhead", max_new_tokens=4)
     assert all(now[n].shape[0] == 1 for n in held)  # one row now: replaced
+    StaticBuffers.for_model(model).release()
+    assert not StaticBuffers.for_model(model).held
 
     # a backbone cache that grows (2-byte words, caches not rounded up) is held grown
     monkeypatch.setattr(HATCachedEngine, "UNIT", 1)

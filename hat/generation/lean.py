@@ -167,6 +167,11 @@ class StaticBuffers:
         self.held[name] = new
         return new
 
+    def release(self) -> None:
+        """Drop the held buffers (their memory returns once no graph or cache uses them); the
+        next call allocates and records anew."""
+        self.held.clear()
+
     def hold_caches(self, prefix: str, caches: list, reuse: bool = True) -> None:
         """Swap each ``KVCache``'s k and v for the buffers held as ``prefix.i.k`` / ``.v``."""
         for i, cache in enumerate(caches):
