@@ -143,8 +143,8 @@ def test_compiled_waiting_step_matches_the_full_model(monkeypatch) -> None:
         return lookup_backend("aot_eager")(gm, example_inputs)
 
     real_compile = torch.compile
-    monkeypatch.setattr(  # (a mode excludes a backend: the CUDA-graph mode's stands in here)
-        torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend=counting, **kw)
+    monkeypatch.setattr(  # (inductor's options are not the stand-in backend's)
+        torch, "compile", lambda fn, options=None, **kw: real_compile(fn, backend=counting, **kw)
     )
     torch._dynamo.reset()
     model = tiny()
