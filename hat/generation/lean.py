@@ -104,7 +104,8 @@ class StaticStep:
         and returns copies of the graph's outputs."""
         # the mode's inductor options, without the generated wrapper's size and stride assert
         # on every input at every call: the guards pin the shapes and strides a graph was
-        # built for, checked on each shape's first call (3-7 % of a `small` step on a CPU)
+        # built for, checked on each shape's first call (~4 % of HAT `small`'s step at batch 1
+        # on a CPU; BENCHMARKS.md)
         from torch._inductor import list_mode_options
 
         options = {**list_mode_options(mode, False), "size_asserts": False}
