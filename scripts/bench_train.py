@@ -427,7 +427,7 @@ def worker(args: argparse.Namespace) -> None:
                     args.rows,
                     args.warmup + args.steps,
                     compile,
-                    getattr(args, "precision", "auto"),
+                    args.precision,
                 )
                 runners[name].steps(args.warmup, compile)
 
@@ -449,6 +449,7 @@ def compare(args: argparse.Namespace) -> None:
     forward += ["--seq-len", str(args.row_bytes), "--rows", str(args.rows)]
     forward += ["--threads", str(args.threads)] if args.threads else []
     forward += ["--compile"] if args.compile else []  # both sides: REV must take --compile
+    forward += ["--precision", args.precision]  # this script runs on both sides
     report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=False)
     report = {
         "benchmark": "training step time (median over the timed steps), seconds",

@@ -51,24 +51,30 @@ def test_measure_times_passes_apart_from_byte_steps() -> None:
     assert ws.hat_engine.HATCachedEngine.step.__name__ == "step"
 
 
-def test_bench_generate_counts_the_passes_the_engine_runs(monkeypatch) -> None:
-    """``bench_generate.backbone_steps`` (the ``"backbone"`` it reports) counts from the text
-    what the cached engine runs: the byte steps with a backbone pass and the rows in each."""
+def forced_passages(batch: int, prompt_bytes: int, new_bytes: int) -> tuple:
+    """(bench_generate, the tiny HAT, prompts, a ForceText of their continuations)."""
     import sys
 
     import torch
 
     import hat
-    from hat.generation import HATCachedEngine
     from hat.splitter import PAD
 
     load()  # puts scripts/ on the path
     bench = sys.modules["bench_generate"]
     torch.manual_seed(0)
     model = hat.HATForCausalLM.from_name("tiny").eval()
-    pairs = bench.passages(6, 32, 48)
-    prompts = [prompt for prompt, _ in pairs]
+    pairs = bench.passages(batch, prompt_bytes, new_bytes)
     force = bench.ForceText([list(text.encode()) for _, text in pairs], "cpu", PAD)
+    return bench, model, [prompt for prompt, _ in pairs], force
+
+
+def test_bench_generate_counts_the_passes_the_engine_runs(monkeypatch) -> None:
+    """``bench_generate.backbone_steps`` (the ``"backbone"`` it reports) counts from the text
+    what the cached engine runs: the byte steps with a backbone pass and the rows in each."""
+    from hat.generation import HATCachedEngine
+
+    bench, model, prompts, force = forced_passages(6, 32, 48)
     rows_per_pass = []
     original = HATCachedEngine._backbone_steps
 
@@ -90,20 +96,7 @@ def test_bench_generate_force_text_either_way() -> None:
     """``ForceText`` makes the model write the given text: ``run`` counts per row with
     ``backbone_wait`` and with the cheap shared count when rows keep pace; with waiting rows
     only the per-row count is right."""
-    import sys
-
-    import torch
-
-    import hat
-    from hat.splitter import PAD
-
-    load()  # puts scripts/ on the path
-    bench = sys.modules["bench_generate"]
-    torch.manual_seed(0)
-    model = hat.HATForCausalLM.from_name("tiny").eval()
-    pairs = bench.passages(4, 24, 40)
-    prompts = [prompt for prompt, _ in pairs]
-    force = bench.ForceText([list(text.encode()) for _, text in pairs], "cpu", PAD)
+    bench, model, prompts, force = forced_passages(4, 24, 40)
     work = (prompts, force.ids.shape[1], {"do_sample": False, "logits_processor": [force]})
     wanted = [bytes(row).decode("utf-8", "replace") for row in force.ids.tolist()]
     for wait in (1, 3):

@@ -324,6 +324,19 @@ class GenerationMixin:
         if (directory / GENERATION_CONFIG_FILE).is_file():
             self.generation_config = GenerationConfig.from_pretrained(directory)
 
+    def check_generation_config(self, config: GenerationConfig) -> GenerationConfig:
+        """``config`` validated, for this model: ValueError names a setting out of range, or
+        one for the other kind of model (words are HAT's)."""
+        config.validate()
+        if not self.generation_spec().byte_level:
+            if config.max_new_words is not None:
+                raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
+            if config.backbone_wait not in ("auto", 1):
+                raise ValueError(
+                    "backbone_wait is for HAT (its backbone runs per word); the twin's per token"
+                )
+        return config
+
     @torch.no_grad()
     def generate(
         self,
@@ -364,14 +377,10 @@ class GenerationMixin:
             return_dict_in_generate |= flags.get("return_dict_in_generate", False)
             output_scores |= flags.get("output_scores", False)
             output_logits |= flags.get("output_logits", False)
-        config = (generation_config or self.generation_config).update(**kwargs).validate()
+        config = self.check_generation_config(
+            (generation_config or self.generation_config).update(**kwargs)
+        )
         spec = self.generation_spec()
-        if config.max_new_words is not None and not spec.byte_level:
-            raise ValueError("max_new_words is for HAT; the BPE twin counts max_new_tokens")
-        if config.backbone_wait not in ("auto", 1) and not spec.byte_level:
-            raise ValueError(
-                "backbone_wait is for HAT (its backbone runs per word); the twin's per token"
-            )
         rows, kinds, single, width = _prepare_prompts(
             spec, inputs, input_ids, attention_mask, config.pad_token_id
         )

@@ -332,8 +332,7 @@ class HATCachedEngine:
             self.enc_out[self.row_index, slots] = x[:, 0]  # [B, De]
             index = self.col_word[self.row_index, slots][:, None] % self.ring_size  # [B, 1]
             mask = self.cols.step_mask(c, lo_dec, end - lo_dec, dec_w)
-            states, caches = x, self.dec_caches
-            hidden = self.decoder(states, self.ring, index, positions, mask, caches, c, end, lo)
+            hidden = self.decoder(x, self.ring, index, positions, mask, self.dec_caches, c, end, lo)
             logits = self._logits(hidden[:, -1])
         for r, c0 in first.items():
             if c0 < cols[r]:

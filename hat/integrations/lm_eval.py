@@ -89,12 +89,14 @@ class HATEvalLM(LM):
         cfg = self.model.config
         self.byte_level = kind_of(cfg).unit == "bytes"
         self.max_units = cfg.max_seq_bytes if self.byte_level else cfg.max_seq_tokens
-        # generate_until's batches: HAT's rows may wait for a shared backbone pass
+        # generate_until's batches: HAT's rows may wait for a shared backbone pass (checked
+        # here, by the model's own rules, not after a long evaluation)
         self.generate_options = {}
         if backbone_wait not in (None, "", "auto"):
-            if not self.byte_level:
-                raise ValueError("backbone_wait is for HAT models; the BPE twin has no words")
             self.generate_options["backbone_wait"] = int(backbone_wait)
+            self.model.check_generation_config(
+                self.model.generation_config.update(**self.generate_options)
+            )
         self._warned = False
 
     # ---- lm-eval's request types --------------------------------------------------------
