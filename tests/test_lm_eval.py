@@ -162,6 +162,8 @@ def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path) -> 
     tiny_bpe.save_pretrained(tmp_path / "bpe")
     with pytest.raises(ValueError, match="backbone_wait is for HAT"):
         HATEvalLM.create_from_arg_string(f"pretrained={tmp_path / 'bpe'},backbone_wait=4", {})
+    with pytest.raises(ValueError, match="backbone_wait must be 'auto' or a whole number"):
+        HATEvalLM(tiny_hat, backbone_wait=0)  # at construction, not after an evaluation
 
 
 def _task_writer():
