@@ -15,7 +15,10 @@ suppressed instead: a random-init HAT then writes random characters (their words
 more backbone steps per byte than real text), a random-init twin random tokens (its
 vocabulary's mean length, longer than real text's tokens). The twin's budget is set in tokens
 (``corpus``: the fewest any row's continuation takes; ``sampled``: from its vocabulary's mean
-token length), and the bytes it actually produced are what counts.
+token length), and the bytes it actually produced are what counts. ``--text greedy`` decodes
+greedily (end of document suppressed): no processor, so with ``--compile-step`` the step's
+graph also picks the next id (``hat.generation.choose``), which a forcing processor (read on
+the host) rules out; what a random-init model writes greedily is repetitive.
 For HAT the report also says how often its backbone ran, counted from the text written
 (``backbone``: the share of byte steps at which some row started a new word, i.e. finished
 one, and the rows per such step): at batch 32 that is nearly every byte step, for a few rows,
@@ -83,9 +86,10 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--text",
-        choices=["corpus", "sampled"],
+        choices=["corpus", "sampled", "greedy"],
         default="corpus",
-        help="write the corpus's continuation of each prompt (real words and tokens) or sample",
+        help="write the corpus's continuation of each prompt (real words and tokens), sample, "
+        "or decode greedily",
     )
     p.add_argument(
         "--compare-ref",
@@ -220,6 +224,8 @@ def workload(name: str, setup: tuple, batch: int, args: argparse.Namespace) -> t
     texts = [prompt for prompt, _ in pairs]
     if args.text == "sampled":
         return texts, units, {"do_sample": True, "seed": 0, "suppress_tokens": suppress}
+    if args.text == "greedy":
+        return texts, units, {"do_sample": False, "suppress_tokens": suppress}
     if name == "hat":
         ids = [list(text.encode("utf-8")) for _, text in pairs]
     else:

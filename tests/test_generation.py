@@ -472,18 +472,20 @@ def test_compile_step_falls_back_to_eager_where_it_cannot_compile(monkeypatch, c
     assert any("no C++ compiler found" in line and "eagerly" in line for line in lines)
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "aot_eager",
-        pytest.param(
-            "inductor",
-            marks=pytest.mark.skipif(
-                not os.environ.get("HAT_TEST_COMPILE"), reason="HAT_TEST_COMPILE=1: C++ builds"
-            ),
+# torch.compile backends of the compiled-step tests: aot_eager traces the graphs for real in
+# seconds; inductor's C++ kernels take minutes to build
+BACKENDS = [
+    "aot_eager",
+    pytest.param(
+        "inductor",
+        marks=pytest.mark.skipif(
+            not os.environ.get("HAT_TEST_COMPILE"), reason="HAT_TEST_COMPILE=1: C++ builds"
         ),
-    ],
-)
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) -> None:
     """The compiled static-shape steps give the eager step's text and logits, across word
     boundaries, left padding, a ragged batch and the twin. ``aot_eager`` traces the graphs
@@ -549,6 +551,76 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
     assert torch.equal(compiled.sequences, eager.sequences)
     for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
         torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_choice_fused_into_the_compiled_step(
+    mode: str, backend: str, tiny_bpe, monkeypatch
+) -> None:
+    """Without processors that read the history, a compiled step also picks the next ids
+    (UTF-8 mask, budget, min_new_tokens, warpers, argmax or the seeded exponential race, the
+    reader's advance, finished rows): the same text as the eager loop, which picks outside
+    the step. Only the prefill's logits, and HAT's steps that recompute columns after a word
+    boundary moved, are picked outside the graphs (``aot_eager`` traces them for real;
+    ``HAT_TEST_COMPILE=1`` adds inductor's C++ kernels)."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    from hat.generation.choose import Chooser
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, options=None, **kw: real_compile(fn, backend=lookup_backend(backend), **kw),
+    )
+    outside = []  # picks run eagerly, not while dynamo traces a graph
+    original = Chooser.pick
+
+    def pick(self, *args):  # noqa: ANN001, ANN002, ANN202
+        if not torch.compiler.is_compiling():
+            outside.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(Chooser, "pick", pick)
+    torch._dynamo.reset()
+    model = tiny()
+    batch = batch_of([b"Hello wor", "It's 3.14, \u65e5".encode()[:-1]])  # ends mid-character
+    cases = [
+        dict(max_new_tokens=40),
+        dict(max_new_tokens=40, do_sample=True, seed=3, top_k=20, temperature=0.8),
+        dict(max_new_tokens=7, do_sample=True, seed=5, min_new_tokens=5),  # budget tight
+        dict(max_new_tokens=40, do_sample=True, seed=1, top_p=0.9, eos_token_id=[ord("e")]),
+    ]
+    for kwargs in cases:
+        eager = model.generate(**batch, **kwargs)
+        outside.clear()
+        fused = model.generate(**batch, compile_step=mode, **kwargs)
+        assert torch.equal(fused, eager), kwargs
+        new = (fused[:, batch["input_ids"].shape[1] :] != PAD).sum(1)
+        assert len(outside) < max(new) // 2, (kwargs, len(outside))  # the graphs picked
+    ends = model.generate(
+        **batch,
+        max_new_tokens=40,
+        eos_token_id=[ord("e")],
+        do_sample=True,
+        seed=1,
+        top_p=0.9,
+        compile_step=mode,
+    )
+    assert (ends == PAD).any(), "no row finished before the others"
+
+    texts = ["Hello there, my", "x"]  # the twin: every step's choice in its graph
+    for kwargs in cases:
+        eager = tiny_bpe.generate(texts, **kwargs)
+        outside.clear()
+        assert tiny_bpe.generate(texts, compile_step=mode, **kwargs) == eager, kwargs
+        assert len(outside) == 1  # the prefill's
+    # what a host-side reader needs keeps the choice outside: processors, per-step scores
+    outside.clear()
+    out = tiny_bpe.generate(texts, max_new_tokens=10, repetition_penalty=1.3, compile_step=mode)
+    assert out == tiny_bpe.generate(texts, max_new_tokens=10, repetition_penalty=1.3)
+    assert len(outside) >= 10
 
 
 def test_cuda_graph_mode_keeps_cache_addresses(tiny_bpe, monkeypatch) -> None:
@@ -621,7 +693,8 @@ def test_cuda_graph_mode_keeps_cache_addresses(tiny_bpe, monkeypatch) -> None:
 def test_compiled_step_equals_eager_on_gpu() -> None:
     """Inductor's GPU kernels replayed as CUDA graphs (``compile_step=True`` on a GPU; two
     rows: the byte graph and two backbone groups). A second call replays the graphs recorded
-    by the first on the same cache buffers (zeroed), and must give the same text again."""
+    by the first on the same cache buffers (zeroed), and must give the same text again; so
+    do the graphs that also choose the next byte (no per-step outputs asked for)."""
     model = tiny().cuda()
     batch = {k: v.cuda() for k, v in batch_of([b"Hello wor", "日本".encode()[:-1]]).items()}
     kwargs = dict(max_new_tokens=40, output_logits=True, return_dict_in_generate=True)
@@ -631,6 +704,11 @@ def test_compiled_step_equals_eager_on_gpu() -> None:
         assert torch.equal(eager.sequences, compiled.sequences)
         for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
             torch.testing.assert_close(step_compiled, step_eager, atol=1e-4, rtol=1e-4)
+    for kwargs in ({}, {"do_sample": True, "seed": 2, "top_k": 40}):  # the choice in the graph
+        eager = model.generate(**batch, max_new_tokens=40, **kwargs)
+        for _ in range(2):
+            fused = model.generate(**batch, max_new_tokens=40, compile_step=True, **kwargs)
+            assert torch.equal(fused, eager), kwargs
 
 
 def test_cached_equals_uncached_qk_norm_and_equal_lengths() -> None:

@@ -14,6 +14,8 @@ The files, in dependency order:
 * ``config.py``: ``GenerationConfig`` and ``GenerateOutput``.
 * ``processors.py``: logits processors and warpers (``transformers`` semantics).
 * ``utf8.py``: the UTF-8 reader, ``VocabAutomaton`` (the valid-UTF-8 mask), what ids spell.
+* ``choose.py``: ``Chooser``, how the next ids are picked from logits (fused into a compiled
+  step when nothing on the host reads the scores).
 * ``streamer.py``: ``TextStreamer``.
 * ``words.py``: word boundaries during generation (``word_starts``, ``WordTracker``).
 * ``columns.py``: rows left-padded onto one column axis (``LeftPadding``, ``window_mask``).
@@ -27,6 +29,7 @@ The files, in dependency order:
 """
 
 from hat.generation.bpe_engine import BPECachedEngine, BPEUncachedEngine
+from hat.generation.choose import Chooser
 from hat.generation.columns import LeftPadding, window_mask
 from hat.generation.config import GENERATION_CONFIG_FILE, GenerateOutput, GenerationConfig
 from hat.generation.generate import GenerationMixin, run_generation
@@ -38,6 +41,7 @@ from hat.generation.processors import (
     TopKLogitsWarper,
     TopPLogitsWarper,
     build_processors,
+    build_warpers,
 )
 from hat.generation.specs import ModelSpec, bpe_spec, hat_spec
 from hat.generation.streamer import TextStreamer
@@ -60,6 +64,7 @@ __all__ = [
     "UTF8_STATES",
     "BPECachedEngine",
     "BPEUncachedEngine",
+    "Chooser",
     "GenerateOutput",
     "GenerationConfig",
     "GenerationMixin",
@@ -76,6 +81,7 @@ __all__ = [
     "VocabAutomaton",
     "WordTracker",
     "build_processors",
+    "build_warpers",
     "bpe_spec",
     "hat_spec",
     "ids_to_bytes_fn",

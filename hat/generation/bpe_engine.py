@@ -9,6 +9,7 @@ import torch
 
 from hat.batching import row_groups
 from hat.block import reserve_positions, round_up
+from hat.generation.choose import Chooser
 from hat.generation.columns import LeftPadding, prefill_mask
 from hat.generation.lean import (
     CUDA_GRAPH_MODES,
@@ -17,6 +18,7 @@ from hat.generation.lean import (
     announce,
     compile_mode,
     lean_view,
+    mark_static,
 )
 from hat.modeling import softcap
 
@@ -33,7 +35,12 @@ class BPECachedEngine:
     # that calls of similar lengths share a graph
 
     def __init__(
-        self, model: Any, rows: list[list[int]], max_new: int, compile: bool | str = False
+        self,
+        model: Any,
+        rows: list[list[int]],
+        max_new: int,
+        compile: bool | str = False,
+        choose: Chooser | None = None,
     ) -> None:
         from hat.tokenizer import PAD_ID
 
@@ -48,8 +55,12 @@ class BPECachedEngine:
         announce("BPE twin", mode, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
+        # the ids' choice, inside the step's graph ("fused")
+        self.choose = choose if self.static else None
         if mode in CUDA_GRAPH_MODES:  # the graphs write the caches at recorded addresses
             StaticBuffers.for_model(model).hold_caches("backbone", self.caches)
+            if self.choose is not None:
+                mark_static(self.choose.tables())
         self.n = self.cols.width  # next column
         self.embed, self.backbone, self.head = (
             lean_view(m) for m in (model.embed, model.backbone, model.head)
@@ -77,25 +88,29 @@ class BPECachedEngine:
             logits.append(self._logits(hidden[:, -1]))
         return torch.cat(logits)  # [B, V]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` [B] at column n; return the logits [B, V] for column n + 1."""
+    def step(self, tokens: torch.Tensor, choice: tuple | None = None) -> Any:
+        """Append ``tokens`` [B] at column n; return the logits [B, V] for column n + 1, or
+        with ``choice`` (the arguments of ``self.choose`` after the logits; compiled steps
+        only) the chosen (ids [B], reader states [B])."""
         n = self.n
         self.n = n + 1
         if self.static:
             slot = [cache.fit(n) for cache in self.caches][0]
-            return self._step_static(tokens, *torch.tensor([n, slot], device=self.device))
+            where = torch.tensor([n, slot], device=self.device)
+            return self._step_static(tokens, *where, *(choice or ()))
         x = self.embed(tokens[:, None])  # [B, 1, D]
         mask, positions = self.cols.mask(n, 0), self.cols.position(n)
         hidden = self.backbone(x, positions, mask, self.caches, n)
         return self._logits(hidden[:, 0])
 
-    def _step_graph(self, tokens, n, slot):  # noqa: ANN001, ANN202
+    def _step_graph(self, tokens, n, slot, *choice):  # noqa: ANN001, ANN002, ANN202
         """The step with static shapes: the caches read whole under a mask of the columns
         each row may see (the twin's caches never slide: slot == column)."""
         mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None)
         x = self.model.embed(tokens[:, None])  # [B, 1, D]
         hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, slot)
-        return self._logits(hidden[:, 0])
+        logits = self._logits(hidden[:, 0])  # [B, V]
+        return self.choose(logits, *choice) if choice else logits
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return softcap(self.head(hidden), self.model.config.logit_softcap)

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from hat.generation.choose import Chooser
 from hat.generation.config import GENERATION_CONFIG_FILE, GenerateOutput, GenerationConfig
-from hat.generation.processors import build_processors
+from hat.generation.processors import build_processors, build_warpers
 from hat.generation.specs import ModelSpec
 from hat.generation.streamer import TextStreamer
 from hat.generation.utf8 import UTF8_NEED, VocabAutomaton, incomplete_tail, utf8_advance
@@ -107,13 +108,6 @@ def _check_prompt(spec: ModelSpec, r: int, row: list[int]) -> int:
     return utf8_advance(0, content)
 
 
-def _choose(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None):
-    if not do_sample:
-        return scores.argmax(dim=-1)
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
 def run_generation(
     model: Any,
     spec: ModelSpec,
@@ -151,10 +145,18 @@ def run_generation(
             "suppress fewer ids"
         )
     automaton = _automaton(spec, end_ids, banned, device)
-    end_t = torch.tensor(sorted(end_ids), device=device)
     stops = [s.encode("utf-8") for s in _as_list(config.stop_strings or [])]
-    # custom processors after the penalty, before the sampling warpers (transformers' order)
-    processors = build_processors(config, extra_processors)
+    # processors that read the ids so far (the penalty, the caller's) run on the host side of
+    # a step, after the UTF-8 mask; the sampling warpers after them are the chooser's
+    processors = build_processors(config, extra_processors, warpers=False)
+    chooser = Chooser(
+        automaton,
+        sorted(end_ids),
+        build_warpers(config),
+        config.do_sample,
+        config.min_new_tokens,
+        spec.pad_id,
+    )
     state = torch.tensor(states, device=device)  # [B] UTF-8 reader state
     width = max(map(len, rows))
     # what processors see as input_ids: each prompt's content (the document start is not
@@ -167,6 +169,7 @@ def run_generation(
     budgets = torch.tensor([r.budget for r in out], device=device)
     # a budget only refuses ids once a row has <= max(UTF8_NEED) ids left (the mask's `cap`)
     tight_from = min(r.budget for r in out if not r.done) - max(UTF8_NEED)
+    every_row = torch.ones(len(rows), dtype=torch.bool, device=device)
 
     # HAT: rows that finish a word may wait for a shared backbone pass (not with per-step
     # outputs, whose steps would no longer be each row's ids)
@@ -174,14 +177,21 @@ def run_generation(
     if keep_scores or keep_logits or streamer is not None:
         wait = 1
     if wait == "auto":  # HAT's engine decides from its model and the batch; the twin's: 1
-        choose = getattr(spec.engines[0], "auto_wait", None)
-        wait = choose(model, len(rows)) if choose is not None else 1
+        auto_wait = getattr(spec.engines[0], "auto_wait", None)
+        wait = auto_wait(model, len(rows)) if auto_wait is not None else 1
     if config.use_cache:
-        options = {"wait": wait} if wait > 1 else {}
+        options: dict[str, Any] = {"wait": wait} if wait > 1 else {}
+        if not (processors or keep_scores or keep_logits or wait > 1):
+            # nothing on the host reads the scores: a compiled step chooses the ids itself
+            options["choose"] = chooser
         engine = spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
     else:
         engine = spec.engines[1](model, rows, steps)
+    # fused: the engine's step returns the next ids and reader states, not logits
+    fused = getattr(engine, "choose", None) is not None
+    step_index = torch.arange(steps + 1, device=device)  # 0-d views: no copy to the device
     logits = engine.prefill()
+    vocab = logits.shape[-1]
     if wait > 1:  # rows with no budget (a prompt as long as the context) set no one's pace
         for r in (r for r, row in enumerate(out) if row.done):
             engine.retire(r)
@@ -190,27 +200,27 @@ def run_generation(
     ready: list[bool] | None = None
     counts = [0] * len(rows)
     for step in range(steps if wait == 1 else sum(r.budget for r in out)):
-        at = step if ready is None else torch.tensor(counts, device=device)
-        left = (budgets - at).clamp(min=1) if step >= tight_from else None  # done rows: any
-        scores = automaton.mask(logits.float(), state, left)
-        if ready is None and step < config.min_new_tokens:
-            scores[:, end_t] = -float("inf")
-        elif ready is not None and min(counts) < config.min_new_tokens:
-            early = (at < config.min_new_tokens)[:, None]  # [B, 1]
-            scores[:, end_t] = scores[:, end_t].masked_fill(early, -float("inf"))
-        if processors:
-            written = step if ready is None else max(counts)
-            scores = processors(history[:, : width - 1 + written], scores)
-        tokens = _choose(scores, config.do_sample, generator)
-        if n_done:
-            tokens = torch.where(done, spec.pad_id, tokens)
-        if keep_scores:
-            scores_out.append(scores)
-        if keep_logits:
-            logits_out.append(logits.float())
-        advanced = automaton.advance(state, tokens)
-        hold = done if ready is None else done | ~torch.tensor(ready, device=device)
-        state = torch.where(hold, state, advanced) if n_done or ready is not None else advanced
+        if logits is not None:  # not chosen by the step (or the prefill's): choose here
+            at = step if ready is None else torch.tensor(counts, device=device)
+            left = (budgets - at).clamp(min=1) if step >= tight_from else None  # done: any
+            if ready is None:
+                early = every_row if step < config.min_new_tokens else None
+            else:
+                early = at < config.min_new_tokens if min(counts) < config.min_new_tokens else None
+            scores = chooser.constrain(logits, state, left, early)
+            if processors:
+                written = step if ready is None else max(counts)
+                scores = processors(history[:, : width - 1 + written], scores)
+            scores = chooser.warp(scores)
+            tokens = chooser.pick(scores, chooser.noise(len(rows), vocab, device, generator))
+            if n_done:
+                tokens = torch.where(done, spec.pad_id, tokens)
+            if keep_scores:
+                scores_out.append(scores)
+            if keep_logits:
+                logits_out.append(logits.float())
+            hold = done if ready is None else done | ~torch.tensor(ready, device=device)
+            state = chooser.advance(state, tokens, hold if n_done or ready is not None else None)
         if processors and ready is None:
             history[:, width - 1 + step] = tokens
         elif processors:  # each row's id after its own (a row that waited is behind)
@@ -231,8 +241,13 @@ def run_generation(
             n_done = int(done.sum())
         if n_done == len(out):
             break
-        logits = engine.step(tokens)
-        ready = getattr(engine, "ready", None)
+        if fused:  # the step chooses the ids of step + 1
+            noise = chooser.noise(len(rows), vocab, device, generator)
+            choice = (state, step_index[step + 1], budgets, done, noise)
+            (tokens, state), logits = engine.step(tokens, choice), None
+        else:
+            logits = engine.step(tokens)
+            ready = getattr(engine, "ready", None)
     if streamer is not None:
         _stream(streamer, spec, out[0])
         streamer.end()

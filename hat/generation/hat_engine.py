@@ -12,6 +12,7 @@ import torch
 
 from hat.batching import collate_documents, row_groups
 from hat.block import AttentionMask, reserve_positions, round_up
+from hat.generation.choose import Chooser
 from hat.generation.columns import LeftPadding, prefill_mask, window_mask
 from hat.generation.lean import (
     CUDA_GRAPH_MODES,
@@ -20,6 +21,7 @@ from hat.generation.lean import (
     announce,
     compile_mode,
     lean_view,
+    mark_static,
 )
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
@@ -53,6 +55,7 @@ class HATCachedEngine:
         max_new: int,
         compile: bool | str = False,
         wait: int = 1,
+        choose: Chooser | None = None,
     ) -> None:
         cfg = self.cfg = model.config
         self.model = model
@@ -128,6 +131,10 @@ class HATCachedEngine:
         self.encoder, self.pooler, self.backbone, self.decoder = (
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
+        # the ids' choice, inside the byte graph ("fused"); eager steps return logits
+        self.choose = choose if self.static else None
+        if self.buffers is not None and self.choose is not None:
+            mark_static(self.choose.tables())
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
             self._byte_static = StaticStep(self._byte_graph, mode)
             self._backbone_static = StaticStep(self._backbone_graph, mode)
@@ -227,11 +234,13 @@ class HATCachedEngine:
         return guides, col_word.to(self.device)
 
     # ---- one step -----------------------------------------------------------------
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, choice: tuple | None = None) -> Any:
         """Write each ready row's next byte (``tokens`` [B], after ``observe``) at its column;
-        return the logits [B, 256] of every row's next column. With ``wait`` > 1 a row whose
-        byte finished a word may sit steps out: ``ready`` then lists the rows whose logits are
-        new, and a waiting row's byte is written once the backbone has taken its word."""
+        return the logits [B, 256] of every row's next column, or with ``choice`` (the
+        arguments of ``self.choose`` after the logits) the chosen (bytes [B], reader states
+        [B]). With ``wait`` > 1 a row whose byte finished a word may sit steps out: ``ready``
+        then lists the rows whose logits are new, and a waiting row's byte is written once the
+        backbone has taken its word."""
         apply, resumed = self._schedule()
         if self.wait == 1:  # every row at the same column (finished rows too)
             cols = self.col
@@ -262,20 +271,21 @@ class HATCachedEngine:
             kept = [self.trackers[r].data[-1] for r in resumed]  # each one's newest byte
             tokens[self._tensor(resumed)] = self._tensor(kept)
         c0 = min(first.values(), default=n)
-        if lo < n:
-            logits = self._step_rows(tokens, cols, first)
-        elif self.static and c0 == n:  # the usual step: encoder and decoder of column n, one graph
+        self.col = [c if r in self.waiting else c + 1 for r, c in enumerate(cols)]
+        if self.static and lo == n and c0 == n:  # the usual step: column n, one graph
             words = self.col_word[:, n - self.base, None]  # [B, 1]
             enc, dec = self._fit(self.enc_caches, n, n + 1), self._fit(self.dec_caches, n, n + 1)
             # column; each stack's slot for it and the column in its slot 0 (0-d each)
             where = torch.tensor([n, n - enc, enc, n - dec, dec], device=self.device)
-            x, logits = self._byte_static(tokens, words, *where)
+            x, out = self._byte_static(tokens, words, *where, *(choice or ()))
             self.enc_out[:, n - self.base] = x  # [B, De]
+            return out  # logits, or with a choice what the graph chose
+        if lo < n:
+            logits = self._step_rows(tokens, cols, first)
         else:
             self._encode(tokens, n)
             logits = self._decode(c0, n)
-        self.col = [c if r in self.waiting else c + 1 for r, c in enumerate(cols)]
-        return logits
+        return logits if choice is None else self.choose(logits, *choice)
 
     def _schedule(self) -> tuple[list[tuple[int, int, int]], list[int]]:
         """Take this step's word events -> (events to apply now, rows that resume). With
@@ -435,9 +445,10 @@ class HATCachedEngine:
             cache.fit(lo, end)
         return caches[0].offset
 
-    def _byte_graph(self, tokens, words, n, enc_slot, enc_offset, dec_slot, dec_offset):  # noqa: ANN001, ANN202
+    def _byte_graph(self, tokens, words, n, enc_slot, enc_offset, dec_slot, dec_offset, *choice):  # noqa: ANN001, ANN002, ANN202
         x = self._encode_graph(tokens, n, enc_slot, enc_offset)  # [B, De]
-        return x, self._decode_graph(x[:, None], words, n, dec_slot, dec_offset)
+        logits = self._decode_graph(x[:, None], words, n, dec_slot, dec_offset)  # [B, 256]
+        return x, (self.choose(logits, *choice) if choice else logits)
 
     def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]

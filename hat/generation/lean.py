@@ -185,6 +185,13 @@ class StaticBuffers:
             cache.v = self.hold(f"{prefix}.{i}.v", cache.v, reuse)
 
 
+def mark_static(tensors: list[torch.Tensor]) -> None:
+    """Tensors that a CUDA graph reads and that keep their addresses (a cached table): read in
+    place, not copied into the graph's inputs at every replay."""
+    for tensor in tensors:
+        torch._dynamo.mark_static_address(tensor)
+
+
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 COMPILE_MODES = ("default", *CUDA_GRAPH_MODES, "max-autotune-no-cudagraphs")
 

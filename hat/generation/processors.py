@@ -76,14 +76,23 @@ class LogitsProcessorList(list):
 
 
 def build_processors(
-    config: GenerationConfig, custom: Sequence[Callable] | None = None
+    config: GenerationConfig, custom: Sequence[Callable] | None = None, warpers: bool = True
 ) -> LogitsProcessorList:
     """Penalty first (also in greedy decoding), then the caller's ``custom`` processors, then
-    the sampling warpers: the order of ``transformers``' generate."""
+    (``warpers``) the sampling warpers: the order of ``transformers``' generate."""
     procs = LogitsProcessorList()
     if config.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
     procs.extend(custom or [])
+    if warpers:
+        procs.extend(build_warpers(config))
+    return procs
+
+
+def build_warpers(config: GenerationConfig) -> LogitsProcessorList:
+    """The sampling warpers of ``config`` (none when greedy): temperature, top-k, top-p. They
+    read only the scores, not the ids so far."""
+    procs = LogitsProcessorList()
     if config.do_sample:
         if config.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(config.temperature))
