@@ -18,7 +18,9 @@ vocabulary's mean length, longer than real text's tokens). The twin's budget is 
 token length), and the bytes it actually produced are what counts. ``--text greedy`` decodes
 greedily (end of document suppressed): no processor, so with ``--compile-step`` the step's
 graph also picks the next id (``hat.generation.choose``), which a forcing processor (read on
-the host) rules out; what a random-init model writes greedily is repetitive.
+the host) rules out; what a random-init model writes greedily is repetitive. With
+``--choice-outside`` the compiled step also runs with the choice outside its graph (a
+processor that changes nothing keeps it there), taking turns with the fused one.
 For HAT the report also says how often its backbone ran, counted from the text written
 (``backbone``: the share of byte steps at which some row started a new word, i.e. finished
 one, and the rows per such step): at batch 32 that is nearly every byte step, for a few rows,
@@ -78,6 +80,12 @@ def parse_args() -> argparse.Namespace:
         "mode instead (e.g. default: compiled without CUDA graphs)",
     )
     p.add_argument(
+        "--choice-outside",
+        action="store_true",
+        help="with --compile-step and --text greedy/sampled: also the compiled step with the "
+        "next id chosen outside its graph (as before the choice was fused), taking turns",
+    )
+    p.add_argument(
         "--backbone-wait",
         type=int,
         default=1,
@@ -109,6 +117,11 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.new_bytes = min(args.new_bytes, 96)
+    if args.choice_outside and (not args.compile_step or args.text == "corpus"):
+        p.error(
+            "--choice-outside needs --compile-step and --text greedy or sampled (forcing "
+            "the corpus's text is a processor: its choice is outside the graph anyway)"
+        )
     return args
 
 
@@ -156,6 +169,10 @@ class ForceText:
         if self.blank is None or self.blank.shape != scores.shape:
             self.blank = torch.full_like(scores, -float("inf"))
         return self.blank.scatter(1, forced, 0.0)
+
+
+def pass_through(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    return scores
 
 
 def new_word_starts(splitter, prompt: str, text: str) -> set[int]:  # noqa: ANN001
@@ -341,22 +358,28 @@ def main() -> None:
     for batch in batches:
         for name, setup in models.items():
             work, model = workload(name, setup, batch, args), setup[0]
-            # (use_cache, compile_step, backbone_wait): with --compile-step the eager cached
-            # step is measured too, right before the compiled one, for the compiled / eager
-            # ratio; with --backbone-wait HAT's eager cached step also with waiting rows
+            # (use_cache, compile_step, backbone_wait, choice outside the graph): with
+            # --compile-step the eager cached step is measured too, right before the compiled
+            # one, for the compiled / eager ratio; with --backbone-wait HAT's eager cached step
+            # also with waiting rows
             compiling = bool(args.compile_step)
-            paths = [(True, False, 1)] + [(True, True, 1)] * compiling
+            paths = [(True, False, 1, False)] + [(True, True, 1, False)] * compiling
+            paths += [(True, True, 1, True)] * args.choice_outside
             if name == "hat" and args.backbone_wait > 1:
-                paths += [(True, c, args.backbone_wait) for c in (False, True)[: 1 + compiling]]
-            paths += [] if args.no_uncached else [(False, False, 1)]
+                paths += [
+                    (True, c, args.backbone_wait, False) for c in (False, True)[: 1 + compiling]
+                ]
+            paths += [] if args.no_uncached else [(False, False, 1, False)]
             best: dict[tuple, tuple[int, float]] = {}
             warmups: dict[tuple, float] = {}
             texts: dict[tuple, list[str]] = {}
             for rep in range(args.repeats):  # paths interleaved, alternating order: fastest
                 for path in paths[:: -1 if rep % 2 else 1]:
-                    cache, compiled, wait = path
+                    cache, compiled, wait, outside = path
                     extra = {"compile_step": args.compile_step} if compiled else {}
                     extra |= {"backbone_wait": wait} if name == "hat" else {}  # not "auto"
+                    # a processor that changes nothing keeps the choice out of the graph
+                    extra |= {"logits_processor": [pass_through]} if outside else {}
                     new_bytes, seconds, texts[path] = run(model, work, cache, args.device, **extra)
                     warmups.setdefault(path, WARMUP_S[-1])  # the first: compiles
                     if seconds < best.get(path, (0, float("inf")))[1]:
@@ -367,7 +390,7 @@ def main() -> None:
             if name == "hat":  # from the text written (the same on every path)
                 backbone = backbone_steps(model, work[0], written)
             for path in paths:
-                (cache, compiled, wait), (new_bytes, seconds) = path, best[path]
+                (cache, compiled, wait, outside), (new_bytes, seconds) = path, best[path]
                 results.append(
                     {
                         "model": name,
@@ -375,6 +398,7 @@ def main() -> None:
                         "batch": batch,
                         "use_cache": cache,
                         "compile_step": compiled,
+                        **({"choice_outside": True} if outside else {}),
                         **({"backbone_wait": wait} if name == "hat" else {}),
                         "max_new_tokens": work[1],
                         "new_bytes": new_bytes,
@@ -412,11 +436,12 @@ def main() -> None:
 
 def ratios(results: list[dict]) -> dict[str, float]:
     """cached / uncached per model and batch; HAT / BPE bytes per second per batch (cached);
-    with --compile-step also compiled / eager and HAT / BPE with both compiled."""
+    with --compile-step also compiled / eager and HAT / BPE with both compiled; with
+    --choice-outside the choice fused into the compiled step / chosen outside it."""
     compiled = {
         (r["model"], r["batch"]): r["bytes_per_s"]
         for r in results
-        if r["compile_step"] and r.get("backbone_wait", 1) == 1
+        if r["compile_step"] and r.get("backbone_wait", 1) == 1 and "choice_outside" not in r
     }
     speed = {
         (r["model"], r["batch"], r["use_cache"]): r["bytes_per_s"]
@@ -438,6 +463,12 @@ def ratios(results: list[dict]) -> dict[str, float]:
                 out[f"hat_b{batch}_{key}_over_wait1"] = round(r["bytes_per_s"] / hat_1, 2)
             if bpe_1:
                 out[f"b{batch}_hat_{key}_over_{twin}"] = round(r["bytes_per_s"] / bpe_1, 2)
+    for r in results:  # the choice inside the compiled graph vs outside it
+        if "choice_outside" in r:
+            fused = compiled[r["model"], r["batch"]]
+            out[f"{r['model']}_b{r['batch']}_fused_over_outside"] = round(
+                fused / r["bytes_per_s"], 3
+            )
     for (model, batch), value in compiled.items():
         out[f"{model}_b{batch}_compiled_over_eager"] = round(value / speed[model, batch, True], 2)
         if model == "hat" and ("bpe", batch) in compiled:

@@ -3,8 +3,8 @@
 # each step with a time limit, so that one call fits a 10-minute command limit:
 #   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
 #   scripts/gpu_checks.sh compile       # issue 14's compiled paths (CUDA graphs), waiting rows
-#                                       # at 1b (<= 6.5 min; its steps in order of value)
-#   scripts/gpu_checks.sh               # all three (<= 16 min: more than one lease; run
+#                                       # at 1b (<= 8.2 min; its steps in order of value)
+#   scripts/gpu_checks.sh               # all three (<= 18 min: more than one lease; run
 #                                       # `core bench` first)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
 # BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
@@ -56,6 +56,9 @@ if want compile; then
     # rows waiting for a shared backbone pass (generate(backbone_wait=24)) against K = 1 and
     # the twin at 1b, batch 32 (eager; CPU: 2.02x, HAT / twin 0.33 -> 0.66)
     step backbone_wait 90 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --hat 1b --bpe bpe_1b --batch-sizes 32 --new-bytes 64 --no-uncached --backbone-wait 24 --output "$OUT/backbone_wait.json"
+    # the next id chosen inside the compiled step (CUDA graph) vs outside it, greedy text (a
+    # forcing processor would keep the choice outside), HAT and twin at batch 1 and 32
+    step choice_fused 100 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --text greedy --compile-step --choice-outside --output "$OUT/choice_fused.json"
     # training steps compiled vs eager (interleaved, compile time apart) with the stage profile
     step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
 fi

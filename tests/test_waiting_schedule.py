@@ -107,3 +107,24 @@ def test_bench_generate_force_text_either_way() -> None:
     shared = model.generate(prompts, max_new_tokens=force.ids.shape[1], backbone_wait=3,
                             logits_processor=[force])  # fmt: skip
     assert shared != wanted
+
+
+def test_bench_generate_ratios_of_the_choice_inside_and_outside() -> None:
+    """``--choice-outside`` adds a compiled path whose choice stays outside the graph: its
+    ratio is fused / outside, and the compiled / eager ratio is the fused path's."""
+    import sys
+
+    import torch
+
+    load()  # puts scripts/ on the path
+    bench = sys.modules["bench_generate"]
+    row = {"model": "bpe", "batch": 2, "use_cache": True}
+    results = [
+        {**row, "compile_step": False, "bytes_per_s": 100.0},
+        {**row, "compile_step": True, "bytes_per_s": 150.0},
+        {**row, "compile_step": True, "choice_outside": True, "bytes_per_s": 120.0},
+    ]
+    out = bench.ratios(results)
+    assert out["bpe_b2_fused_over_outside"] == 1.25
+    assert out["bpe_b2_compiled_over_eager"] == 1.5
+    assert bench.pass_through(None, torch.ones(2)).tolist() == [1.0, 1.0]
