@@ -164,6 +164,50 @@ def test_compiled_waiting_step_matches_the_full_model(monkeypatch) -> None:
     assert held and all(StaticBuffers.for_model(model).held[n] is t for n, t in held.items())
 
 
+def test_choice_fused_with_waiting_rows(monkeypatch) -> None:
+    """With ``backbone_wait`` > 1 and nothing on the host reading the scores, the compiled
+    byte graphs (shared column, and a column per row) also pick the next bytes; rows sitting
+    a step out get PAD and keep their UTF-8 state. The same text as the eager loop with the
+    same K (greedy, and sampled: the same draws), rows waited, and most choices were made
+    inside the graphs (rows that recompute columns choose outside)."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    from hat.generation.choose import Chooser
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, options=None, **kw: real_compile(fn, backend=lookup_backend("aot_eager"), **kw),
+    )
+    outside, waited = [], []
+    pick, schedule = Chooser.pick, HATCachedEngine._schedule
+
+    def counted_pick(self, *args):  # noqa: ANN001, ANN002, ANN202
+        if not torch.compiler.is_compiling():
+            outside.append(1)
+        return pick(self, *args)
+
+    def counted_schedule(self):  # noqa: ANN001, ANN202
+        out = schedule(self)
+        waited.append(len(self.waiting))
+        return out
+
+    monkeypatch.setattr(Chooser, "pick", counted_pick)
+    monkeypatch.setattr(HATCachedEngine, "_schedule", counted_schedule)
+    torch._dynamo.reset()
+    model = tiny()
+    for kwargs in ({}, {"do_sample": True, "seed": 3, "suppress_tokens": [EOD]}):
+        eager = model.generate(PROMPTS, max_new_tokens=40, backbone_wait=3, **kwargs)
+        outside.clear(), waited.clear()
+        fused = model.generate(
+            PROMPTS, max_new_tokens=40, backbone_wait=3, compile_step=True, **kwargs
+        )
+        assert fused == eager, kwargs
+        assert max(waited) >= 2, "no rows waited"
+        assert len(outside) < len(waited) // 2, (kwargs, len(outside), len(waited))
+
+
 class ForceRows:
     """A logits processor: row r writes ``texts[r]``, each row at its own pace (it counts the
     ids a row has written, not the calls: rows that wait fall behind)."""

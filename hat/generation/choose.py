@@ -97,11 +97,15 @@ class Chooser:
         budgets: torch.Tensor,
         done: torch.Tensor,
         noise: torch.Tensor | None,
+        waiting: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole choice, every row at new id ``step`` (0-d), with ``budgets`` [B] ids
-        allowed and ``done`` [B] rows finished (they get PAD) -> (ids [B], states [B])."""
+        """The whole choice, every row at new id ``step`` (0-d, or [B]: each row's count),
+        with ``budgets`` [B] ids allowed and ``done`` [B] rows finished -> (ids [B], states
+        [B]). Finished rows, and rows ``waiting`` [B] for HAT's backbone (their logits are
+        not new), get PAD and keep their state."""
         left = (budgets - step).clamp(min=1)  # a done row's budget may be spent: any id
         early = (step < self.min_new).expand(done.shape)
         scores = self.warp(self.constrain(logits, state, left, early))
-        tokens = torch.where(done, self.pad_id, self.pick(scores, noise))
-        return tokens, self.advance(state, tokens, done)
+        idle = done if waiting is None else done | waiting
+        tokens = torch.where(idle, self.pad_id, self.pick(scores, noise))
+        return tokens, self.advance(state, tokens, idle)

@@ -181,7 +181,7 @@ def run_generation(
         wait = auto_wait(model, len(rows)) if auto_wait is not None else 1
     if config.use_cache:
         options: dict[str, Any] = {"wait": wait} if wait > 1 else {}
-        if not (processors or keep_scores or keep_logits or wait > 1):
+        if not (processors or keep_scores or keep_logits):
             # nothing on the host reads the scores: a compiled step chooses the ids itself
             options["choose"] = chooser
         engine = spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
@@ -241,13 +241,13 @@ def run_generation(
             n_done = int(done.sum())
         if n_done == len(out):
             break
-        if fused:  # the step chooses the ids of step + 1
+        if fused:  # the step chooses the next ids
             noise = chooser.noise(len(rows), vocab, device, generator)
-            choice = (state, step_index[step + 1], budgets, done, noise)
-            (tokens, state), logits = engine.step(tokens, choice), None
+            at = step_index[step + 1] if wait == 1 else torch.tensor(counts, device=device)
+            (tokens, state), logits = engine.step(tokens, (state, at, budgets, done, noise)), None
         else:
             logits = engine.step(tokens)
-            ready = getattr(engine, "ready", None)
+        ready = getattr(engine, "ready", None)
     if streamer is not None:
         _stream(streamer, spec, out[0])
         streamer.end()

@@ -272,6 +272,8 @@ class HATCachedEngine:
             tokens[self._tensor(resumed)] = self._tensor(kept)
         c0 = min(first.values(), default=n)
         self.col = [c if r in self.waiting else c + 1 for r, c in enumerate(cols)]
+        if choice is not None and self.wait > 1:  # rows sitting this step out: PAD, state kept
+            choice = (*choice, self._tensor([r in self.waiting for r in self.all_rows]).bool())
         if self.static and lo == n and c0 == n:  # the usual step: column n, one graph
             words = self.col_word[:, n - self.base, None]  # [B, 1]
             enc, dec = self._fit(self.enc_caches, n, n + 1), self._fit(self.dec_caches, n, n + 1)
@@ -281,7 +283,7 @@ class HATCachedEngine:
             self.enc_out[:, n - self.base] = x  # [B, De]
             return out  # logits, or with a choice what the graph chose
         if lo < n:
-            logits = self._step_rows(tokens, cols, first)
+            return self._step_rows(tokens, cols, first, choice)
         else:
             self._encode(tokens, n)
             logits = self._decode(c0, n)
@@ -317,22 +319,31 @@ class HATCachedEngine:
         return apply, resumed
 
     def _step_rows(
-        self, tokens: torch.Tensor, cols: list[int], first: dict[int, int]
-    ) -> torch.Tensor:
+        self,
+        tokens: torch.Tensor,
+        cols: list[int],
+        first: dict[int, int],
+        choice: tuple | None = None,
+    ) -> Any:
         """Encoder and decoder of one column per row, row r's at ``cols[r]`` (rows stand at
         different columns once some have waited); rows in ``first`` then recompute their
-        decoder columns from there. Logits [B, 256]."""
+        decoder columns from there. Logits [B, 256], or with ``choice`` what ``choose`` picks
+        from them (in the graph unless a row recomputes)."""
         c = self._tensor(cols)  # [B]
         lo, end = min(cols), max(cols) + 1
         slots = c - self.base
+        recompute = {r: c0 for r, c0 in first.items() if c0 < cols[r]}
         if self.static:  # the byte graph with a column per row
             words = self.col_word[self.row_index, slots][:, None]  # [B, 1]
             enc, dec = self._fit(self.enc_caches, lo, end), self._fit(self.dec_caches, lo, end)
             offsets = torch.tensor([enc, dec], device=self.device)  # columns in slot 0
+            fuse = () if choice is None or recompute else choice  # recomputed rows: after
             x, logits = self._byte_static(
-                tokens, words, c, c - enc, offsets[0], c - dec, offsets[1]
+                tokens, words, c, c - enc, offsets[0], c - dec, offsets[1], *fuse
             )
             self.enc_out[self.row_index, slots] = x  # [B, De]
+            if fuse:
+                return logits  # what the graph chose
         else:
             positions = (c - self.pad)[:, None]  # [B, 1]
             enc_w, dec_w = self.cfg.encoder.window, self.cfg.decoder.window
@@ -344,10 +355,9 @@ class HATCachedEngine:
             mask = self.cols.step_mask(c, lo_dec, end - lo_dec, dec_w)
             hidden = self.decoder(x, self.ring, index, positions, mask, self.dec_caches, c, end, lo)
             logits = self._logits(hidden[:, -1])
-        for r, c0 in first.items():
-            if c0 < cols[r]:
-                logits[r] = self._decode(c0, cols[r], slice(r, r + 1))[0]
-        return logits
+        for r, c0 in recompute.items():
+            logits[r] = self._decode(c0, cols[r], slice(r, r + 1))[0]
+        return logits if choice is None else self.choose(logits, *choice)
 
     def _encode(self, tokens: torch.Tensor, n: int) -> None:
         """Encoder on column n: its KV entries go to the caches, its output to ``enc_out``."""
