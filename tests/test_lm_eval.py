@@ -146,9 +146,18 @@ def test_adapter_generation_stops_at_until(model) -> None:
 
 
 @needs_lm_eval
-def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path) -> None:
+def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path, monkeypatch) -> None:
     """``backbone_wait`` reaches generate() in generate_until's batches; greedy text is the
-    same; the twin refuses it."""
+    same, with rows that did wait; the twin refuses it."""
+    from hat.generation import HATCachedEngine
+
+    waited = []
+    schedule = HATCachedEngine._schedule
+    monkeypatch.setattr(
+        HATCachedEngine,
+        "_schedule",
+        lambda self: (schedule(self), waited.append(len(self.waiting)))[0],
+    )
     calls = []
     generate = tiny_hat.generate
     tiny_hat.generate = lambda *a, **k: calls.append(k) or generate(*a, **k)
@@ -157,7 +166,7 @@ def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path) -> 
     requests = _requests("generate_until", [(c, options) for c in contexts])
     plain = HATEvalLM(tiny_hat, batch_size=4).generate_until(requests)
     waiting = HATEvalLM(tiny_hat, batch_size=4, backbone_wait=3).generate_until(requests)
-    assert waiting == plain
+    assert waiting == plain and max(waited) >= 2  # rows sat steps out
     assert "backbone_wait" not in calls[0] and calls[1]["backbone_wait"] == 3
     tiny_bpe.save_pretrained(tmp_path / "bpe")
     with pytest.raises(ValueError, match="backbone_wait is for HAT"):
