@@ -609,6 +609,19 @@ def test_choice_fused_into_the_compiled_step(
         compile_step=mode,
     )
     assert (ends == PAD).any(), "no row finished before the others"
+    # the host's own ends (stop strings, max_new_words), several samples per prompt, a streamer
+    texts = ["Hello wor", "It's 3.14, "]
+    host = dict(do_sample=True, seed=2, max_new_words=2, stop_strings=["a"], num_return_sequences=2)
+    eager = model.generate(texts, max_new_tokens=40, **host)
+    assert model.generate(texts, max_new_tokens=40, compile_step=mode, **host) == eager
+    assert min(map(len, eager)) < 40  # some row stopped early
+    printed = []
+    for compiled in (False, mode):
+        streamer = TextStreamer(skip_prompt=True, file=io.StringIO())
+        text = model.generate("Hello", max_new_tokens=30, do_sample=True, seed=3,
+                              streamer=streamer, compile_step=compiled)  # fmt: skip
+        printed.append((text, streamer.file.getvalue()))
+    assert printed[0] == printed[1] and printed[0][1] == printed[0][0] + "\n"  # all of it
 
     texts = ["Hello there, my", "x"]  # the twin: every step's choice in its graph
     for kwargs in cases:
