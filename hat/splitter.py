@@ -24,6 +24,11 @@ class Splitter(Protocol):
     def split(self, text: str) -> list[bytes]: ...
 
 
+# A splitter class may declare ``LOWERCASE_RUNS_JOIN = True``: an ASCII lowercase letter after
+# another never starts a word (below ``max_word_bytes``), nor moves an earlier start. Generation
+# then skips re-splitting at those bytes (most of English text; ``WordTracker``).
+
+
 _SPACE_THEN_NON_ASCII = re.compile(r"\s[^\x00-\x7f]")
 
 
@@ -42,6 +47,8 @@ class HATWordSplitter:
     joins the next word, punctuation joins the previous one; words are capped at
     ``max_word_bytes`` on character boundaries.
     """
+
+    LOWERCASE_RUNS_JOIN = True  # UAX#29 keeps letters together; camelCase splits before upper
 
     def __init__(self, max_word_bytes: int = 100) -> None:
         from hat_splitter import HATSplitter
@@ -77,6 +84,7 @@ class WhitespaceSplitter:
     whitespace after it (leading whitespace of a document is a word of its own)."""
 
     _word = re.compile(r"\s+|\S+\s*")
+    LOWERCASE_RUNS_JOIN = True  # letters are not spaces
 
     def __init__(self, max_word_bytes: int = 100) -> None:
         self.max_word_bytes = max_word_bytes

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,7 @@ TRICKY = [
     "runs   of\n\n\n  spaces\t\tand\r\nnewlines  ",
     "camelCaseHTTPServer iPhone XMLHttpRequest",
     "long " + "x" * 40 + "ü" * 30 + " end e\u0301 naïve",
+    "can't won't e.g. i.e. it's fooBar foobarbazqux abcdefghijklmnopq aaaaaaaaaaaa bb",
 ]
 
 
@@ -70,7 +72,9 @@ def test_word_tracker_equals_full_resplit(name: str) -> None:
     splitter = make_splitter(name, max_word_bytes=12)
     rng = random.Random(0)
     alphabet = list("aZ3 .,'-\n\t\x00日é👍🏽\u200d🇩\u0301") + ["  ", "Ab", "HTTP"]
+    alphabet += ["abc", "xyzw", "q", "bB", "a'b", "a.b"]  # lowercase runs (re-split skipped)
     texts = TRICKY + ["".join(rng.choice(alphabet) for _ in range(60)) for _ in range(20)]
+    texts.append((Path(hat.__file__).parent / "assets" / "sample_corpus.txt").read_text()[:1500])
     for text in texts:
         data = bytes([EOD]) + text.encode()
         for cut in (1, 4):  # start from an empty and from a short prompt (maybe mid-character)

@@ -50,6 +50,7 @@ class WordTracker:
 
     def __init__(self, splitter: Splitter, data: bytes) -> None:
         self.splitter = splitter
+        self.lowercase_runs_join = getattr(splitter, "LOWERCASE_RUNS_JOIN", False)
         self.data = bytearray(data)
         self.starts = word_starts(bytes(data), splitter)
         self.state = utf8_advance(0, data[1:])
@@ -67,6 +68,13 @@ class WordTracker:
             self.starts.append(n)
             return 1, n
         if self.state != 0:  # inside a character: it joins the current word for now
+            return None
+        if (
+            self.lowercase_runs_join
+            and 0x61 <= byte <= 0x7A  # a-z after a-z, the word not at its size limit
+            and 0x61 <= self.data[n - 1] <= 0x7A
+            and n + 1 - self.starts[-1] <= self.splitter.max_word_bytes
+        ):
             return None
         old, self.starts = self.starts, self._resplit()
         if self.starts == old:
