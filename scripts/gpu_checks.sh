@@ -3,8 +3,8 @@
 # each step with a time limit, so that one call fits a 10-minute command limit:
 #   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
 #   scripts/gpu_checks.sh compile       # issue 14's compiled paths (CUDA graphs), waiting rows
-#                                       # at 1b (<= 8.2 min; its steps in order of value)
-#   scripts/gpu_checks.sh               # all three (<= 18 min: more than one lease; run
+#                                       # at 1b (<= 9.7 min; its steps in order of value)
+#   scripts/gpu_checks.sh               # all three (<= 20 min: more than one lease; run
 #                                       # `core bench` first)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
 # BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
@@ -59,6 +59,8 @@ if want compile; then
     # the next id chosen inside the compiled step (CUDA graph) vs outside it, greedy text (a
     # forcing processor would keep the choice outside), HAT and twin at batch 1 and 32
     step choice_fused 100 $PY scripts/bench_generate.py --device cuda --dtype bfloat16 --new-bytes 256 --no-uncached --text greedy --compile-step --choice-outside --output "$OUT/choice_fused.json"
+    # where a compiled HAT byte step's time goes on a GPU (graphs synchronised; host; wrapper)
+    step time_split 90 $PY scripts/experiments/generation_time_split.py --device cuda --dtype bfloat16 --compile-step --sync
     # training steps compiled vs eager (interleaved, compile time apart) with the stage profile
     step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
 fi

@@ -47,6 +47,7 @@ class HATCachedEngine:
     WORD_UNIT = 64  # the same for the backbone's word caches (~5 bytes a word: coarser)
     LAG = 64  # with ``wait``: a row this many columns behind the lead waits for no one
     WAIT_RATIO = 16  # backbone parameters per byte-stack parameter from which waiting pays
+    SHORT_WORD = 16  # bytes: the static backbone pass's window for words up to this long
 
     def __init__(
         self,
@@ -68,7 +69,8 @@ class HATCachedEngine:
         self.margin = cfg.max_word_bytes + 8  # columns a word (+ an incomplete char) can span
         self.ring_size = self.margin + 2  # guides kept per row (ring indexed by word % size)
         total = self.width + max_new
-        reserve_positions(model, total + 1)  # every position (bytes and words) is below it
+        self.positions = total + 1  # every position (bytes and words) is below it
+        reserve_positions(model, self.positions)
         mode = compile_mode(compile, self.device.type)  # None: eager
         self.static = mode is not None
         announce("HAT", mode, self.device.type)
@@ -120,12 +122,19 @@ class HATCachedEngine:
         self.cap = max(self.width, capacity(dec_keep, self.margin + 1))  # pooling reads prompts
         self.base = 0  # column held in slot 0
         self.enc_out = like.new_zeros(self.batch, self.cap, cfg.encoder.dim)  # [B, cap, De]
+        if self.buffers is not None:  # the backbone graph pools from it
+            self.enc_out = self.buffers.hold("enc_out", self.enc_out)
         self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
         self.words = [0] * self.batch  # words in the backbone cache, per row
         self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
         if self.buffers is not None:  # the byte graph reads it: held, it is not copied in
             self.ring = self.buffers.hold("ring", self.ring)
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
+        # the static backbone pass pools words from a window of columns: short, or any word
+        self.windows = [
+            torch.arange(n, device=self.device)
+            for n in (min(self.SHORT_WORD, cfg.max_word_bytes), cfg.max_word_bytes)
+        ]
         self.all_rows = list(range(self.batch))
         self.row_index = torch.arange(self.batch, device=self.device)
         self.encoder, self.pooler, self.backbone, self.decoder = (
@@ -385,7 +394,8 @@ class HATCachedEngine:
         """Pool the finished words and feed them to the backbone, one word per row per pass.
         A pass runs only the rows that have a word in it (at batch 32 a few rows finish a
         word at a given byte; running every row would do ~5x the backbone's work)."""
-        pooled = self._pool([(r, s, e) for r, s, e, _ in finished])  # [N, D]
+        # the static pass pools its words in its graph
+        pooled = None if self.static else self._pool([(r, s, e) for r, s, e, _ in finished])
         passes: list[list[int]] = []  # pass j: the j-th finished word of each row
         count: dict[int, int] = {}
         for i, (r, _, _, _) in enumerate(finished):
@@ -396,12 +406,15 @@ class HATCachedEngine:
         for members in passes:
             row_list = [finished[i][0] for i in members]
             assert all(self.words[r] == finished[i][3] for r, i in zip(row_list, members))
-            x = pooled[members]  # [R, D]
             slot_list = [self.words[r] for r in row_list]  # where each row writes
             read_to = max(slot_list) + 1
             if self.static:
-                self._backbone_pass_static(row_list, x)
-            elif row_list == self.all_rows and min(slot_list) + 1 == read_to:
+                self._backbone_pass_static(row_list, [finished[i][1:3] for i in members])
+                for r in row_list:
+                    self.words[r] += 1
+                continue
+            x = pooled[members]  # [R, D]
+            if row_list == self.all_rows and min(slot_list) + 1 == read_to:
                 # every row adds its word at the same position (always at batch 1): no mask
                 out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
                 self.ring[:, read_to % self.ring_size] = self.decoder.guide_norm(out[:, 0])
@@ -475,11 +488,12 @@ class HATCachedEngine:
         hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
         return self._logits(hidden[:, -1])
 
-    def _backbone_pass_static(self, row_list: list[int], x: torch.Tensor) -> None:
-        """One backbone pass of the rows ``row_list`` (their words x [R, D]) as a static graph.
-        The rows run in a group of a few fixed sizes (powers of two from B/8 to B, so at most
-        four graphs), topped up with rows that have no word: those write scratch at their next
-        slot, hidden from their queries until their next word overwrites it."""
+    def _backbone_pass_static(self, row_list: list[int], spans: list[tuple[int, int]]) -> None:
+        """One backbone pass of the rows ``row_list`` (their words: (start, end) document
+        offsets ``spans``) as a static graph, which also pools the words. The rows run in a
+        group of a few fixed sizes (powers of two from B/8 to B, so at most four graphs),
+        topped up with rows that have no word: those write scratch at their next slot, hidden
+        from their queries until their next word overwrites it."""
         size = max(self.batch // 8, 1)
         while size < len(row_list):
             size *= 2
@@ -491,8 +505,13 @@ class HATCachedEngine:
             rows = self._tensor(group)
         place = {r: i for i, r in enumerate(group)}
         at = self._tensor([place[r] for r in row_list])  # where row_list's rows are in the group
-        words = x.new_zeros(len(group), x.shape[-1])  # [R', D]
-        words[at] = x
+        # each group row's word: the slot of its last column, its length, its last byte's
+        # position (rows without a word: a one-byte scratch word at slot 0)
+        words = [[0] * len(group) for _ in range(3)]
+        for r, (start, end) in zip(row_list, spans):
+            i = place[r]
+            words[0][i] = self.pad_list[r] + end - 1 - self.base
+            words[1][i], words[2][i] = end - start, end - 1
         capacity = self.bb_caches[0].k.shape[2]
         for cache in self.bb_caches:
             cache.fit(0, max(self.words) + 1)
@@ -500,7 +519,12 @@ class HATCachedEngine:
             self._backbone_static.reshaped()
             if self.buffers is not None:  # new buffers, holding the old ones' words
                 self.buffers.hold_caches("backbone", self.bb_caches, reuse=False)
-        guide = self._backbone_static(words, self._tensor([self.words[r] for r in group]), rows)
+        slots = [self.words[r] for r in group]
+        # the window the graph pools from: SHORT_WORD columns unless a word is longer (two
+        # graphs per group size; most words are short)
+        longest = max(end - start for start, end in spans)
+        window = self.windows[0 if longest <= self.SHORT_WORD else 1]
+        guide = self._backbone_static(self._tensor([*words, slots]), window, rows)
         self._store_guides(row_list, guide[at])
 
     def _store_guides(self, row_list: list[int], guides: torch.Tensor) -> None:
@@ -509,11 +533,32 @@ class HATCachedEngine:
         ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
         self.ring[self._tensor(row_list), ring_slots] = guides
 
-    def _backbone_graph(self, words, slots, rows):  # noqa: ANN001, ANN202
-        caches = self.bb_caches  # words [R, D] of rows [R] (None: all) at slots [R]
+    def _backbone_graph(self, words, window, rows):  # noqa: ANN001, ANN202
+        # words [4, R]: each row's word (last column's slot, length, last byte's position) and
+        # backbone slot; window: arange(L), the columns pooled from; rows [R] (None: all)
+        ends, lengths, end_pos, slots = words
+        pooled = self._pool_window(ends, lengths, end_pos, window, rows)  # [R, D]
+        caches = self.bb_caches
         mask = word_mask(slots, caches[0].k.shape[2])
-        out = self.model.backbone(words[:, None], slots[:, None], mask, caches, slots, None, rows)
+        out = self.model.backbone(pooled[:, None], slots[:, None], mask, caches, slots, None, rows)
         return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
+
+    def _pool_window(self, ends, lengths, end_pos, j, rows):  # noqa: ANN001, ANN202
+        """The words of rows [R] (None: all) pooled from the L columns (``j`` = arange(L))
+        that end at slot ``ends`` [R]: in each row's window a scratch word (the columns before
+        its word) and its word (the last ``lengths`` [R] columns; last byte at document
+        position ``end_pos`` [R]), pooled as the model pools any words -> [R, D]."""
+        size, count = j.shape[0], ends.shape[0]
+        cols = (ends[:, None] - (size - 1) + j).clamp(min=0)  # [R, L]
+        row = (self.row_index if rows is None else rows)[:, None]  # [R, 1]
+        states = self.enc_out[row, cols].flatten(0, 1)  # [R * L, De]
+        positions = (end_pos[:, None] - (size - 1) + j).clamp(min=0).flatten()  # [R * L]
+        firsts = torch.arange(count, device=ends.device) * size
+        offsets = torch.stack([firsts, firsts + size - lengths], 1).flatten()  # [2R]
+        offsets = torch.cat([offsets, offsets.new_full((1,), count * size)])
+        word_end = end_pos.repeat_interleave(2)  # (scratch words: any position)
+        pooled = self.model.pooler(states, positions, offsets, word_end, max_pos=self.positions)
+        return pooled[1::2]  # [R, D]: the words, not the scratch
 
     # ---- helpers ------------------------------------------------------------------
     def _tensor(self, values: list[int]) -> torch.Tensor:
