@@ -449,8 +449,10 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
     assert torch.equal(eager, again)
     names = [name for name, _ in compiled]
     assert names == ["_byte_graph", "_backbone_graph"]
-    # static shapes; inductor's defaults (no CUDA graphs on a CPU) but no per-call size asserts
-    assert all(kw == {"dynamic": False, "options": {"size_asserts": False}} for _, kw in compiled)
+    # static shapes; inductor's defaults (no CUDA graphs on a CPU) but no per-call size asserts,
+    # and on a CPU the kernels called from C++
+    options = {"size_asserts": False, "cpp_wrapper": True}
+    assert all(kw == {"dynamic": False, "options": options} for _, kw in compiled)
     lines = [r.getMessage() for r in caplog.records]
     assert any("eager modules" in line for line in lines)
     assert any("torch.compile'd" in line and "mode 'default'" in line for line in lines)

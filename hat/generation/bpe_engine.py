@@ -66,7 +66,9 @@ class BPECachedEngine:
             lean_view(m) for m in (model.embed, model.backbone, model.head)
         )
         if self.static:  # compile_step=True: the step as a static-shape graph
-            self._step_static = StaticStep(self._step_graph, mode)  # its caches never grow
+            self._step_static = StaticStep(
+                self._step_graph, mode, self.device.type
+            )  # its caches never grow
 
     def observe(self, row: int, token: int) -> list[int]:
         return []

@@ -145,8 +145,8 @@ class HATCachedEngine:
         if self.buffers is not None and self.choose is not None:
             mark_static(self.choose.tables())
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
-            self._byte_static = StaticStep(self._byte_graph, mode)
-            self._backbone_static = StaticStep(self._backbone_graph, mode)
+            self._byte_static = StaticStep(self._byte_graph, mode, self.device.type)
+            self._backbone_static = StaticStep(self._backbone_graph, mode, self.device.type)
 
     @classmethod
     def auto_wait(cls, model: Any, batch: int) -> int:

@@ -99,9 +99,10 @@ class StaticStep:
     module or parameter of the model replaced by another object in the middle of a
     ``generate`` call would go unseen; values changed in place are always seen."""
 
-    def __init__(self, fn: Any, mode: str = "default") -> None:
+    def __init__(self, fn: Any, mode: str = "default", device: str = "cpu") -> None:
         """``mode``: torch.compile's; with a CUDA-graph mode each call is a step of its own
-        and returns copies of the graph's outputs."""
+        and returns copies of the graph's outputs. On a CPU the generated code calls its
+        kernels from C++ (inductor's ``cpp_wrapper``), not from Python."""
         # the mode's inductor options, without the generated wrapper's size and stride assert
         # on every input at every call: the guards pin the shapes and strides a graph was
         # built for, checked on each shape's first call (~4 % of HAT `small`'s step at batch 1
@@ -109,6 +110,8 @@ class StaticStep:
         from torch._inductor import list_mode_options
 
         options = {**list_mode_options(mode, False), "size_asserts": False}
+        if device == "cpu":
+            options["cpp_wrapper"] = True
         self.compiled = torch.compile(fn, dynamic=False, options=options)
         self.seen: set[tuple] = set()  # argument shapes called with every guard checked
         self.cuda_graphs = mode in CUDA_GRAPH_MODES
