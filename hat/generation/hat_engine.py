@@ -507,11 +507,11 @@ class HATCachedEngine:
         at = self._tensor([place[r] for r in row_list])  # where row_list's rows are in the group
         # each group row's word: the slot of its last column, its length, its last byte's
         # position (rows without a word: a one-byte scratch word at slot 0)
-        words = [[0] * len(group) for _ in range(3)]
+        geometry = [[0] * len(group) for _ in range(3)]
         for r, (start, end) in zip(row_list, spans):
             i = place[r]
-            words[0][i] = self.pad_list[r] + end - 1 - self.base
-            words[1][i], words[2][i] = end - start, end - 1
+            geometry[0][i] = self.pad_list[r] + end - 1 - self.base
+            geometry[1][i], geometry[2][i] = end - start, end - 1
         capacity = self.bb_caches[0].k.shape[2]
         for cache in self.bb_caches:
             cache.fit(0, max(self.words) + 1)
@@ -523,8 +523,9 @@ class HATCachedEngine:
         # the window the graph pools from: SHORT_WORD columns unless a word is longer (two
         # graphs per group size; most words are short)
         longest = max(end - start for start, end in spans)
+        assert longest <= self.cfg.max_word_bytes, "a finished word is longer than the cap"
         window = self.windows[0 if longest <= self.SHORT_WORD else 1]
-        guide = self._backbone_static(self._tensor([*words, slots]), window, rows)
+        guide = self._backbone_static(self._tensor([*geometry, slots]), window, rows)
         self._store_guides(row_list, guide[at])
 
     def _store_guides(self, row_list: list[int], guides: torch.Tensor) -> None:
@@ -533,10 +534,10 @@ class HATCachedEngine:
         ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
         self.ring[self._tensor(row_list), ring_slots] = guides
 
-    def _backbone_graph(self, words, window, rows):  # noqa: ANN001, ANN202
-        # words [4, R]: each row's word (last column's slot, length, last byte's position) and
-        # backbone slot; window: arange(L), the columns pooled from; rows [R] (None: all)
-        ends, lengths, end_pos, slots = words
+    def _backbone_graph(self, geometry, window, rows):  # noqa: ANN001, ANN202
+        # geometry [4, R]: each row's word (last column's slot, length, last byte's position)
+        # and backbone slot; window: arange(L), the columns pooled from; rows [R] (None: all)
+        ends, lengths, end_pos, slots = geometry
         pooled = self._pool_window(ends, lengths, end_pos, window, rows)  # [R, D]
         caches = self.bb_caches
         mask = word_mask(slots, caches[0].k.shape[2])
