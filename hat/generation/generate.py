@@ -191,7 +191,7 @@ def run_generation(
     fused = getattr(engine, "choose", None) is not None
     step_index = torch.arange(steps + 1, device=device)  # 0-d views: no copy to the device
     logits = engine.prefill()
-    vocab = logits.shape[-1]
+    vocab_size = logits.shape[-1]  # the noise's width when sampling
     if wait > 1:  # rows with no budget (a prompt as long as the context) set no one's pace
         for r in (r for r, row in enumerate(out) if row.done):
             engine.retire(r)
@@ -212,7 +212,8 @@ def run_generation(
                 written = step if ready is None else max(counts)
                 scores = processors(history[:, : width - 1 + written], scores)
             scores = chooser.warp(scores)
-            tokens = chooser.pick(scores, chooser.noise(len(rows), vocab, device, generator))
+            noise = chooser.noise(len(rows), vocab_size, device, generator)
+            tokens = chooser.pick(scores, noise)
             if n_done:
                 tokens = torch.where(done, spec.pad_id, tokens)
             if keep_scores:
@@ -242,7 +243,7 @@ def run_generation(
         if n_done == len(out):
             break
         if fused:  # the step chooses the next ids
-            noise = chooser.noise(len(rows), vocab, device, generator)
+            noise = chooser.noise(len(rows), vocab_size, device, generator)
             at = step_index[step + 1] if wait == 1 else torch.tensor(counts, device=device)
             (tokens, state), logits = engine.step(tokens, (state, at, budgets, done, noise)), None
         else:
