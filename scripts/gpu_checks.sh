@@ -3,8 +3,8 @@
 # each step with a time limit, so that one call fits a 10-minute command limit:
 #   scripts/gpu_checks.sh core bench    # GPU tests, FSDP2 smoke, pooling, train + generate (<= 9.5 min)
 #   scripts/gpu_checks.sh compile       # issue 14's compiled paths (CUDA graphs), waiting rows
-#                                       # at 1b (<= 9.7 min; its steps in order of value)
-#   scripts/gpu_checks.sh               # all three (<= 20 min: more than one lease; run
+#                                       # at 1b (<= 11.7 min; its steps in order of value)
+#   scripts/gpu_checks.sh               # all three (<= 22 min: more than one lease; run
 #                                       # `core bench` first)
 # Results land in $OUT (or ./gpu_out): pytest's GPU log and the benchmarks' JSON, for
 # BENCHMARKS.md with the device named. Needs the wheels of scripts/gpu_wheels.sh in .wheels/
@@ -63,5 +63,8 @@ if want compile; then
     step time_split 90 $PY scripts/experiments/generation_time_split.py --device cuda --dtype bfloat16 --compile-step --sync
     # training steps compiled vs eager (interleaved, compile time apart) with the stage profile
     step bench_train_compile 120 $PY scripts/bench_train.py --pairs small:bpe_small --row-bytes 8192 --rows 8 --steps 4 --warmup 2 --compile --profile 2 --out "$OUT/bench_train_compile.json"
+    # the next lever, an experiment: the compiled step captured in a CUDA graph by hand and
+    # replayed without torch.compile's per-call wrapper, against CUDA graph trees
+    step cuda_graph_capture 120 $PY scripts/experiments/cuda_graph_capture.py --batch-sizes 1,32 --new-bytes 256 --output "$OUT/cuda_graph_capture.json"
 fi
 ls -la "$OUT"

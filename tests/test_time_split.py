@@ -29,3 +29,59 @@ def test_time_split_parts_nest_and_the_methods_are_restored() -> None:
         atol=0.2,
         rtol=0,
     )
+
+
+def test_hand_capture_copies_arguments_in_and_replays(monkeypatch) -> None:
+    """scripts/experiments/cuda_graph_capture.py's host side on a CPU, a replay standing in
+    for the CUDA graph (it reruns the recorded call on the recorded inputs, writing the
+    recorded outputs): the same text as the compiled step, one capture per argument shape,
+    later calls replayed with their arguments copied in, and a fresh capture after the caches
+    grow."""
+    import hat
+    from hat.generation import HATCachedEngine
+    from tests.test_generation import Force
+
+    path = SCRIPT.parent / "cuda_graph_capture.py"
+    spec = importlib.util.spec_from_file_location("cuda_graph_capture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    replays, recorded = [], []
+
+    def capture(fn, inputs):  # noqa: ANN001, ANN202
+        recorded.append((fn, tuple(None if t is None else t.shape for t in inputs)))
+        outputs = fn(*inputs)
+
+        def replay() -> None:
+            replays.append(1)
+            fresh = fn(*inputs)
+            flat, _ = torch.utils._pytree.tree_flatten(outputs)
+            for old, new in zip(flat, torch.utils._pytree.tree_flatten(fresh)[0], strict=True):
+                old.copy_(new)
+
+        return replay, outputs
+
+    monkeypatch.setattr(module.CapturedCalls, "capture", staticmethod(capture))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the static graphs, uncompiled
+    monkeypatch.setattr(HATCachedEngine, "UNIT", 1)  # caches not rounded up: they grow
+    monkeypatch.setattr(HATCachedEngine, "WORD_UNIT", 1)
+    torch.manual_seed(0)
+    model = hat.HATForCausalLM.from_name("tiny").eval()
+    prompts = ["Hello wor", "It's 3.14, "]
+    kwargs = dict(max_new_tokens=60, do_sample=True, seed=1, suppress_tokens=[192])
+    plain = model.generate(prompts, compile_step=True, **kwargs)  # the choice in the graphs
+    short_words = dict(max_new_tokens=100, logits_processor=[Force(b"a " * 50)])
+    grown = model.generate(prompts, compile_step=True, **short_words)  # 50 words: caches grow
+    forgotten = []
+    with module.CapturedCalls() as capture:
+        reshaped = module.lean.StaticStep.reshaped
+        module.lean.StaticStep.reshaped = lambda s: forgotten.append(1) or reshaped(s)
+        try:
+            assert model.generate(prompts, compile_step=True, **kwargs) == plain
+            short_words["logits_processor"] = [Force(b"a " * 50)]
+            assert model.generate(prompts, compile_step=True, **short_words) == grown
+        finally:
+            module.lean.StaticStep.reshaped = reshaped
+    assert capture.captures >= 3 and len(replays) > 50  # byte graph, word graphs, regrown
+    assert forgotten, "the word caches never grew"
+    assert len(set(recorded)) < len(recorded)  # a step's shape captured again once they grew
+    assert module.lean.StaticStep.__call__ is capture.original  # restored
