@@ -13,8 +13,8 @@ BYTES = [bytes([b]) if b not in (EOD, PAD) else b"" for b in range(256)]  # as H
 
 def chooser(**config) -> Chooser:
     cfg = GenerationConfig(**config)
-    automaton = VocabAutomaton(BYTES, {EOD}, {PAD}, torch.device("cpu"))
-    return Chooser(automaton, [EOD, 9999], build_warpers(cfg), cfg.do_sample, 2, PAD)
+    automaton = VocabAutomaton(BYTES, {EOD, 9999}, {PAD}, torch.device("cpu"))
+    return Chooser(automaton, build_warpers(cfg), cfg.do_sample, 2, PAD)
 
 
 def test_the_exponential_race_samples_the_softmax() -> None:

@@ -17,8 +17,8 @@ from hat.generation.lean import (
     StaticStep,
     announce,
     compile_mode,
+    graph_chooser,
     lean_view,
-    mark_static,
 )
 from hat.modeling import softcap
 
@@ -55,12 +55,9 @@ class BPECachedEngine:
         announce("BPE twin", mode, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
-        # the ids' choice, inside the step's graph ("fused")
-        self.choose = choose if self.static else None
+        self.choose = graph_chooser(choose, mode)  # the ids' choice, in the step's graph
         if mode in CUDA_GRAPH_MODES:  # the graphs write the caches at recorded addresses
             StaticBuffers.for_model(model).hold_caches("backbone", self.caches)
-            if self.choose is not None:
-                mark_static(self.choose.tables())
         self.n = self.cols.width  # next column
         self.embed, self.backbone, self.head = (
             lean_view(m) for m in (model.embed, model.backbone, model.head)

@@ -3,8 +3,9 @@ constraint with the budget and ``min_new_tokens``, the sampling warpers, argmax 
 the UTF-8 reader's advance. All of it is tensor math whose shapes do not change from step to
 step, so a compiled engine step runs it inside its graph (``generate(compile_step=True)``
 without processors that read the history: "fused"): per step the host then receives the ids
-it needs for its word tracking and nothing else, one graph replay on a GPU instead of a
-dozen small kernel launches after it."""
+it needs for its word tracking and nothing else: on a GPU the graph replay holds the 5
+kernels of a greedy choice (13 sampling with temperature and top-k) that would otherwise be
+launched one by one after it."""
 
 from __future__ import annotations
 
@@ -27,23 +28,14 @@ class Chooser:
     def __init__(
         self,
         automaton: VocabAutomaton,
-        end_ids: list[int],
         warpers: LogitsProcessorList,
         do_sample: bool,
         min_new: int,
         pad_id: int,
     ) -> None:
+        """``automaton``: the ids allowed per UTF-8 state, and which ids end a document."""
         self.automaton, self.warpers = automaton, warpers
         self.do_sample, self.min_new, self.pad_id = do_sample, min_new, pad_id
-        vocab = automaton.allowed.shape[1]
-        self.is_end = torch.zeros(vocab, dtype=torch.bool)  # [V]
-        self.is_end[[i for i in end_ids if 0 <= i < vocab]] = True
-        self.is_end = self.is_end.to(automaton.allowed.device)
-
-    def tables(self) -> list[torch.Tensor]:
-        """The constant tensors a fused step reads (a CUDA graph reads them in place)."""
-        a = self.automaton
-        return [a.allowed, a.next, a.need, a.need_after, self.is_end]
 
     def noise(
         self, batch: int, vocab: int, device: torch.device, generator: torch.Generator | None
@@ -66,7 +58,7 @@ class Chooser:
         ``min_new_tokens``; None: none is)."""
         scores = self.automaton.mask(logits.float(), state, left)
         if early is not None:
-            scores = scores.masked_fill(early[:, None] & self.is_end, -float("inf"))
+            scores = scores.masked_fill(early[:, None] & self.automaton.is_end, -float("inf"))
         return scores
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:

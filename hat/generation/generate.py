@@ -150,12 +150,7 @@ def run_generation(
     # a step, after the UTF-8 mask; the sampling warpers after them are the chooser's
     processors = build_processors(config, extra_processors, warpers=False)
     chooser = Chooser(
-        automaton,
-        sorted(end_ids),
-        build_warpers(config),
-        config.do_sample,
-        config.min_new_tokens,
-        spec.pad_id,
+        automaton, build_warpers(config), config.do_sample, config.min_new_tokens, spec.pad_id
     )
     state = torch.tensor(states, device=device)  # [B] UTF-8 reader state
     width = max(map(len, rows))

@@ -20,8 +20,8 @@ from hat.generation.lean import (
     StaticStep,
     announce,
     compile_mode,
+    graph_chooser,
     lean_view,
-    mark_static,
 )
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
@@ -140,10 +140,7 @@ class HATCachedEngine:
         self.encoder, self.pooler, self.backbone, self.decoder = (
             lean_view(m) for m in (model.encoder, model.pooler, model.backbone, model.decoder)
         )
-        # the ids' choice, inside the byte graph ("fused"); eager steps return logits
-        self.choose = choose if self.static else None
-        if self.buffers is not None and self.choose is not None:
-            mark_static(self.choose.tables())
+        self.choose = graph_chooser(choose, mode)  # the ids' choice, in the byte graph
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
             self._byte_static = StaticStep(self._byte_graph, mode, self.device.type)
             self._backbone_static = StaticStep(self._backbone_graph, mode, self.device.type)

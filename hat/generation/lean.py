@@ -188,11 +188,16 @@ class StaticBuffers:
             cache.v = self.hold(f"{prefix}.{i}.v", cache.v, reuse)
 
 
-def mark_static(tensors: list[torch.Tensor]) -> None:
-    """Tensors that a CUDA graph reads and that keep their addresses (a cached table): read in
-    place, not copied into the graph's inputs at every replay."""
-    for tensor in tensors:
-        torch._dynamo.mark_static_address(tensor)
+def graph_chooser(choose: Any, mode: str | None) -> Any:
+    """The ``Chooser`` a compiled step runs in its graph ("fused"), or None for an eager step
+    (it returns logits). Under CUDA graphs its automaton's tables, which keep their addresses
+    from call to call, are read in place instead of copied in at every replay."""
+    if mode is None or choose is None:
+        return None
+    if mode in CUDA_GRAPH_MODES:
+        for table in choose.automaton.tables():
+            torch._dynamo.mark_static_address(table)
+    return choose
 
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

@@ -68,7 +68,8 @@ def incomplete_tail(data: bytes) -> int:
 
 
 class VocabAutomaton:
-    """Which ids keep a row valid UTF-8, per reader state: ``allowed`` [S, V], ``next`` [S, V].
+    """Which ids keep a row valid UTF-8, per reader state: ``allowed`` [S, V], ``next`` [S, V];
+    which ids end a document: ``is_end`` [V].
 
     ``token_bytes[i]`` is what id i spells. End ids are allowed only at a character boundary;
     banned ids never; other ids that spell nothing (control tokens) leave the state alone.
@@ -102,6 +103,14 @@ class VocabAutomaton:
         self.allowed, self.next = allowed.to(device), nxt.to(device)
         self.need = torch.tensor(UTF8_NEED, device=device)
         self.need_after = self.need[self.next]  # [S, V] bytes missing after each id
+        self.is_end = torch.zeros(vocab, dtype=torch.bool)  # [V]
+        self.is_end[ends] = True
+        self.is_end = self.is_end.to(device)
+
+    def tables(self) -> list[torch.Tensor]:
+        """Its constant tensors (built once per vocabulary, ends and bans: ``generate`` keeps
+        the automaton, so they keep their addresses from call to call)."""
+        return [self.allowed, self.next, self.need, self.need_after, self.is_end]
 
     def mask(
         self, scores: torch.Tensor, state: torch.Tensor, left: torch.Tensor | None = None
