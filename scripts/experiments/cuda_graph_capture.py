@@ -2,9 +2,9 @@
 buy on a GPU (an experiment for issue 14; needs CUDA, never run yet).
 
 ``compile_step=True`` on a GPU compiles the static-shape steps with ``mode="reduce-overhead"``:
-each call goes through dynamo's frame and AOTAutograd's runtime wrapper (~120 us a call on the
-2-core CPU VM, growing with the graph's inputs: BENCHMARKS.md, "Where a generation step's time
-goes") before CUDA graph trees replay the kernels. vLLM instead captures the decode step in a
+each call goes through dynamo's frame and AOTAutograd's runtime wrapper (~120 us a call for
+HAT's byte graph on the 2-core CPU VM: BENCHMARKS.md, "Where a generation step's time goes")
+before CUDA graph trees replay the kernels. vLLM instead captures the decode step in a
 ``torch.cuda.CUDAGraph`` once and replays it directly: per call, the arguments are copied into
 the graph's input buffers and ``replay()`` launches everything.
 
