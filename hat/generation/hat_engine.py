@@ -279,7 +279,8 @@ class HATCachedEngine:
         c0 = min(first.values(), default=n)
         self.col = [c if r in self.waiting else c + 1 for r, c in enumerate(cols)]
         if choice is not None and self.wait > 1:  # rows sitting this step out: PAD, state kept
-            choice = (*choice, self._tensor([r in self.waiting for r in self.all_rows]).bool())
+            waiting = [r in self.waiting for r in self.all_rows]
+            choice = (*choice, torch.tensor(waiting, device=self.device))  # [B] bool
         if self.static and lo == n and c0 == n:  # the usual step: column n, one graph
             words = self.col_word[:, n - self.base, None]  # [B, 1]
             enc, dec = self._fit(self.enc_caches, n, n + 1), self._fit(self.dec_caches, n, n + 1)

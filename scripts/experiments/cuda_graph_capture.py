@@ -60,16 +60,15 @@ class CapturedCalls:
 
     def __init__(self) -> None:
         self.original = lean.StaticStep.__call__
+        self.original_reshaped = lean.StaticStep.reshaped
         self.captures = 0
 
     def __enter__(self) -> CapturedCalls:
         lean.StaticStep.__call__ = lambda step, *args: self._call(step, *args)
-        reshaped = lean.StaticStep.reshaped
-        self.original_reshaped = reshaped
 
         def forget(step: Any) -> None:  # the caches grew: the captures read the old ones
             step.__dict__.pop("captured", None)
-            reshaped(step)
+            self.original_reshaped(step)
 
         lean.StaticStep.reshaped = forget
         return self
