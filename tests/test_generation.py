@@ -511,6 +511,9 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
     monkeypatch.setattr(  # (inductor's options are not the stand-in backend's)
         torch, "compile", lambda fn, options=None, **kw: real_compile(fn, backend=counting, **kw)
     )
+    taken = []  # the code each shape's later calls run (StaticStep: dynamo skipped)
+    real_code = lean.dynamo_code
+    monkeypatch.setattr(lean, "dynamo_code", lambda *a: taken.append(real_code(*a)) or taken[-1])
     torch._dynamo.reset()
     model = tiny()
     kwargs = dict(max_new_tokens=24, output_logits=True, return_dict_in_generate=True)
@@ -537,6 +540,7 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
         compile_step=True,
     )
     assert compiled.sequences == eager.sequences and len(graphs) == hat_graphs + 1
+    assert taken and None not in taken  # every shape's later calls ran dynamo's code directly
     for step_compiled, step_eager in zip(compiled.logits, eager.logits, strict=True):
         torch.testing.assert_close(step_compiled, step_eager, atol=1e-5, rtol=1e-5)
 
