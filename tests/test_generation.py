@@ -447,6 +447,8 @@ def test_compile_step_option(monkeypatch, caplog) -> None:
         eager = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20)
         again = model.generate(**batch_of(PROMPTS[:2]), max_new_tokens=20, compile_step=True)
     assert torch.equal(eager, again)
+    # (flex attention, which the graphs attend with on a CPU, compiles its own operator too)
+    compiled = [(name, kw) for name, kw in compiled if not name.startswith("_flex_attention")]
     names = [name for name, _ in compiled]
     assert names == ["_byte_graph", "_backbone_graph"]
     # static shapes; inductor's defaults (no CUDA graphs on a CPU) but no per-call size asserts,

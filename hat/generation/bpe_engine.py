@@ -18,6 +18,7 @@ from hat.generation.lean import (
     announce,
     compile_mode,
     graph_chooser,
+    key_blocks,
     lean_view,
 )
 from hat.modeling import softcap
@@ -52,6 +53,7 @@ class BPECachedEngine:
         reserve_positions(model.backbone, total + 1)
         mode = compile_mode(compile, self.device.type)  # None: eager
         self.static = mode is not None
+        self.key_blocks = key_blocks(mode, self.device.type, self.batch)  # flex attention in the graphs
         announce("BPE twin", mode, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
@@ -105,7 +107,7 @@ class BPECachedEngine:
     def _step_graph(self, tokens, n, slot, *choice):  # noqa: ANN001, ANN002, ANN202
         """The step with static shapes: the caches read whole under a mask of the columns
         each row may see (the twin's caches never slide: slot == column)."""
-        mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None)
+        mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None, self.key_blocks)
         x = self.model.embed(tokens[:, None])  # [B, 1, D]
         hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, slot)
         logits = self._logits(hidden[:, 0])  # [B, V]

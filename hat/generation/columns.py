@@ -5,6 +5,8 @@ engines."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from hat.block import AttentionMask
@@ -34,6 +36,29 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
     cols = torch.arange(width, device=doc_start.device)
     prompt = cols[None, :] >= doc_start[:, None]  # [B, P]: the left padding is False
     return AttentionMask.packed(prompt.long(), window, impl="sdpa", padding=~prompt)
+
+
+KEY_BLOCK = 64  # keys per block of a step's BlockMask (static caches: multiples of 64 slots)
+
+
+def key_blocks(ok: torch.Tensor, mask_mod: Any) -> object:
+    """A flex-attention BlockMask for one query per row that may see the keys ``ok`` [B, K]
+    (K a multiple of ``KEY_BLOCK``; ``mask_mod`` the same rule as a function of indices),
+    listing only the blocks holding a visible key, so that attention reads those alone. A static step's cache is read whole (the same shapes at every
+    step) although only the slots written so far, within the window, are visible: ~60 % of a
+    HAT `small` decoder cache at batch 32 on the benchmark's text, where SDPA under a dense
+    mask reads every slot (memory-bound: the keys and values of 32 rows)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, count = ok.shape
+    visible = ok.view(batch, count // KEY_BLOCK, KEY_BLOCK).any(-1)  # [B, NB]
+    num = visible.sum(-1, dtype=torch.int32)[:, None, None]  # [B, 1, 1] (one head group)
+    # the visible blocks first, in order (a stable sort of "hidden")
+    order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices
+    indices = order.to(torch.int32)[:, None, None]  # [B, 1, 1, NB]
+    return BlockMask.from_kv_blocks(
+        num, indices, BLOCK_SIZE=(1, KEY_BLOCK), mask_mod=mask_mod, seq_lengths=(1, count)
+    )
 
 
 class LeftPadding:
@@ -66,20 +91,42 @@ class LeftPadding:
         return (cols[None] - self.pad[rows, None]).clamp(min=0)
 
     def step_mask(
-        self, n: torch.Tensor, first: torch.Tensor | int, count: int, window: int | None
+        self,
+        n: torch.Tensor,
+        first: torch.Tensor | int,
+        count: int,
+        window: int | None,
+        blocks: bool = False,
     ) -> AttentionMask:
         """Mask [B, 1, 1, count] of one query per row, at column ``n`` (a 0-d tensor: every
         row's; [B]: each row's own, as when HAT's rows that waited for the backbone stand
         behind the others) over the keys at columns ``first`` .. ``first + count - 1``:
         causal, within the window, not left padding. Static-shape steps
         (``generate(compile_step=True)``) read every slot of a cache, ``first`` the column in
-        slot 0: the same shapes at every step."""
+        slot 0: the same shapes at every step. With ``blocks`` (and ``count`` a multiple of
+        ``KEY_BLOCK``) the mask is a flex-attention BlockMask that lists only the blocks of
+        keys holding a visible one (``key_blocks``)."""
         keys = first + torch.arange(count, device=self.pad.device)  # [K]
         query = n.reshape(-1, 1)  # [1, 1] or [B, 1]
         ok = (keys[None] <= query) & (keys[None] >= self.pad[:, None])  # [B, K]
         if window is not None:
             ok = ok & (keys[None] > query - window)
+        if blocks and count % KEY_BLOCK == 0:
+            return AttentionMask(block=key_blocks(ok, self._sees(n, first, window)))
         return AttentionMask(dense=ok[:, None, None])
+
+    def _sees(self, n: torch.Tensor, first: torch.Tensor | int, window: int | None) -> Any:
+        """``step_mask``'s rule as a flex-attention mask_mod (of the step's inputs alone:
+        inductor's CPU kernel cannot read a tensor the graph computed)."""
+        pad, query = self.pad, n.reshape(-1)  # [B], [1] or [B]
+        per_row = query.shape[0] > 1
+
+        def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - flex attention's signature
+            key, at = first + k, query[b] if per_row else query[0]
+            ok = (key <= at) & (key >= pad[b])
+            return ok & (key > at - window) if window is not None else ok
+
+        return mask_mod
 
     def mask(self, n: int, lo: int) -> AttentionMask | None:
         """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them

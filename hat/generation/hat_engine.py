@@ -21,6 +21,7 @@ from hat.generation.lean import (
     announce,
     compile_mode,
     graph_chooser,
+    key_blocks,
     lean_view,
 )
 from hat.generation.words import WordTracker, word_starts
@@ -73,6 +74,7 @@ class HATCachedEngine:
         reserve_positions(model, self.positions)
         mode = compile_mode(compile, self.device.type)  # None: eager
         self.static = mode is not None
+        self.key_blocks = key_blocks(mode, self.device.type, self.batch)  # flex attention in the graphs
         announce("HAT", mode, self.device.type)
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others
@@ -473,14 +475,16 @@ class HATCachedEngine:
 
     def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]
-        mask = self.cols.step_mask(n, offset, caches[0].k.shape[2], self.cfg.encoder.window)
+        count, window = caches[0].k.shape[2], self.cfg.encoder.window
+        mask = self.cols.step_mask(n, offset, count, window, self.key_blocks)
         positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
         x = self.model.encoder(tokens[:, None], positions, mask, caches, slot)
         return x[:, 0]
 
     def _decode_graph(self, states, words, n, slot, offset):  # noqa: ANN001, ANN202
         caches = self.dec_caches  # states [B, 1, De], words [B, 1] -> logits [B, 256]
-        mask = self.cols.step_mask(n, offset, caches[0].k.shape[2], self.cfg.decoder.window)
+        count, window = caches[0].k.shape[2], self.cfg.decoder.window
+        mask = self.cols.step_mask(n, offset, count, window, self.key_blocks)
         index = words % self.ring_size  # each row's guide in the ring
         positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
         hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
