@@ -53,9 +53,8 @@ class BPECachedEngine:
         reserve_positions(model.backbone, total + 1)
         mode = compile_mode(compile, self.device.type)  # None: eager
         self.static = mode is not None
-        self.key_blocks = key_blocks(
-            mode, self.device.type, self.batch
-        )  # flex attention in the graphs
+        # the graphs attend to the cache blocks in reach (flex attention) or every slot (SDPA)
+        self.key_blocks = key_blocks(mode, self.device.type, self.batch)
         announce("BPE twin", mode, self.device.type)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)

@@ -44,10 +44,10 @@ KEY_BLOCK = 64  # keys per block of a step's BlockMask (static caches: multiples
 def key_blocks(ok: torch.Tensor, mask_mod: Any) -> object:
     """A flex-attention BlockMask for one query per row that may see the keys ``ok`` [B, K]
     (K a multiple of ``KEY_BLOCK``; ``mask_mod`` the same rule as a function of indices),
-    listing only the blocks holding a visible key, so that attention reads those alone. A static step's cache is read whole (the same shapes at every
-    step) although only the slots written so far, within the window, are visible: ~60 % of a
-    HAT `small` decoder cache at batch 32 on the benchmark's text, where SDPA under a dense
-    mask reads every slot (memory-bound: the keys and values of 32 rows)."""
+    listing only the blocks holding a visible key, so that attention reads those alone. A
+    static step reads a cache whole (the same shapes at every step) although only the slots
+    written so far, within the window, are visible; SDPA under a dense mask reads every slot,
+    which at batch 32 is memory-bound on the keys and values (BENCHMARKS.md)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     batch, count = ok.shape

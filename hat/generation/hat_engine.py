@@ -74,9 +74,8 @@ class HATCachedEngine:
         reserve_positions(model, self.positions)
         mode = compile_mode(compile, self.device.type)  # None: eager
         self.static = mode is not None
-        self.key_blocks = key_blocks(
-            mode, self.device.type, self.batch
-        )  # flex attention in the graphs
+        # the graphs attend to the cache blocks in reach (flex attention) or every slot (SDPA)
+        self.key_blocks = key_blocks(mode, self.device.type, self.batch)
         announce("HAT", mode, self.device.type)
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others

@@ -100,8 +100,7 @@ class StaticStep:
     compiled graph) as a plain function, without dynamo's frame hook and cache lookup (~80 us
     a call on that CPU, 1.16x HAT ``small``'s step at batch 1). Where this torch does not show
     which code ran, they check only the guards that tell the compiled graphs apart
-    (``set_stance(skip_guard_eval_unsafe=True)``; a graph it would have to compile then is
-    an error, never a silent reuse: tests/test_generation.py). Either way a module or
+    (``set_stance(skip_guard_eval_unsafe=True)``). Either way a module or
     parameter of the model replaced by another object in the middle of a ``generate`` call
     would go unseen; values changed in place are always seen."""
 
