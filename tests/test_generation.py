@@ -493,15 +493,31 @@ BACKENDS = [
 ]
 
 
+@pytest.mark.parametrize("blocks", [True, False], ids=["key-blocks", "sdpa"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) -> None:
+def test_compiled_step_equals_eager_on_cpu(
+    backend: str, blocks: bool, tiny_bpe, monkeypatch
+) -> None:
     """The compiled static-shape steps give the eager step's text and logits, across word
     boundaries, left padding, a ragged batch and the twin. ``aot_eager`` traces the graphs
     for real (dynamo + AOTAutograd, eager kernels: seconds); ``HAT_TEST_COMPILE=1`` adds
     inductor's C++ kernels. Graphs compile once per shape, never as the caches fill: HAT's
-    byte step once, its backbone once per group size (1 and 2 rows here), the twin's step once;
-    a second call of the same shapes compiles nothing."""
+    byte step once, its backbone once per group size (1 and 2 rows here: a group of 1 reads
+    the caches in place, ``AttentionMask.rows``), the twin's step once; a second call of the
+    same shapes compiles nothing. Attention through BlockMasks (a CPU above batch 1) and
+    through SDPA under dense masks (a GPU) both."""
     from torch._dynamo.backends.registry import lookup_backend
+
+    for engine in (hat_engine, bpe_engine):
+        monkeypatch.setattr(engine, "key_blocks", lambda mode, device, batch: blocks)
+    partial = []  # word passes of a group smaller than the batch (caches read in place)
+    whole_pass = HATCachedEngine._backbone_pass_static
+
+    def counted_pass(self, row_list, spans):  # noqa: ANN001, ANN202
+        partial.append(len(row_list) < self.batch)
+        return whole_pass(self, row_list, spans)
+
+    monkeypatch.setattr(HATCachedEngine, "_backbone_pass_static", counted_pass)
 
     graphs = []
 
@@ -523,6 +539,7 @@ def test_compiled_step_equals_eager_on_cpu(backend: str, tiny_bpe, monkeypatch) 
     eager = model.generate(**batch, **kwargs)
     compiled = model.generate(**batch, compile_step=True, **kwargs)
     hat_graphs = len(graphs)  # the byte graph and one or two backbone groups: really compiled
+    assert any(partial) and not all(partial)
     assert 2 <= hat_graphs <= 3
     again = model.generate(**batch, compile_step=True, **kwargs)
     assert len(graphs) == hat_graphs and torch.equal(again.sequences, compiled.sequences)

@@ -58,3 +58,16 @@ def test_dense_where_the_cache_is_not_whole_blocks_and_where_not_chosen() -> Non
     assert mask.block is None and mask.dense is not None
     assert key_blocks("default", "cpu", 2) and not key_blocks("default", "cpu", 1)
     assert not key_blocks(None, "cpu", 8) and not key_blocks("reduce-overhead", "cuda", 8)
+
+
+def test_word_mask_blocks_and_rows_outside_the_group() -> None:
+    """The word step's mask over every cache row: a row's words up to its slot; a row outside
+    the group (slot -1) lists no block, so flex attention reads nothing of its cache."""
+    from hat.generation.hat_engine import word_mask
+
+    slots = torch.tensor([70, -1, 3, 130])
+    count = 3 * KEY_BLOCK
+    dense = word_mask(slots, count).dense[:, 0, 0]
+    blocked = word_mask(slots, count, blocks=True).block
+    assert torch.equal(block_mask_allows(blocked, 4, count), dense)
+    assert blocked.kv_num_blocks[:, 0, 0].tolist() == [2, 0, 1, 3]

@@ -41,7 +41,7 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
 KEY_BLOCK = 64  # keys per block of a step's BlockMask (static caches: multiples of 64 slots)
 
 
-def key_blocks(ok: torch.Tensor, mask_mod: Any) -> object:
+def blocks_in_reach(ok: torch.Tensor, mask_mod: Any) -> object:
     """A flex-attention BlockMask for one query per row that may see the keys ``ok`` [B, K]
     (K a multiple of ``KEY_BLOCK``; ``mask_mod`` the same rule as a function of indices),
     listing only the blocks holding a visible key, so that attention reads those alone. A
@@ -105,14 +105,14 @@ class LeftPadding:
         (``generate(compile_step=True)``) read every slot of a cache, ``first`` the column in
         slot 0: the same shapes at every step. With ``blocks`` (and ``count`` a multiple of
         ``KEY_BLOCK``) the mask is a flex-attention BlockMask that lists only the blocks of
-        keys holding a visible one (``key_blocks``)."""
+        keys holding a visible one (``blocks_in_reach``)."""
         keys = first + torch.arange(count, device=self.pad.device)  # [K]
         query = n.reshape(-1, 1)  # [1, 1] or [B, 1]
         ok = (keys[None] <= query) & (keys[None] >= self.pad[:, None])  # [B, K]
         if window is not None:
             ok = ok & (keys[None] > query - window)
         if blocks and count % KEY_BLOCK == 0:
-            return AttentionMask(block=key_blocks(ok, self._sees(n, first, window)))
+            return AttentionMask(block=blocks_in_reach(ok, self._sees(n, first, window)))
         return AttentionMask(dense=ok[:, None, None])
 
     def _sees(self, n: torch.Tensor, first: torch.Tensor | int, window: int | None) -> Any:

@@ -13,7 +13,13 @@ import torch
 from hat.batching import collate_documents, row_groups
 from hat.block import AttentionMask, reserve_positions, round_up
 from hat.generation.choose import Chooser
-from hat.generation.columns import LeftPadding, prefill_mask, window_mask
+from hat.generation.columns import (
+    KEY_BLOCK,
+    LeftPadding,
+    blocks_in_reach,
+    prefill_mask,
+    window_mask,
+)
 from hat.generation.lean import (
     CUDA_GRAPH_MODES,
     StaticBuffers,
@@ -528,7 +534,15 @@ class HATCachedEngine:
         longest = max(end - start for start, end in spans)
         assert longest <= self.cfg.max_word_bytes, "a finished word is longer than the cap"
         window = self.windows[0 if longest <= self.SHORT_WORD else 1]
-        guide = self._backbone_static(self._tensor([*geometry, slots]), window, rows)
+        # with a group of some rows, every cache row's slot (-1: not in the group) for a mask
+        # over all of them: the group's attention reads the caches in place
+        everyone = None
+        if rows is not None:
+            everyone = [-1] * self.batch
+            for r, slot in zip(group, slots):
+                everyone[r] = slot
+            everyone = self._tensor(everyone)
+        guide = self._backbone_static(self._tensor([*geometry, slots]), window, rows, everyone)
         self._store_guides(row_list, guide[at])
 
     def _store_guides(self, row_list: list[int], guides: torch.Tensor) -> None:
@@ -537,13 +551,19 @@ class HATCachedEngine:
         ring_slots = self._tensor([(self.words[r] + 1) % self.ring_size for r in row_list])
         self.ring[self._tensor(row_list), ring_slots] = guides
 
-    def _backbone_graph(self, geometry, window, rows):  # noqa: ANN001, ANN202
+    def _backbone_graph(self, geometry, window, rows, everyone):  # noqa: ANN001, ANN202
         # geometry [4, R]: each row's word (last column's slot, length, last byte's position)
         # and backbone slot; window: arange(L), the columns pooled from; rows [R] (None: all)
+        # and everyone [B]: every cache row's slot (-1: not in the group)
         ends, lengths, end_pos, slots = geometry
         pooled = self._pool_window(ends, lengths, end_pos, window, rows)  # [R, D]
         caches = self.bb_caches
-        mask = word_mask(slots, caches[0].k.shape[2])
+        count = caches[0].k.shape[2]
+        if rows is None:
+            mask = word_mask(slots, count)
+        else:  # the group's queries over every row's cache, in place (no copies of its rows)
+            mask = word_mask(everyone, count, self.key_blocks)
+            mask.rows = rows
         out = self.model.backbone(pooled[:, None], slots[:, None], mask, caches, slots, None, rows)
         return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
 
@@ -614,11 +634,20 @@ def _announce_wait(wait: int, batch: int, ratio: int) -> None:
     )
 
 
-def word_mask(slots: torch.Tensor, keys: int) -> AttentionMask:
+def word_mask(slots: torch.Tensor, keys: int, blocks: bool = False) -> AttentionMask:
     """[R, 1, 1, keys] mask of one backbone query per row, at word slot ``slots`` [R]: it sees
-    that row's words up to its own (slots past it hold nothing yet, or scratch)."""
+    that row's words up to its own (slots past it hold nothing yet, or scratch; a slot of -1
+    sees none). With ``blocks`` (and ``keys`` whole blocks) a BlockMask of the blocks in reach
+    (``columns.blocks_in_reach``)."""
     cols = torch.arange(keys, device=slots.device)
-    return AttentionMask(dense=(cols[None] <= slots[:, None])[:, None, None])
+    ok = cols[None] <= slots[:, None]  # [R, keys]
+    if blocks and keys % KEY_BLOCK == 0:
+
+        def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - flex attention's signature
+            return k <= slots[b]
+
+        return AttentionMask(block=blocks_in_reach(ok, mask_mod))
+    return AttentionMask(dense=ok[:, None, None])
 
 
 class HATUncachedEngine:

@@ -260,8 +260,8 @@ def compile_mode(setting: bool | str, device: str) -> str | None:
 
 def key_blocks(mode: str | None, device: str, batch: int) -> bool:
     """Whether a step's compiled graph attends through a BlockMask listing only the blocks of
-    cached keys it may see (flex attention, ``columns.key_blocks``) rather than SDPA over every
-    slot under a dense mask: on a CPU above batch 1, where it was measured faster (HAT `small`
+    cached keys it may see (flex attention, ``columns.blocks_in_reach``) rather than SDPA over
+    every slot under a dense mask: on a CPU above batch 1, where it was measured faster (HAT `small`
     1.04x at batch 4, 1.12x at 32; 0.98x at batch 1, whose caches fit in L2: BENCHMARKS.md);
     a GPU keeps SDPA until it is measured there."""
     return mode is not None and device == "cpu" and batch > 1
