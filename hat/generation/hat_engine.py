@@ -562,8 +562,7 @@ class HATCachedEngine:
         if rows is None:
             mask = word_mask(slots, count)
         else:  # the group's queries over every row's cache, in place (no copies of its rows)
-            mask = word_mask(everyone, count, self.key_blocks)
-            mask.rows = rows
+            mask = word_mask(everyone, count, self.key_blocks, rows)
         out = self.model.backbone(pooled[:, None], slots[:, None], mask, caches, slots, None, rows)
         return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
 
@@ -634,11 +633,14 @@ def _announce_wait(wait: int, batch: int, ratio: int) -> None:
     )
 
 
-def word_mask(slots: torch.Tensor, keys: int, blocks: bool = False) -> AttentionMask:
+def word_mask(
+    slots: torch.Tensor, keys: int, blocks: bool = False, rows: torch.Tensor | None = None
+) -> AttentionMask:
     """[R, 1, 1, keys] mask of one backbone query per row, at word slot ``slots`` [R]: it sees
     that row's words up to its own (slots past it hold nothing yet, or scratch; a slot of -1
     sees none). With ``blocks`` (and ``keys`` whole blocks) a BlockMask of the blocks in reach
-    (``columns.blocks_in_reach``)."""
+    (``columns.blocks_in_reach``). ``rows``: the mask covers every cache row and the queries
+    are those of ``rows`` (``AttentionMask.rows``)."""
     cols = torch.arange(keys, device=slots.device)
     ok = cols[None] <= slots[:, None]  # [R, keys]
     if blocks and keys % KEY_BLOCK == 0:
@@ -646,8 +648,8 @@ def word_mask(slots: torch.Tensor, keys: int, blocks: bool = False) -> Attention
         def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - flex attention's signature
             return k <= slots[b]
 
-        return AttentionMask(block=blocks_in_reach(ok, mask_mod))
-    return AttentionMask(dense=ok[:, None, None])
+        return AttentionMask(block=blocks_in_reach(ok, mask_mod), rows=rows)
+    return AttentionMask(dense=ok[:, None, None], rows=rows)
 
 
 class HATUncachedEngine:
