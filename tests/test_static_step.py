@@ -18,7 +18,9 @@ class Step:
         self.weight = torch.randn(4, 4)
         self.cache = torch.zeros(2, 4)
 
-    def step(self, x: torch.Tensor, slot: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, slot: torch.Tensor, *extra: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         y = x @ self.weight
         self.cache.index_copy_(0, slot[None], y[None])  # a cache written in place
         for e in extra:
