@@ -152,9 +152,9 @@ class AttentionMask:
     block: object | None = None
     chunk: int = 0  # > 0: sliding-window attention by chunks of queries, see `packed`
     causal: bool = False
-    # [R]: the queries are those of these rows of a cache, the mask covers all its rows: the
-    # keys are read in place (rows outside see none), not copied out (a static word step)
-    rows: torch.Tensor | None = None
+    # the mask covers every row of the caches, not only the step's rows (``cache_rows``): the
+    # keys are read in place (rows outside the step's see none), not copied out
+    every_row: bool = False
 
     @staticmethod
     def packed(
@@ -462,7 +462,7 @@ class KVCache:
         [read_start(pos), pos + S) (int ``pos``), of every slot (a 0-d slot), or of positions
         [read_start(first), end) (per-row ``pos``, ``first`` its smallest, default 0; every
         slot without ``end``), of ``rows`` if given (``gather=False``: of every row, read in
-        place by queries of ``rows`` alone, ``AttentionMask.rows``)."""
+        place by queries of ``rows`` alone, ``AttentionMask.every_row``)."""
         if isinstance(pos, int):
             end = pos + k.shape[2]
             if pos < self.offset:  # a prefill longer than the buffer (``hold_from``)
@@ -602,14 +602,14 @@ class Attention(nn.Module):
         qk = rotate(qk, *ctx.rope).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
         q, k = qk.split([heads, self.kv_heads], dim=1)
         v = v.transpose(1, 2)
-        mask = ctx.mask
-        in_place = mask is not None and mask.rows is not None
+        mask, rows = ctx.mask, ctx.cache_rows
+        in_place = rows is not None and mask is not None and mask.every_row
         if cache is not None:
             k, v = cache.update(
-                k, v, ctx.cache_pos, ctx.cache_end, ctx.cache_rows, ctx.cache_first, not in_place
+                k, v, ctx.cache_pos, ctx.cache_end, rows, ctx.cache_first, not in_place
             )  # k, v [B, Hkv, S_cached, Dh]
         if in_place:  # the rows' queries among every cache row's: [B_cache, H, 1, Dh]
-            q = q.new_zeros(k.shape[0], *q.shape[1:]).index_copy(0, mask.rows, q)
+            q = q.new_zeros(k.shape[0], *q.shape[1:]).index_copy(0, rows, q)
         if mask is not None and mask.block is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask.block, enable_gqa=True)
         elif mask is not None and mask.chunk:
@@ -627,7 +627,7 @@ class Attention(nn.Module):
                 enable_gqa=self.kv_heads != heads,
             )
         if in_place:
-            out = out[mask.rows]  # [R, H, S, Dh]
+            out = out[rows]  # [R, H, S, Dh]
         return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], -1))  # [B * S, H * Dh]
 
 

@@ -503,7 +503,7 @@ def test_compiled_step_equals_eager_on_cpu(
     for real (dynamo + AOTAutograd, eager kernels: seconds); ``HAT_TEST_COMPILE=1`` adds
     inductor's C++ kernels. Graphs compile once per shape, never as the caches fill: HAT's
     byte step once, its backbone once per group size (1 and 2 rows here: a group of 1 reads
-    the caches in place, ``AttentionMask.rows``), the twin's step once; a second call of the
+    the caches in place, ``AttentionMask.every_row``), the twin's step once; a second call of the
     same shapes compiles nothing. Attention through BlockMasks (a CPU above batch 1) and
     through SDPA under dense masks (a GPU) both."""
     from torch._dynamo.backends.registry import lookup_backend

@@ -38,6 +38,15 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
     return AttentionMask.packed(prompt.long(), window, impl="sdpa", padding=~prompt)
 
 
+def _sees(
+    key: torch.Tensor, query: torch.Tensor, start: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Whether a query at column ``query`` sees the key at column ``key`` (any broadcastable
+    shapes): not in the future, within the window, not before its row's document ``start``."""
+    ok = (key <= query) & (key >= start)
+    return ok & (key > query - window) if window is not None else ok
+
+
 KEY_BLOCK = 64  # keys per block of a step's BlockMask (static caches: multiples of 64 slots)
 
 
@@ -107,26 +116,18 @@ class LeftPadding:
         ``KEY_BLOCK``) the mask is a flex-attention BlockMask that lists only the blocks of
         keys holding a visible one (``blocks_in_reach``)."""
         keys = first + torch.arange(count, device=self.pad.device)  # [K]
-        query = n.reshape(-1, 1)  # [1, 1] or [B, 1]
-        ok = (keys[None] <= query) & (keys[None] >= self.pad[:, None])  # [B, K]
-        if window is not None:
-            ok = ok & (keys[None] > query - window)
-        if blocks and count % KEY_BLOCK == 0:
-            return AttentionMask(block=blocks_in_reach(ok, self._sees(n, first, window)))
-        return AttentionMask(dense=ok[:, None, None])
-
-    def _sees(self, n: torch.Tensor, first: torch.Tensor | int, window: int | None) -> Any:
-        """``step_mask``'s rule as a flex-attention mask_mod (of the step's inputs alone:
-        inductor's CPU kernel cannot read a tensor the graph computed)."""
+        ok = _sees(keys[None], n.reshape(-1, 1), self.pad[:, None], window)  # [B, K]
+        if not (blocks and count % KEY_BLOCK == 0):
+            return AttentionMask(dense=ok[:, None, None])
+        # the same rule by indices, of the step's inputs alone (inductor's CPU flex kernel
+        # cannot read a tensor the graph computed, such as ``ok``)
         pad, query = self.pad, n.reshape(-1)  # [B], [1] or [B]
         per_row = query.shape[0] > 1
 
         def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - flex attention's signature
-            key, at = first + k, query[b] if per_row else query[0]
-            ok = (key <= at) & (key >= pad[b])
-            return ok & (key > at - window) if window is not None else ok
+            return _sees(first + k, query[b] if per_row else query[0], pad[b], window)
 
-        return mask_mod
+        return AttentionMask(block=blocks_in_reach(ok, mask_mod))
 
     def mask(self, n: int, lo: int) -> AttentionMask | None:
         """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them

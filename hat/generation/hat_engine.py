@@ -534,15 +534,14 @@ class HATCachedEngine:
         longest = max(end - start for start, end in spans)
         assert longest <= self.cfg.max_word_bytes, "a finished word is longer than the cap"
         window = self.windows[0 if longest <= self.SHORT_WORD else 1]
-        # with a group of some rows, every cache row's slot (-1: not in the group) for a mask
-        # over all of them: the group's attention reads the caches in place
-        everyone = None
-        if rows is not None:
-            everyone = [-1] * self.batch
-            for r, slot in zip(group, slots):
-                everyone[r] = slot
-            everyone = self._tensor(everyone)
-        guide = self._backbone_static(self._tensor([*geometry, slots]), window, rows, everyone)
+        # every cache row's slot (-1: not in the group) for a mask over all of them: a group
+        # of some rows reads the caches in place
+        everyone = [-1] * self.batch
+        for r, slot in zip(group, slots):
+            everyone[r] = slot
+        guide = self._backbone_static(
+            self._tensor([*geometry, slots]), window, rows, self._tensor(everyone)
+        )
         self._store_guides(row_list, guide[at])
 
     def _store_guides(self, row_list: list[int], guides: torch.Tensor) -> None:
@@ -558,11 +557,8 @@ class HATCachedEngine:
         ends, lengths, end_pos, slots = geometry
         pooled = self._pool_window(ends, lengths, end_pos, window, rows)  # [R, D]
         caches = self.bb_caches
-        count = caches[0].k.shape[2]
-        if rows is None:
-            mask = word_mask(slots, count)
-        else:  # the group's queries over every row's cache, in place (no copies of its rows)
-            mask = word_mask(everyone, count, self.key_blocks, rows)
+        # the group's queries over every row's cache, in place (no copies of its rows)
+        mask = word_mask(everyone, caches[0].k.shape[2], self.key_blocks, every_row=True)
         out = self.model.backbone(pooled[:, None], slots[:, None], mask, caches, slots, None, rows)
         return self.model.decoder.guide_norm(out[:, 0])  # [R, D]: guides of the next words
 
@@ -634,13 +630,13 @@ def _announce_wait(wait: int, batch: int, ratio: int) -> None:
 
 
 def word_mask(
-    slots: torch.Tensor, keys: int, blocks: bool = False, rows: torch.Tensor | None = None
+    slots: torch.Tensor, keys: int, blocks: bool = False, every_row: bool = False
 ) -> AttentionMask:
     """[R, 1, 1, keys] mask of one backbone query per row, at word slot ``slots`` [R]: it sees
     that row's words up to its own (slots past it hold nothing yet, or scratch; a slot of -1
     sees none). With ``blocks`` (and ``keys`` whole blocks) a BlockMask of the blocks in reach
-    (``columns.blocks_in_reach``). ``rows``: the mask covers every cache row and the queries
-    are those of ``rows`` (``AttentionMask.rows``)."""
+    (``columns.blocks_in_reach``). ``every_row``: ``slots`` are those of every cache row,
+    the step's queries those of some (``AttentionMask.every_row``)."""
     cols = torch.arange(keys, device=slots.device)
     ok = cols[None] <= slots[:, None]  # [R, keys]
     if blocks and keys % KEY_BLOCK == 0:
@@ -648,8 +644,8 @@ def word_mask(
         def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - flex attention's signature
             return k <= slots[b]
 
-        return AttentionMask(block=blocks_in_reach(ok, mask_mod), rows=rows)
-    return AttentionMask(dense=ok[:, None, None], rows=rows)
+        return AttentionMask(block=blocks_in_reach(ok, mask_mod), every_row=every_row)
+    return AttentionMask(dense=ok[:, None, None], every_row=every_row)
 
 
 class HATUncachedEngine:

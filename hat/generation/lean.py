@@ -98,7 +98,7 @@ class StaticStep:
     ``reshaped()`` (a cache grew), goes through dynamo and checks them all. The later calls
     of that shape run the code dynamo ran then (``dynamo_code``: its bytecode around the
     compiled graph) as a plain function, without dynamo's frame hook and cache lookup (~80 us
-    a call on that CPU, 1.16x HAT ``small``'s step at batch 1). Where this torch does not show
+    a call on that CPU, 1.17x HAT ``small``'s step at batch 1). Where this torch does not show
     which code ran, they check only the guards that tell the compiled graphs apart
     (``set_stance(skip_guard_eval_unsafe=True)``). Either way a module or
     parameter of the model replaced by another object in the middle of a ``generate`` call
@@ -154,8 +154,8 @@ def dynamo_code(fn: Any, compiled: Any, args: tuple) -> Any:
     ``torch.compile(fn)``), as a function of ``args``: dynamo's bytecode for ``fn`` (read the
     inputs, call the compiled graph, build the outputs), so calling it is the compiled call
     without dynamo's frame hook and cache lookup. None where that is not known: ``compiled``
-    is not dynamo's, or this torch has no cache entry list. vLLM's compiled models skip
-    dynamo the same way, after their first call.
+    is not dynamo's, or this torch has no cache entry list. (vLLM's compiled models also skip
+    dynamo after their first call, taking dynamo's code from its bytecode hook.)
 
     Dynamo keeps a code object's cache entries most recently used first, so the call's entry
     is the first; its guards are checked once more here, on the call's own arguments."""
