@@ -9,6 +9,8 @@ launched one by one after it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from hat.generation.processors import LogitsProcessorList
@@ -16,9 +18,10 @@ from hat.generation.utf8 import VocabAutomaton
 
 
 class Chooser:
-    """Picks the next ids of a batch; ``__call__`` is the whole choice as one function of
-    tensors (what a fused step runs), and ``constrain``, ``warp``, ``pick`` and ``advance``
-    are its parts, which the generic loop runs around processors that read the history.
+    """Picks the next ids of a batch: ``choose`` under limits its caller works out (the
+    generic loop, which also runs the processors that read the history), ``__call__`` the
+    same as one function of tensors (what a fused step runs); ``constrain``, ``warp``,
+    ``pick`` and ``advance`` are the parts of both.
 
     Sampling is the exponential race: row r takes argmax_i (scores_ri - log E_ri), E_ri drawn
     i.i.d. from Exp(1) (``noise``, drawn outside any graph with the call's generator, so a
@@ -81,6 +84,30 @@ class Chooser:
         advanced = self.automaton.advance(state, tokens)
         return advanced if frozen is None else torch.where(frozen, state, advanced)
 
+    def choose(
+        self,
+        logits: torch.Tensor,
+        state: torch.Tensor,
+        left: torch.Tensor | None,
+        early: torch.Tensor | None,
+        idle: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        process: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The choice under limits the caller worked out: ``left`` and ``early`` as for
+        ``constrain``, ``idle`` [B] rows (finished, or waiting for HAT's backbone; None: no
+        row) get PAD and keep their reader state; ``process`` (scores -> scores: the
+        processors that read the history) runs between the constraint and the warpers ->
+        (ids [B], reader states [B], the scores [B, V] the ids were picked from)."""
+        scores = self.constrain(logits, state, left, early)
+        if process is not None:
+            scores = process(scores)
+        scores = self.warp(scores)
+        tokens = self.pick(scores, noise)
+        if idle is not None:
+            tokens = torch.where(idle, self.pad_id, tokens)
+        return tokens, self.advance(state, tokens, idle), scores
+
     def __call__(
         self,
         logits: torch.Tensor,
@@ -91,13 +118,13 @@ class Chooser:
         noise: torch.Tensor | None,
         waiting: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole choice, every row at new id ``step`` (0-d, or [B]: each row's count),
-        with ``budgets`` [B] ids allowed and ``done`` [B] rows finished -> (ids [B], states
-        [B]). Finished rows, and rows ``waiting`` [B] for HAT's backbone (their logits are
-        not new), get PAD and keep their state."""
+        """The whole choice as a function of tensors (what a fused step runs), every row at
+        new id ``step`` (0-d, or [B]: each row's count), with ``budgets`` [B] ids allowed and
+        ``done`` [B] rows finished -> (ids [B], states [B]). Finished rows, and rows
+        ``waiting`` [B] for HAT's backbone (their logits are not new), get PAD and keep their
+        state."""
         left = (budgets - step).clamp(min=1)  # a done row's budget may be spent: any id
         early = (step < self.min_new).expand(done.shape)
-        scores = self.warp(self.constrain(logits, state, left, early))
         idle = done if waiting is None else done | waiting
-        tokens = torch.where(idle, self.pad_id, self.pick(scores, noise))
-        return tokens, self.advance(state, tokens, idle)
+        tokens, state, _ = self.choose(logits, state, left, early, idle, noise)
+        return tokens, state

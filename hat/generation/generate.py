@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,11 @@ def run_generation(
     keep_scores: bool,
     keep_logits: bool,
 ) -> tuple[list[_Row], list[torch.Tensor], list[torch.Tensor]]:
-    """Decode every row until it ends or runs out of budget; returns the rows' state."""
+    """Decode every row until it ends or runs out of budget; returns the rows' state.
+
+    Each step: the ids are chosen from the logits (here, or inside a fused engine step),
+    each row's host bookkeeping takes its id (ends, words, stop strings, budget), and the
+    engine writes the ids and computes the next logits."""
     device = model.device
     states = [_check_prompt(spec, r, row) for r, row in enumerate(rows)]
     out = [_Row(len(row), min(config.max_new_tokens, spec.max_len - len(row))) for row in rows]
@@ -134,31 +139,21 @@ def run_generation(
             streamer.end()
         return out, scores_out, logits_out
 
-    end_ids = set(spec.end_ids) | (
-        set(_as_list(config.eos_token_id)) if config.eos_token_id is not None else set()
-    )
-    banned = spec.banned | set(config.suppress_tokens or [])
-    vocab = set(range(len(spec.token_bytes)))
-    if vocab <= banned or (config.min_new_tokens and vocab <= banned | end_ids):
-        raise ValueError(
-            "suppress_tokens (with min_new_tokens) leave no id that can be generated; "
-            "suppress fewer ids"
-        )
-    automaton = _automaton(spec, end_ids, banned, device)
+    end_ids, banned = _end_and_banned_ids(spec, config)
     stops = [s.encode("utf-8") for s in _as_list(config.stop_strings or [])]
     # processors that read the ids so far (the penalty, the caller's) run on the host side of
     # a step, after the UTF-8 mask; the sampling warpers after them are the chooser's
     processors = build_processors(config, extra_processors, warpers=False)
     chooser = Chooser(
-        automaton, build_warpers(config), config.do_sample, config.min_new_tokens, spec.pad_id
+        _automaton(spec, end_ids, banned, device),
+        build_warpers(config),
+        config.do_sample,
+        config.min_new_tokens,
+        spec.pad_id,
     )
     state = torch.tensor(states, device=device)  # [B] UTF-8 reader state
     width = max(map(len, rows))
-    # what processors see as input_ids: each prompt's content (the document start is not
-    # content) left-padded to width - 1 columns, then the new ids (transformers' layout)
-    history = torch.full((len(rows), width - 1 + steps), spec.pad_id, device=device)
-    for r, row in enumerate(rows):
-        history[r, width - len(row) : width - 1] = torch.tensor(row[1:], dtype=torch.long)
+    history = _history(spec, rows, width - 1 + steps, device)
     done = torch.tensor([r.done for r in out], device=device)
     n_done = int(done.sum())  # while 0, the per-step where(done, ...) are skipped
     budgets = torch.tensor([r.budget for r in out], device=device)
@@ -166,22 +161,13 @@ def run_generation(
     tight_from = min(r.budget for r in out if not r.done) - max(UTF8_NEED)
     every_row = torch.ones(len(rows), dtype=torch.bool, device=device)
 
-    # HAT: rows that finish a word may wait for a shared backbone pass (not with per-step
-    # outputs, whose steps would no longer be each row's ids)
-    wait = config.backbone_wait if config.use_cache else 1
-    if keep_scores or keep_logits or streamer is not None:
-        wait = 1
-    if wait == "auto":  # HAT's engine decides from its model and the batch; the twin's: 1
-        auto_wait = getattr(spec.engines[0], "auto_wait", None)
-        wait = auto_wait(model, len(rows)) if auto_wait is not None else 1
-    if config.use_cache:
-        options: dict[str, Any] = {"wait": wait} if wait > 1 else {}
-        if not (processors or keep_scores or keep_logits):
-            # nothing on the host reads the scores: a compiled step chooses the ids itself
-            options["choose"] = chooser
-        engine = spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
-    else:
-        engine = spec.engines[1](model, rows, steps)
+    per_step_outputs = keep_scores or keep_logits or streamer is not None
+    wait = _backbone_wait(model, spec, config, len(rows), per_step_outputs)
+    # when nothing on the host reads the scores, a compiled step may choose the ids itself
+    host_reads_scores = bool(processors) or keep_scores or keep_logits
+    engine = _start_engine(
+        model, spec, rows, steps, config, wait, None if host_reads_scores else chooser
+    )
     # fused: the engine's step returns the next ids and reader states, not logits
     fused = getattr(engine, "choose", None) is not None
     step_index = torch.arange(steps + 1, device=device)  # 0-d views: no copy to the device
@@ -190,8 +176,8 @@ def run_generation(
     if wait > 1:  # rows with no budget (a prompt as long as the context) set no one's pace
         for r in (r for r, row in enumerate(out) if row.done):
             engine.retire(r)
-    # with waiting, rows write at their own pace: `at` counts each row's new ids and `ready`
-    # says which rows' logits are new this step (the others sit it out)
+    # with waiting, rows write at their own pace: `counts` holds each row's new ids and
+    # `ready` says which rows' logits are new this step (the others sit it out)
     ready: list[bool] | None = None
     counts = [0] * len(rows)
     for step in range(steps if wait == 1 else sum(r.budget for r in out)):
@@ -200,29 +186,22 @@ def run_generation(
             left = (budgets - at).clamp(min=1) if step >= tight_from else None  # done: any
             if ready is None:
                 early = every_row if step < config.min_new_tokens else None
+                idle = done if n_done else None
             else:
                 early = at < config.min_new_tokens if min(counts) < config.min_new_tokens else None
-            scores = chooser.constrain(logits, state, left, early)
-            if processors:
-                written = step if ready is None else max(counts)
-                scores = processors(history[:, : width - 1 + written], scores)
-            scores = chooser.warp(scores)
+                idle = done | ~torch.tensor(ready, device=device)
+            process = None
+            if processors:  # they see each row's ids so far (a row that waited is behind)
+                seen = history[:, : width - 1 + (step if ready is None else max(counts))]
+                process = functools.partial(processors, seen)
             noise = chooser.noise(len(rows), vocab_size, device, generator)
-            tokens = chooser.pick(scores, noise)
-            if n_done:
-                tokens = torch.where(done, spec.pad_id, tokens)
+            tokens, state, scores = chooser.choose(logits, state, left, early, idle, noise, process)
             if keep_scores:
                 scores_out.append(scores)
             if keep_logits:
                 logits_out.append(logits.float())
-            hold = done if ready is None else done | ~torch.tensor(ready, device=device)
-            state = chooser.advance(state, tokens, hold if n_done or ready is not None else None)
-        if processors and ready is None:
-            history[:, width - 1 + step] = tokens
-        elif processors:  # each row's id after its own (a row that waited is behind)
-            moved = [r for r in range(len(rows)) if ready[r] and not out[r].done]
-            where = [width - 1 + counts[r] for r in moved]
-            history[moved, where] = tokens[moved]
+        if processors:
+            _write_history(history, tokens, width - 1, step, ready, counts, out)
         host_state = state.tolist() if streamer is not None else None
         for r, token in enumerate(tokens.tolist()):
             if not out[r].done and (ready is None or ready[r]):
@@ -248,6 +227,84 @@ def run_generation(
         _stream(streamer, spec, out[0])
         streamer.end()
     return out, scores_out, logits_out
+
+
+def _end_and_banned_ids(spec: ModelSpec, config: GenerationConfig) -> tuple[set[int], set[int]]:
+    """The ids that end a row and the ids never generated; an error when no id is left."""
+    end_ids = set(spec.end_ids) | (
+        set(_as_list(config.eos_token_id)) if config.eos_token_id is not None else set()
+    )
+    banned = spec.banned | set(config.suppress_tokens or [])
+    vocab = set(range(len(spec.token_bytes)))
+    if vocab <= banned or (config.min_new_tokens and vocab <= banned | end_ids):
+        raise ValueError(
+            "suppress_tokens (with min_new_tokens) leave no id that can be generated; "
+            "suppress fewer ids"
+        )
+    return end_ids, banned
+
+
+def _backbone_wait(
+    model: Any, spec: ModelSpec, config: GenerationConfig, batch: int, per_step_outputs: bool
+) -> int:
+    """How many HAT rows that finished a word wait for one shared backbone pass (1: none
+    waits). Not with per-step outputs (scores, logits, a streamer), whose steps would no
+    longer be each row's ids; "auto": HAT's engine decides from its model and the batch."""
+    if not config.use_cache or per_step_outputs:
+        return 1
+    if config.backbone_wait != "auto":
+        return config.backbone_wait
+    auto_wait = getattr(spec.engines[0], "auto_wait", None)  # the twin's engine: none
+    return auto_wait(model, batch) if auto_wait is not None else 1
+
+
+def _start_engine(
+    model: Any,
+    spec: ModelSpec,
+    rows: list[list[int]],
+    steps: int,
+    config: GenerationConfig,
+    wait: int,
+    choose: Chooser | None,
+) -> Any:
+    """The cached engine (``wait``: rows per shared backbone pass; ``choose``: the chooser a
+    compiled step may run in its graph) or, with ``use_cache=False``, the uncached one."""
+    if not config.use_cache:
+        return spec.engines[1](model, rows, steps)
+    options: dict[str, Any] = {"wait": wait} if wait > 1 else {}
+    if choose is not None:
+        options["choose"] = choose
+    return spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
+
+
+def _history(spec: ModelSpec, rows: list[list[int]], columns: int, device: Any) -> torch.Tensor:
+    """What processors see as input_ids [B, columns]: each prompt's content (the document
+    start is not content) left-padded to the widest prompt's, then room for the new ids
+    (transformers' layout)."""
+    history = torch.full((len(rows), columns), spec.pad_id, device=device)
+    width = max(map(len, rows))
+    for r, row in enumerate(rows):
+        history[r, width - len(row) : width - 1] = torch.tensor(row[1:], dtype=torch.long)
+    return history
+
+
+def _write_history(
+    history: torch.Tensor,
+    tokens: torch.Tensor,
+    first: int,
+    step: int,
+    ready: list[bool] | None,
+    counts: list[int],
+    out: list[_Row],
+) -> None:
+    """The step's ids into ``history`` (new ids from column ``first``): every row's at
+    ``step``, or with ``ready`` each moving row's after its own (a row that waited is
+    behind)."""
+    if ready is None:
+        history[:, first + step] = tokens
+        return
+    moved = [r for r in range(len(out)) if ready[r] and not out[r].done]
+    history[moved, [first + counts[r] for r in moved]] = tokens[moved]
 
 
 def _advance_row(
