@@ -90,54 +90,8 @@ class HATCachedEngine:
         self.waiting: dict[int, tuple[int, int, int]] = {}  # row -> its deferred event
         self.retired: set[int] = set()  # rows the caller has finished
         self.ready: list[bool] | None = None  # rows whose logits the last step gave (None: all)
-
-        def capacity(keep: int | None, writes: int) -> int:
-            """Columns of a stack's buffers: all of them without a window; with one, the
-            ``keep`` columns in reach plus room for the most columns one step ``writes``
-            (static graphs read the whole buffer: the least that works, the same for every
-            prompt length), or at least SLACK (eager steps read the window: compact rarely)."""
-            if not keep:
-                size = total
-            else:
-                # rows that wait for the backbone stand up to LAG columns behind the lead
-                writes += self.LAG if wait > 1 else 0
-                size = min(total, keep + (writes if self.static else max(writes, self.SLACK)))
-            return round_up(size, self.UNIT) if self.static else size
-
-        enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
-        # the decoder may recompute the last `margin` columns, each seeing `dec_w` back
-        dec_keep = dec_w + self.margin if dec_w else None
-        self.enc_caches = model.encoder.transformer.make_caches(
-            self.batch, capacity(enc_w, 1), like=like
-        )
-        self.dec_caches = model.decoder.transformer.make_caches(
-            self.batch, capacity(dec_keep, self.margin + 1), keep=dec_keep, like=like
-        )
-        for cache in (*self.enc_caches, *self.dec_caches):
-            if self.width > cache.k.shape[2]:  # a long prompt: its last columns are kept
-                cache.hold_from(self.width - cache.keep)
-        words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
-        words = round_up(words, self.WORD_UNIT) if self.static else words
-        self.bb_caches = model.backbone.transformer.make_caches(self.batch, words, like=like)
-        # CUDA graphs write the caches at the addresses they were recorded with: the same
-        # buffers serve the next call of the same shapes
-        self.buffers = StaticBuffers.for_model(model) if mode in CUDA_GRAPH_MODES else None
-        if self.buffers is not None:
-            self.buffers.hold_caches("encoder", self.enc_caches)
-            self.buffers.hold_caches("decoder", self.dec_caches)
-            self.buffers.hold_caches("backbone", self.bb_caches)
-        # encoder outputs and the word of each column: columns the decoder and pooler may read
-        self.keep = dec_keep
-        self.cap = max(self.width, capacity(dec_keep, self.margin + 1))  # pooling reads prompts
-        self.base = 0  # column held in slot 0
-        self.enc_out = like.new_zeros(self.batch, self.cap, cfg.encoder.dim)  # [B, cap, De]
-        if self.buffers is not None:  # the backbone graph pools from it
-            self.enc_out = self.buffers.hold("enc_out", self.enc_out)
-        self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
+        self._allocate(like, total, max_new, mode)
         self.words = [0] * self.batch  # words in the backbone cache, per row
-        self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
-        if self.buffers is not None:  # the byte graph reads it: held, it is not copied in
-            self.ring = self.buffers.hold("ring", self.ring)
         self.events: list[tuple[int, int, int]] = []  # (row, starts kept, first changed)
         # the static backbone pass pools words from a window of columns: short, or any word
         self.windows = [
@@ -153,6 +107,59 @@ class HATCachedEngine:
         if self.static:  # compile_step=True: the usual step as two static-shape graphs
             self._byte_static = StaticStep(self._byte_graph, mode, self.device.type)
             self._backbone_static = StaticStep(self._backbone_graph, mode, self.device.type)
+
+    def _allocate(self, like: torch.Tensor, total: int, max_new: int, mode: str | None) -> None:
+        """The caches of the three stacks and the per-column buffers (encoder outputs, each
+        column's word, the ring of guides) for ``total`` columns; under CUDA graphs the same
+        buffers as the last call of the same shapes."""
+        cfg = self.cfg
+        enc_w, dec_w = cfg.encoder.window, cfg.decoder.window
+        # the decoder may recompute the last `margin` columns, each seeing `dec_w` back
+        dec_keep = dec_w + self.margin if dec_w else None
+        dec_capacity = self._capacity(total, dec_keep, self.margin + 1)
+        self.enc_caches = self.model.encoder.transformer.make_caches(
+            self.batch, self._capacity(total, enc_w, 1), like=like
+        )
+        self.dec_caches = self.model.decoder.transformer.make_caches(
+            self.batch, dec_capacity, keep=dec_keep, like=like
+        )
+        for cache in (*self.enc_caches, *self.dec_caches):
+            if self.width > cache.k.shape[2]:  # a long prompt: its last columns are kept
+                cache.hold_from(self.width - cache.keep)
+        words = max(len(t.starts) for t in self.trackers) + max_new // 4 + 16  # grows if needed
+        words = round_up(words, self.WORD_UNIT) if self.static else words
+        self.bb_caches = self.model.backbone.transformer.make_caches(self.batch, words, like=like)
+        # CUDA graphs write the caches at the addresses they were recorded with: the same
+        # buffers serve the next call of the same shapes
+        self.buffers = StaticBuffers.for_model(self.model) if mode in CUDA_GRAPH_MODES else None
+        if self.buffers is not None:
+            self.buffers.hold_caches("encoder", self.enc_caches)
+            self.buffers.hold_caches("decoder", self.dec_caches)
+            self.buffers.hold_caches("backbone", self.bb_caches)
+        # encoder outputs and the word of each column: columns the decoder and pooler may read
+        self.keep = dec_keep
+        self.cap = max(self.width, dec_capacity)  # pooling reads prompts
+        self.base = 0  # column held in slot 0
+        self.enc_out = like.new_zeros(self.batch, self.cap, cfg.encoder.dim)  # [B, cap, De]
+        if self.buffers is not None:  # the backbone graph pools from it
+            self.enc_out = self.buffers.hold("enc_out", self.enc_out)
+        self.col_word = torch.zeros(self.batch, self.cap, dtype=torch.long, device=self.device)
+        self.ring = like.new_zeros(self.batch, self.ring_size, cfg.backbone.dim)  # guides
+        if self.buffers is not None:  # the byte graph reads it: held, it is not copied in
+            self.ring = self.buffers.hold("ring", self.ring)
+
+    def _capacity(self, total: int, keep: int | None, writes: int) -> int:
+        """Columns of a stack's buffers: all ``total`` without a window; with one, the
+        ``keep`` columns in reach plus room for the most columns one step ``writes`` (static
+        graphs read the whole buffer: the least that works, the same for every prompt
+        length), or at least SLACK (eager steps read the window: compact rarely)."""
+        if not keep:
+            size = total
+        else:
+            # rows that wait for the backbone stand up to LAG columns behind the lead
+            writes += self.LAG if self.wait > 1 else 0
+            size = min(total, keep + (writes if self.static else max(writes, self.SLACK)))
+        return round_up(size, self.UNIT) if self.static else size
 
     @classmethod
     def auto_wait(cls, model: Any, batch: int) -> int:
