@@ -144,6 +144,7 @@ class HATConfig:
     def validate(self) -> HATConfig:
         for part in _STACKS:
             getattr(self, part).validate(part)
+        _check_no_backbone_window(self.backbone)
         if self.decoder.dim != self.encoder.dim:
             raise ValueError(
                 f"decoder.dim={self.decoder.dim} must equal encoder.dim={self.encoder.dim}: "
@@ -208,6 +209,16 @@ class HATConfig:
         return _from_dict(cls, data)
 
 
+def _check_no_backbone_window(backbone: TransformerConfig) -> None:
+    """The backbone attends to every earlier word or token (training, scoring and the caches
+    alike); a sliding window belongs to the byte stacks."""
+    if backbone.window is not None:
+        raise ValueError(
+            f"backbone.window={backbone.window}: the backbone has no sliding window; "
+            "set backbone.window=null (windows are for encoder and decoder)"
+        )
+
+
 @dataclass
 class BPEConfig:
     """The BPE twin: sentencepiece tokens -> embedding -> the same backbone -> token head."""
@@ -229,6 +240,7 @@ class BPEConfig:
 
     def validate(self) -> BPEConfig:
         self.backbone.validate("backbone")
+        _check_no_backbone_window(self.backbone)
         _check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size={self.vocab_size} too small: byte fallback needs >= 260")

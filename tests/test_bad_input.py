@@ -70,6 +70,11 @@ def test_bad_config_values_say_what_to_change() -> None:
     cfg.backbone.n_heads = 3
     with pytest.raises(ValueError, match="backbone.dim"):
         cfg.validate()
+    # the full forward ignores a backbone window while the caches would slide: refused
+    for cfg in (hat.HATConfig.from_name("tiny"), hat.BPEConfig.from_name("bpe_tiny")):
+        cfg.backbone.window = 4
+        with pytest.raises(ValueError, match="backbone.window=null"):
+            cfg.validate()
 
 
 def test_lone_surrogate_is_a_clear_error(model) -> None:

@@ -96,21 +96,20 @@ class BPECachedEngine:
         only) the chosen (ids [B], reader states [B])."""
         n = self.n
         self.n = n + 1
-        if self.static:
-            slot = [cache.fit(n) for cache in self.caches][0]
-            where = torch.tensor([n, slot], device=self.device)
-            return self._step_static(tokens, *where, *(choice or ()))
+        if self.static:  # the caches hold every column (no window): slot == column
+            column = torch.tensor(n, device=self.device)
+            return self._step_static(tokens, column, *(choice or ()))
         x = self.embed(tokens[:, None])  # [B, 1, D]
         mask, positions = self.cols.mask(n, 0), self.cols.position(n)
         hidden = self.backbone(x, positions, mask, self.caches, n)
         return self._logits(hidden[:, 0])
 
-    def _step_graph(self, tokens, n, slot, *choice):  # noqa: ANN001, ANN002, ANN202
+    def _step_graph(self, tokens, n, *choice):  # noqa: ANN001, ANN002, ANN202
         """The step with static shapes: the caches read whole under a mask of the columns
-        each row may see (the twin's caches never slide: slot == column)."""
+        each row may see; column n is written at slot n (the caches never slide)."""
         mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None, self.key_blocks)
         x = self.model.embed(tokens[:, None])  # [B, 1, D]
-        hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, slot)
+        hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, n)
         logits = self._logits(hidden[:, 0])  # [B, V]
         return self.choose(logits, *choice) if choice else logits
 
