@@ -130,6 +130,10 @@ def test_generation_config_max_length_and_pad_token_id(tiny_hat) -> None:
     )
     assert torch.equal(out[:, :width], batch["input_ids"])
     assert out[1, width + 1].item() == EOD and out[1, width + 2 :].tolist() == [0, 0, 0]
+    # left padding of any id (here 0, marked by the attention mask) comes back as given too
+    zeros = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 0)
+    out = tiny_hat.generate(zeros, attention_mask=batch["attention_mask"], max_new_tokens=2)
+    assert (zeros == 0).any() and torch.equal(out[:, :width], zeros)
     # call flags carried by a transformers GenerationConfig
     result = tiny_hat.generate(
         **batch,

@@ -2,7 +2,7 @@
 constraint with the budget and ``min_new_tokens``, the sampling warpers, argmax or a sample,
 the UTF-8 reader's advance. All of it is tensor math whose shapes do not change from step to
 step, so a compiled engine step runs it inside its graph (``generate(compile_step=True)``
-without processors that read the history: "fused"): per step the host then receives the ids
+without processors that read the history or per-step scores and logits: "fused"): per step the host then receives the ids
 it needs for its word tracking and nothing else: on a GPU the graph replay holds the 5
 kernels of a greedy choice (13 sampling with temperature and top-k) that would otherwise be
 launched one by one after it."""

@@ -120,7 +120,8 @@ def run_generation(
     keep_scores: bool,
     keep_logits: bool,
 ) -> tuple[list[_Row], list[torch.Tensor], list[torch.Tensor]]:
-    """Decode every row until it ends or runs out of budget; returns the rows' state.
+    """Decode every row until it ends or runs out of budget -> (each row's state, the
+    scores of each step if ``keep_scores``, its logits if ``keep_logits``).
 
     Each step: the ids are chosen from the logits (here, or inside a fused engine step),
     each row's host bookkeeping takes its id (ends, words, stop strings, budget), and the
@@ -485,7 +486,9 @@ class GenerationMixin:
             self.train(was_training)
         # clones are ordinary tensors: callers may modify them in place, unlike inference ones
         scores, logits = [t.clone() for t in scores], [t.clone() for t in logits]
-        sequences = _format(spec, rows, out, kinds, single, width, config.pad_token_id)
+        prompt = input_ids if inputs is None else inputs
+        given = prompt.reshape(-1, prompt.shape[-1]).cpu() if kinds is None else None
+        sequences = _format(spec, rows, out, kinds, single, width, config.pad_token_id, given)
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.to(self.device)
         if not return_dict_in_generate:
@@ -505,9 +508,12 @@ def _format(
     single: bool,
     width: int | None,
     pad_id: int | None = None,
+    given: torch.Tensor | None = None,
 ) -> Any:
     """Rows -> the contract's output (see the module docstring); ``pad_id`` (default: the
-    model's PAD) fills the new columns after a row has finished."""
+    model's PAD) fills the new columns after a row has finished and the columns before a
+    right-aligned prompt, except that a left-padded row of the ``input_ids`` ``given``
+    [B, T] (on the CPU) comes back exactly as given."""
     if kinds is not None:
         per_row = [k for k in kinds for _ in range(len(out) // len(kinds))]
         texts = [
@@ -516,10 +522,13 @@ def _format(
         ]
         return texts[0] if single and len(texts) == 1 else texts
     steps = max(len(r.tokens) for r in out)
-    seq = torch.full((len(rows), width + steps), spec.pad_id, dtype=torch.long)
+    seq = torch.full((len(rows), width + steps), spec.pad_id if pad_id is None else pad_id)
+    copies = len(rows) // len(given) if given is not None else 1  # num_return_sequences
     for i, (prompt, row) in enumerate(zip(rows, out)):
+        lead = width - len(prompt)  # padding columns before the right-aligned prompt
         ids = prompt + row.tokens
-        seq[i, width - len(prompt) : width - len(prompt) + len(ids)] = torch.tensor(ids)
-        if pad_id is not None:
-            seq[i, width + len(row.tokens) :] = pad_id
+        seq[i, lead : lead + len(ids)] = torch.tensor(ids)
+        source = given[i // copies] if given is not None else None
+        if source is not None and source[lead:].tolist() == prompt:  # left-padded input:
+            seq[i, :lead] = source[:lead]  # its padding comes back as given, whatever its ids
     return seq
