@@ -420,28 +420,30 @@ class HATCachedEngine:
         for members in passes:
             row_list = [finished[i][0] for i in members]
             assert all(self.words[r] == finished[i][3] for r, i in zip(row_list, members))
-            slot_list = [self.words[r] for r in row_list]  # where each row writes
-            read_to = max(slot_list) + 1
             if self.static:
                 self._backbone_pass_static(row_list, [finished[i][1:3] for i in members])
-                for r in row_list:
-                    self.words[r] += 1
-                continue
-            x = pooled[members]  # [R, D]
-            if row_list == self.all_rows and min(slot_list) + 1 == read_to:
-                # every row adds its word at the same position (always at batch 1): no mask
-                out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
-                self.ring[:, read_to % self.ring_size] = self.decoder.guide_norm(out[:, 0])
             else:
-                rows, slots = self._tensor(row_list), self._tensor(slot_list)  # [R], [R]
-                mask = word_mask(slots, read_to)
-                cache_rows = None if row_list == self.all_rows else rows
-                out = self.backbone(
-                    x[:, None], slots[:, None], mask, self.bb_caches, slots, read_to, cache_rows
-                )  # [R, 1, D]
-                self._store_guides(row_list, self.decoder.guide_norm(out[:, 0]))
+                self._backbone_pass(row_list, pooled[members])  # pooled [R, D]
             for r in row_list:
                 self.words[r] += 1
+
+    def _backbone_pass(self, row_list: list[int], x: torch.Tensor) -> None:
+        """One eager backbone pass of the rows ``row_list`` with their pooled words x [R, D],
+        each written at its row's next word slot; their guides go to the ring."""
+        slot_list = [self.words[r] for r in row_list]  # where each row writes
+        read_to = max(slot_list) + 1
+        if row_list == self.all_rows and min(slot_list) + 1 == read_to:
+            # every row adds its word at the same position (always at batch 1): no mask
+            out = self.backbone(x[:, None], read_to - 1, None, self.bb_caches, read_to - 1)
+            self.ring[:, read_to % self.ring_size] = self.decoder.guide_norm(out[:, 0])
+            return
+        rows, slots = self._tensor(row_list), self._tensor(slot_list)  # [R], [R]
+        mask = word_mask(slots, read_to)
+        cache_rows = None if row_list == self.all_rows else rows
+        out = self.backbone(
+            x[:, None], slots[:, None], mask, self.bb_caches, slots, read_to, cache_rows
+        )  # [R, 1, D]
+        self._store_guides(row_list, self.decoder.guide_norm(out[:, 0]))
 
     def _decode(self, c0: int, n: int, g: slice = slice(None)) -> torch.Tensor:
         """Decoder over columns [c0, n] of rows ``g`` (default all; unchanged rows recompute
@@ -507,10 +509,10 @@ class HATCachedEngine:
     def _backbone_pass_static(self, row_list: list[int], spans: list[tuple[int, int]]) -> None:
         """One backbone pass of the rows ``row_list`` (their words: (start, end) document
         offsets ``spans``) as a static graph, which also pools the words. The rows run in a
-        group of a few fixed sizes (powers of two from B/8 to B, so at most four graphs),
-        topped up with rows that have no word: those write scratch at their next slot, hidden
-        from their queries until their next word overwrites it."""
-        size = max(self.batch // 8, 1)
+        group of a few fixed sizes (ceil(B/8) doubled until it reaches B, then B itself: at
+        most four sizes), topped up with rows that have no word: those write scratch at their
+        next slot, hidden from their queries until their next word overwrites it."""
+        size = -(-self.batch // 8)  # ceil(B / 8)
         while size < len(row_list):
             size *= 2
         if size >= self.batch:  # every row, in row order: the caches' rows need no gather
@@ -522,7 +524,8 @@ class HATCachedEngine:
         place = {r: i for i, r in enumerate(group)}
         at = self._tensor([place[r] for r in row_list])  # where row_list's rows are in the group
         # each group row's word: the slot of its last column, its length, its last byte's
-        # position (rows without a word: a one-byte scratch word at slot 0)
+        # position (rows without a word: an empty word after a scratch window ending at slot
+        # 0; their guides are dropped)
         geometry = [[0] * len(group) for _ in range(3)]
         for r, (start, end) in zip(row_list, spans):
             i = place[r]

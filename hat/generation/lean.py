@@ -8,7 +8,8 @@ second implementation: it runs the modules' own ``forward`` code on plain Python
 holding the same parameters (the default). ``compile_step=True`` instead runs the usual
 step (one new byte or token, no recomputed columns) as static-shape functions of the same
 modules — caches read whole under a position mask, positions as tensors — compiled once with
-``torch.compile`` (``StaticStep``): no guards fail and nothing recompiles as the caches fill.
+``torch.compile`` (``StaticStep``): no guards fail and nothing recompiles as the byte caches
+slide (a backbone cache that has to grow recompiles the word graph once).
 On a GPU the compiled steps replay as CUDA graphs (``compile_step=True`` means torch.compile's
 ``mode="reduce-overhead"`` there): one launch per step instead of one per kernel. A graph
 writes its caches in place, so those keep their addresses from one ``generate`` call to the
