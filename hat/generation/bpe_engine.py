@@ -77,10 +77,7 @@ class BPECachedEngine:
         """Run the prompts ([B, P] columns) through the backbone, by groups of rows
         (``row_groups``); logits [B, V]."""
         width = self.cols.width
-        ids = torch.full((self.batch, width), self.pad_id, dtype=torch.long)
-        for r, row in enumerate(self.rows):
-            ids[r, width - len(row) :] = torch.tensor(row)
-        ids = ids.to(self.device)
+        ids = self.cols.left_padded(self.rows, self.pad_id)  # [B, P]
         logits = []
         for g in row_groups([width] * self.batch, self.device):
             mask = prefill_mask(width, self.cols.pad[g], None)  # the twin's backbone: no window
@@ -107,9 +104,9 @@ class BPECachedEngine:
     def _step_graph(self, tokens, n, *choice):  # noqa: ANN001, ANN002, ANN202
         """The step with static shapes: the caches read whole under a mask of the columns
         each row may see; column n is written at slot n (the caches never slide)."""
-        mask = self.cols.step_mask(n, 0, self.caches[0].k.shape[2], None, self.key_blocks)
+        mask, positions = self.cols.static_step(n, 0, self.caches, None, self.key_blocks)
         x = self.model.embed(tokens[:, None])  # [B, 1, D]
-        hidden = self.model.backbone(x, n - self.cols.pad[:, None], mask, self.caches, n)
+        hidden = self.model.backbone(x, positions, mask, self.caches, n)
         logits = self._logits(hidden[:, 0])  # [B, V]
         return self.choose(logits, *choice) if choice else logits
 

@@ -87,6 +87,14 @@ class LeftPadding:
         keys = torch.arange(self.width + max_new + 1, device=device)
         self.key_ok = (keys[None] >= self.pad[:, None])[:, None, None]  # [B, 1, 1, columns]
 
+    def left_padded(self, rows: list[list[int]], fill: int) -> torch.Tensor:
+        """The prompts ``rows`` as one [B, width] tensor on the device: each right-aligned,
+        after ``fill``."""
+        ids = torch.full((len(rows), self.width), fill, dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, self.pad_list[r] :] = torch.tensor(row, dtype=torch.long)
+        return ids.to(self.pad.device)
+
     def position(self, n: int) -> torch.Tensor | int:
         """Positions of column n (past every prompt): [B, 1], or an int shared by all rows."""
         return n - self.pad_list[0] if self.same else self.neg_pad + n
@@ -128,6 +136,20 @@ class LeftPadding:
             return _sees(first + k, query[b] if per_row else query[0], pad[b], window)
 
         return AttentionMask(block=blocks_in_reach(ok, mask_mod))
+
+    def static_step(
+        self,
+        n: torch.Tensor,
+        first: torch.Tensor | int,
+        caches: list,
+        window: int | None,
+        blocks: bool,
+    ) -> tuple[AttentionMask, torch.Tensor]:
+        """What a static-shape step of column ``n`` (0-d or [B]) needs for one stack: the
+        ``step_mask`` over every slot of its ``caches`` (column ``first`` in slot 0) and the
+        rows' positions [B, 1]."""
+        mask = self.step_mask(n, first, caches[0].k.shape[2], window, blocks)
+        return mask, n.reshape(-1, 1) - self.pad[:, None]
 
     def mask(self, n: int, lo: int) -> AttentionMask | None:
         """Mask [B, 1, 1, K] of the query at column n over keys [lo, n]: the caller keeps them

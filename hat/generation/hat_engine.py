@@ -192,10 +192,7 @@ class HATCachedEngine:
     def prefill(self) -> torch.Tensor:
         """Run the prompts ([B, P] columns) through all three stacks, by groups of rows
         (``row_groups``); logits [B, 256]."""
-        ids = torch.full((self.batch, self.width), PAD, dtype=torch.long)
-        for r, row in enumerate(self.rows):
-            ids[r, self.pad_list[r] :] = torch.tensor(row)
-        ids = ids.to(self.device)
+        ids = self.cols.left_padded(self.rows, PAD)  # [B, P]
         groups = row_groups([self.width] * self.batch, self.device)
         return torch.cat([self._prefill_rows(g, ids[g]) for g in groups])  # [B, 256]
 
@@ -490,19 +487,17 @@ class HATCachedEngine:
         return x, (self.choose(logits, *choice) if choice else logits)
 
     def _encode_graph(self, tokens, n, slot, offset):  # noqa: ANN001, ANN202
-        caches = self.enc_caches  # tokens [B] -> encoder state of column n [B, De]
-        count, window = caches[0].k.shape[2], self.cfg.encoder.window
-        mask = self.cols.step_mask(n, offset, count, window, self.key_blocks)
-        positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
+        caches, window = self.enc_caches, self.cfg.encoder.window
+        # tokens [B] -> encoder state of column n [B, De]
+        mask, positions = self.cols.static_step(n, offset, caches, window, self.key_blocks)
         x = self.model.encoder(tokens[:, None], positions, mask, caches, slot)
         return x[:, 0]
 
     def _decode_graph(self, states, words, n, slot, offset):  # noqa: ANN001, ANN202
-        caches = self.dec_caches  # states [B, 1, De], words [B, 1] -> logits [B, 256]
-        count, window = caches[0].k.shape[2], self.cfg.decoder.window
-        mask = self.cols.step_mask(n, offset, count, window, self.key_blocks)
+        caches, window = self.dec_caches, self.cfg.decoder.window
+        # states [B, 1, De], words [B, 1] -> logits [B, 256]
+        mask, positions = self.cols.static_step(n, offset, caches, window, self.key_blocks)
         index = words % self.ring_size  # each row's guide in the ring
-        positions = n.reshape(-1, 1) - self.pad[:, None]  # [B, 1]
         hidden = self.model.decoder(states, self.ring, index, positions, mask, caches, slot)
         return self._logits(hidden[:, -1])
 
