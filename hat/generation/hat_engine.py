@@ -268,23 +268,7 @@ class HATCachedEngine:
             cols = [lead if r in self.retired else c for r, c in enumerate(self.col)]  # [B]
         lo, n = min(cols), max(cols)
         self._make_room(lo, n)
-        finished: list[tuple[int, int, int, int]] = []
-        relabel: tuple[list[int], list[int], list[int]] = ([], [], [])  # rows, slots, words
-        first: dict[int, int] = {}  # first column to (re)compute in the decoder, by row
-        for r, keep, changed in apply:
-            self._assign_words(r, keep, finished, relabel)
-            first[r] = self.pad_list[r] + changed
-        if lo == n:  # every row at column n (always without waiting)
-            slot = n - self.base
-            self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
-        else:
-            slots = self._tensor(cols) - self.base
-            self.col_word[self.row_index, slots] = self.col_word[self.row_index, slots - 1]
-        if relabel[0]:
-            rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
-            self.col_word[rows, slots] = words
-        if finished:  # words that ended before the rows' columns: none needs its encoder state
-            self._backbone_steps(finished)
+        first = self._apply_events(apply, cols)  # first column to (re)decode, by row
         if resumed:  # their bytes came in earlier steps
             tokens = tokens.clone()
             kept = [self.trackers[r].data[-1] for r in resumed]  # each one's newest byte
@@ -304,10 +288,34 @@ class HATCachedEngine:
             return out  # logits, or with a choice what the graph chose
         if lo < n:
             return self._step_rows(tokens, cols, first, choice)
-        else:
-            self._encode(tokens, n)
-            logits = self._decode(c0, n)
+        self._encode(tokens, n)
+        logits = self._decode(c0, n)
         return logits if choice is None else self.choose(logits, *choice)
+
+    def _apply_events(self, apply: list[tuple[int, int, int]], cols: list[int]) -> dict[int, int]:
+        """The word events ``apply`` (row, starts kept, first changed offset) before the rows
+        write at ``cols``: each column's word (the new one carries the word of the byte
+        before it), words relabelled after a boundary moved, and the backbone passes of the
+        words now finished -> the first column each affected row's decoder must recompute."""
+        finished: list[tuple[int, int, int, int]] = []
+        relabel: tuple[list[int], list[int], list[int]] = ([], [], [])  # rows, slots, words
+        first: dict[int, int] = {}
+        for r, keep, changed in apply:
+            self._assign_words(r, keep, finished, relabel)
+            first[r] = self.pad_list[r] + changed
+        lo, n = min(cols), max(cols)
+        if lo == n:  # every row at column n (always without waiting)
+            slot = n - self.base
+            self.col_word[:, slot] = self.col_word[:, slot - 1]  # same word as the byte before
+        else:
+            slots = self._tensor(cols) - self.base
+            self.col_word[self.row_index, slots] = self.col_word[self.row_index, slots - 1]
+        if relabel[0]:
+            rows, slots, words = (torch.tensor(v, device=self.device) for v in relabel)
+            self.col_word[rows, slots] = words
+        if finished:  # words that ended before the rows' columns: none needs its encoder state
+            self._backbone_steps(finished)
+        return first
 
     def _schedule(self) -> tuple[list[tuple[int, int, int]], list[int]]:
         """Take this step's word events -> (events to apply now, rows that resume). With
