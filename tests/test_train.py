@@ -455,6 +455,10 @@ def test_eval_bpb_is_the_evaluation_bits_per_byte(
     result = held_out_loss(model, batches, Accelerator(cpu=True))
     assert result.n_bytes == sum(len(d.encode()) for d in held_out)
     assert result.bpb == pytest.approx(evaluation_bpb(model, held_out), rel=1e-5)
+    # as a compiled trainer evaluates: word slots padded (one graph), the same numbers
+    batches = build_eval_batches(data, model.data_format(), 512, global_rows=4)
+    padded = held_out_loss(model, batches, Accelerator(cpu=True), compiled=True)
+    assert padded.bpb == pytest.approx(result.bpb, rel=1e-5) and padded.n_bytes == result.n_bytes
 
 
 def test_a_twin_row_holds_the_tokens_of_row_bytes_of_text(tiny_bpe, tiny_hat) -> None:

@@ -142,7 +142,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """CPU when no GPU is present; bf16 autocast on GPU by default; trackers on rank 0."""
     precision = cfg.trainer.precision
     if precision == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # native bf16 only: below compute capability 8 it is emulated (slow)
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if bf16 else "fp32"
     # accelerate keeps its settings (mixed precision, ...) in a process-wide singleton that
     # refuses a second Accelerator with other settings; each run starts from its own config
@@ -307,8 +308,12 @@ class EvalResult:
 
 
 @torch.no_grad()
-def held_out_loss(model: torch.nn.Module, batches: Any, accelerator: Accelerator) -> EvalResult:
+def held_out_loss(
+    model: torch.nn.Module, batches: Any, accelerator: Accelerator, compiled: bool = False
+) -> EvalResult:
     """Loss and bits per byte over held-out batches (each rank its own rows, summed).
+    ``compiled``: the model runs under torch.compile, so word slots are padded as in training
+    (one graph, not one per batch's word count).
 
     Ranks may run out of held-out rows at different batches; a rank that has run out
     evaluates an all-padding batch (no targets) so that every rank runs the same forwards
@@ -328,7 +333,10 @@ def held_out_loss(model: torch.nn.Module, batches: Any, accelerator: Accelerator
             batch = batches.empty_batch() if batch is None else batch
         elif batch is None:
             break
-        totals += _sums(model(**{k: to_device(v, accelerator.device) for k, v in batch.items()}))
+        batch = {k: to_device(v, accelerator.device) for k, v in batch.items()}
+        if compiled and "word_lengths" in batch:
+            batch["word_lengths"] = pad_word_slots(batch["word_lengths"])
+        totals += _sums(model(**batch))
     model.train()
     sum_nll, n_targets, text_nll, n_bytes = accelerator.reduce(totals, "sum").tolist()
     return EvalResult(sum_nll / max(n_targets, 1.0), bits_per_byte(text_nll, n_bytes), int(n_bytes))
@@ -605,7 +613,9 @@ class Trainer:
         for name, data in self.eval_sets.items():
             if id(data) not in by_config:
                 batches = self.eval_batches(data)
-                by_config[id(data)] = held_out_loss(self.model, batches, self.accelerator)
+                by_config[id(data)] = held_out_loss(
+                    self.model, batches, self.accelerator, self.cfg.trainer.compile
+                )
             result = by_config[id(data)]
             where = f" on {name}" if name else ""
             if result.n_bytes == 0:
