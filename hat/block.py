@@ -469,9 +469,7 @@ class KVCache:
                 return self._write_tail(k, v, pos, end)
             if end - self.offset > self.k.shape[2]:
                 self._make_room(pos, end)
-            start = self.read_start(pos) - self.offset
-            if start < 0:
-                raise ValueError(f"KVCache: position {pos} needs keys this cache slid past")
+            start = self._read_slot(pos)
             a, b = pos - self.offset, end - self.offset
             self.k[:, :, a:b] = k
             self.v[:, :, a:b] = v
@@ -494,9 +492,7 @@ class KVCache:
         if end is None:
             keys, values = self.k, self.v
         else:
-            start = self.read_start(first) - self.offset
-            if start < 0:
-                raise ValueError(f"KVCache: position {first} needs keys this cache slid past")
+            start = self._read_slot(first)
             keys, values = (
                 self.k[:, :, start : end - self.offset],
                 self.v[:, :, start : end - self.offset],
@@ -504,6 +500,13 @@ class KVCache:
         if rows is not None and gather:  # a subset of the rows: theirs (copies) [R, Hkv, end, Dh]
             keys, values = keys[rows], values[rows]
         return keys, values
+
+    def _read_slot(self, pos: int) -> int:
+        """The slot of the first key a query at ``pos`` reads (an error if it slid out)."""
+        start = self.read_start(pos) - self.offset
+        if start < 0:
+            raise ValueError(f"KVCache: position {pos} needs keys this cache slid past")
+        return start
 
     def _write_tail(
         self, k: torch.Tensor, v: torch.Tensor, pos: int, end: int
@@ -598,7 +601,8 @@ class Attention(nn.Module):
         qk, v = qkv.split([qk_heads, self.kv_heads], dim=2)  # [B, S, H + Hkv, Dh], [B, S, Hkv, Dh]
         if self.q_norm is not None:
             q, k = qk.split([heads, self.kv_heads], dim=2)
-            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+            # under CUDA autocast the norms return fp32: back to v's dtype (flex wants one)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2).to(v.dtype)
         qk = rotate(qk, *ctx.rope).transpose(1, 2)  # q and k in one rotation: [B, H+Hkv, S, Dh]
         q, k = qk.split([heads, self.kv_heads], dim=1)
         v = v.transpose(1, 2)
