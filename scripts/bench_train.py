@@ -19,7 +19,8 @@ machine's load changes hit both. ``--profile N`` adds milliseconds per step by s
 
 ``--compare-ref REV`` measures the median step time of every model on git revision REV and on
 this tree, interleaved measurement by measurement (``scripts/compare_ref.py``); reports every
-round, the medians and the new/old ratios. (REV must have this script's ``--worker`` mode.)
+round, the medians and the new/old ratios. (This script runs on both sides, importing each
+side's ``hat``: REV's code must have what it calls.)
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Bench:
             sync(self.accelerator)
             times.append(time.perf_counter() - start)
             n_bytes, n_units = n_bytes + stats.n_bytes, n_units + stats.n_positions
-        return times, n_bytes, n_units, stats.loss
+        return times, n_bytes, n_units, stats.loss if count else float("nan")
 
 
 @dataclasses.dataclass
@@ -305,7 +306,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
     parser.add_argument(
         "--row-bytes",
-        "--seq-len",  # its name before trainer.row_bytes; --compare-ref's older revisions take it
+        "--seq-len",  # its name before trainer.row_bytes
         dest="row_bytes",
         type=int,
         default=512,
@@ -410,7 +411,7 @@ def worker(args: argparse.Namespace) -> None:
     from compare_ref import serve
 
     runners = {}
-    compile = getattr(args, "compile", False)  # older revisions' workers have no --compile
+    compile = args.compile
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
             hat_name, bpe_name = pair.split(":")
@@ -446,9 +447,9 @@ def compare(args: argparse.Namespace) -> None:
     from compare_ref import compare as interleave
 
     forward = ["--pairs", *args.pairs, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    forward += ["--seq-len", str(args.row_bytes), "--rows", str(args.rows)]
+    forward += ["--row-bytes", str(args.row_bytes), "--rows", str(args.rows)]
     forward += ["--threads", str(args.threads)] if args.threads else []
-    forward += ["--compile"] if args.compile else []  # both sides: REV must take --compile
+    forward += ["--compile"] if args.compile else []
     forward += ["--precision", args.precision]  # this script runs on both sides
     report = interleave(__file__, forward, args.compare_ref, args.rounds, higher_is_better=False)
     report = {
