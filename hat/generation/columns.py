@@ -12,18 +12,24 @@ import torch
 from hat.block import AttentionMask
 
 
+def _sees(
+    key: torch.Tensor, query: torch.Tensor, start: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Whether a query at column ``query`` sees the key at column ``key`` (any broadcastable
+    shapes): not in the future, within the window, not before its row's document ``start``."""
+    ok = (key <= query) & (key >= start)
+    return ok & (key > query - window) if window is not None else ok
+
+
 def window_mask(
     q_cols: torch.Tensor, k_cols: torch.Tensor, doc_start: torch.Tensor, window: int | None
 ) -> AttentionMask:
     """[B, 1, Q, K] causal (sliding-window) mask over absolute columns; keys before a row's
     document start (left padding) are hidden. Every query sees itself, so padding rows never
     give NaN."""
-    diff = q_cols[:, None] - k_cols[None, :]  # [Q, K]
-    ok = diff >= 0
-    if window is not None:
-        ok = ok & (diff < window)
-    ok = ok[None] & (k_cols[None, None, :] >= doc_start[:, None, None])  # [B, Q, K]
-    return AttentionMask(dense=(ok | (diff == 0)[None])[:, None])
+    ok = _sees(k_cols[None, None, :], q_cols[None, :, None], doc_start[:, None, None], window)
+    itself = q_cols[:, None] == k_cols[None, :]  # [Q, K]
+    return AttentionMask(dense=(ok | itself[None])[:, None])  # [B, 1, Q, K]
 
 
 def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> AttentionMask:
@@ -36,15 +42,6 @@ def prefill_mask(width: int, doc_start: torch.Tensor, window: int | None) -> Att
     cols = torch.arange(width, device=doc_start.device)
     prompt = cols[None, :] >= doc_start[:, None]  # [B, P]: the left padding is False
     return AttentionMask.packed(prompt.long(), window, impl="sdpa", padding=~prompt)
-
-
-def _sees(
-    key: torch.Tensor, query: torch.Tensor, start: torch.Tensor, window: int | None
-) -> torch.Tensor:
-    """Whether a query at column ``query`` sees the key at column ``key`` (any broadcastable
-    shapes): not in the future, within the window, not before its row's document ``start``."""
-    ok = (key <= query) & (key >= start)
-    return ok & (key > query - window) if window is not None else ok
 
 
 KEY_BLOCK = 64  # keys per block of a step's BlockMask (static caches: multiples of 64 slots)

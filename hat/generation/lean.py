@@ -123,6 +123,7 @@ class StaticStep:
         # argument shapes called with every guard checked -> the code dynamo ran for them
         # (None: not known, call through dynamo checking the fewest guards)
         self.seen: dict[tuple, Any] = {}
+        # a CUDA-graph mode on a CPU too: how the tests run this host logic without a GPU
         self.cuda_graphs = mode in CUDA_GRAPH_MODES
 
     def reshaped(self) -> None:
