@@ -355,21 +355,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
-            hat_name, bpe_name = pair.split(":")
-            bpe_cfg = preset(bpe_name)
-            tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
-            runners = [
-                Bench(
-                    cfg,
-                    tok,
-                    args.row_bytes,
-                    args.rows,
-                    args.steps + 4,
-                    args.compile,
-                    args.precision,
-                )
-                for cfg, tok in ((preset(hat_name), None), (bpe_cfg, tokenizer))
-            ]
+            runners = list(pair_benches(pair, args, Path(tmp), args.steps + 4).values())
             hat_result, bpe_result = bench_pair(runners, args.steps, args.warmup, args.compile)
             mixed = runners[0].accelerator.mixed_precision
             report["precision"] = {"no": "fp32"}.get(mixed, mixed)
@@ -398,6 +384,18 @@ def main() -> None:
     return None
 
 
+def pair_benches(pair: str, args: argparse.Namespace, tmp: Path, batches: int) -> dict[str, Bench]:
+    """The benches of a ``HAT:BPE`` preset pair, by preset name (the twin's tokenizer trained
+    in ``tmp``), each with ``batches`` batches."""
+    hat_name, bpe_name = pair.split(":")
+    bpe_cfg = preset(bpe_name)
+    tokenizer = tokenizer_for(bpe_cfg, tmp)
+    return {
+        name: Bench(cfg, tok, args.row_bytes, args.rows, batches, args.compile, args.precision)
+        for name, cfg, tok in ((hat_name, preset(hat_name), None), (bpe_name, bpe_cfg, tokenizer))
+    }
+
+
 def write_report(report: dict, out: Path | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
@@ -410,27 +408,13 @@ def worker(args: argparse.Namespace) -> None:
     demand (models set up once; warm-up steps first), fingerprinted by the last loss."""
     from compare_ref import serve
 
-    runners = {}
+    runners: dict[str, Bench] = {}
     compile = args.compile
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:
-            hat_name, bpe_name = pair.split(":")
-            bpe_cfg = preset(bpe_name)
-            tokenizer = tokenizer_for(bpe_cfg, Path(tmp))
-            for name, model_cfg, tok in (
-                (hat_name, preset(hat_name), None),
-                (bpe_name, bpe_cfg, tokenizer),
-            ):
-                runners[name] = Bench(
-                    model_cfg,
-                    tok,
-                    args.row_bytes,
-                    args.rows,
-                    args.warmup + args.steps,
-                    compile,
-                    args.precision,
-                )
-                runners[name].steps(args.warmup, compile)
+            runners.update(pair_benches(pair, args, Path(tmp), args.warmup + args.steps))
+        for runner in runners.values():
+            runner.steps(args.warmup, compile)
 
     def measurement(runner: Bench):  # noqa: ANN202
         def measure() -> tuple[float, str]:
