@@ -2,7 +2,7 @@
 # Run HERE (a machine with PyPI access) before a GPU check: downloads, into .wheels/ (git-ignored),
 # the wheels that hat needs and the lent GPU machine's image lacks (it has torch, triton,
 # accelerate, safetensors, sentencepiece, pyarrow, pandas, ... but no network). Then:
-#   device run  carry=[".wheels"]  command="bash scripts/gpu_checks.sh"
+#   device run  carry=[".wheels"]  command="bash scripts/gpu_checks.sh core bench"  (then "compile")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .wheels && mkdir -p .wheels

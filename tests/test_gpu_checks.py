@@ -100,3 +100,22 @@ def test_the_fsdp_runs_compose(variable: str, tmp_path: Path) -> None:
             assert cfg.trainer.output_dir.startswith(str(tmp_path))
             if config_name == "train":  # the checks hat-train makes before it starts
                 resolve_config(cfg)
+
+
+def test_each_call_fits_one_device_command_and_brings_back_one_file() -> None:
+    """A device command runs at most 600 s and brings back at most 8 files from $OUT: the step
+    limits of each call (`core bench`, `compile`, `extra`) leave a minute for installing, and
+    the results come back as one archive (the steps write to a folder of their own)."""
+    limits: dict[str, int] = {}
+    part = None
+    for line in SCRIPT.splitlines():
+        if m := re.match(r"if want (\w+)", line):
+            part = m.group(1)
+        if m := re.match(r"\s*step \w+ (\d+) ", line):
+            limits[part] = limits.get(part, 0) + int(m.group(1))
+    assert set(limits) == {"core", "bench", "compile", "extra"}
+    for call in (("core", "bench"), ("compile",), ("extra",)):
+        assert sum(limits[p] for p in call) <= 540, call
+    assert re.search(r'^OUT="\$\(mktemp -d\)"', SCRIPT, re.MULTILINE)
+    back = re.findall(r"\$BACK/([\w.-]+)", SCRIPT)
+    assert set(back) == {".gpu_results.part", "gpu_results.tgz"}
