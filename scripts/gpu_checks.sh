@@ -45,8 +45,9 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if want core; then
     # no -x: each GPU test reports, a failing one does not hide the others
-    # four workers: the Triton kernels' autotuning compiles many configurations on a cold cache
-    step gpu_tests 140 $PY -m pytest -q -m gpu -n 4 tests/test_kernels.py tests/test_model.py tests/test_generation.py
+    # eight workers (16 cores): the Triton kernels' autotuning compiles and times many
+    # configurations per key on a cold cache (correctness only: timing noise does not matter)
+    step gpu_tests 140 $PY -m pytest -q -m gpu -n 8 tests/test_kernels.py tests/test_model.py tests/test_generation.py
     # FSDP2 (accelerate disables it on CPU, so CI cannot run it): train, checkpoint, resume, export
     FSDP_ENV="NCCL_DEBUG=WARN ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP FSDP_TRANSFORMER_CLS_TO_WRAP=Block FSDP_STATE_DICT_TYPE=SHARDED_STATE_DICT"
     FSDP_RUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m hat.cli.train model=tiny trainer.steps=20 trainer.row_bytes=1024 trainer.global_rows=8 trainer.checkpoint_interval=10 trainer.log_interval=5 trainer.eval_batches=2 trainer.sample_new_tokens=16 schedule.warmup_steps=2 trainer.output_dir=$OUT/fsdp_run"
