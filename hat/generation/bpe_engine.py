@@ -15,11 +15,9 @@ from hat.generation.lean import (
     CUDA_GRAPH_MODES,
     StaticBuffers,
     StaticStep,
-    announce,
-    compile_mode,
     graph_chooser,
-    key_blocks,
     lean_view,
+    step_path,
 )
 from hat.modeling import softcap
 
@@ -51,11 +49,8 @@ class BPECachedEngine:
         self.cols = LeftPadding([len(r) for r in rows], max_new, self.device)
         total = self.cols.width + max_new
         reserve_positions(model.backbone, total + 1)
-        mode = compile_mode(compile, self.device.type)  # None: eager
-        self.static = mode is not None
-        # the graphs attend to the cache blocks in reach (flex attention) or every slot (SDPA)
-        self.key_blocks = key_blocks(mode, self.device.type, self.batch)
-        announce("BPE twin", mode, self.device.type)
+        mode, self.key_blocks = step_path("BPE twin", compile, self.device.type, self.batch)
+        self.static = mode is not None  # a compiled static-shape step (None: eager)
         capacity = round_up(total, self.UNIT) if self.static else total
         self.caches = model.backbone.transformer.make_caches(self.batch, capacity, like=like)
         self.choose = graph_chooser(choose, mode)  # the ids' choice, in the step's graph

@@ -24,11 +24,9 @@ from hat.generation.lean import (
     CUDA_GRAPH_MODES,
     StaticBuffers,
     StaticStep,
-    announce,
-    compile_mode,
     graph_chooser,
-    key_blocks,
     lean_view,
+    step_path,
 )
 from hat.generation.words import WordTracker, word_starts
 from hat.modeling import softcap
@@ -78,11 +76,8 @@ class HATCachedEngine:
         total = self.width + max_new
         self.positions = total + 1  # every position (bytes and words) is below it
         reserve_positions(model, self.positions)
-        mode = compile_mode(compile, self.device.type)  # None: eager
-        self.static = mode is not None
-        # the graphs attend to the cache blocks in reach (flex attention) or every slot (SDPA)
-        self.key_blocks = key_blocks(mode, self.device.type, self.batch)
-        announce("HAT", mode, self.device.type)
+        mode, self.key_blocks = step_path("HAT", compile, self.device.type, self.batch)
+        self.static = mode is not None  # compiled static-shape steps (None: eager)
         # rows that finished a word wait until `wait` rows wait, then one backbone pass serves
         # them all (1: the backbone runs at once); waiting rows fall behind the others
         self.wait = wait

@@ -260,6 +260,15 @@ def compile_mode(setting: bool | str, device: str) -> str | None:
     return setting
 
 
+def step_path(name: str, compile: bool | str, device: str, batch: int) -> tuple[str | None, bool]:
+    """How a cached engine's usual step runs (logged once): its ``torch.compile`` mode (None:
+    eager) and whether its graphs attend to the cache blocks in reach (``key_blocks``) rather
+    than to every slot."""
+    mode = compile_mode(compile, device)
+    announce(name, mode, device)
+    return mode, key_blocks(mode, device, batch)
+
+
 def key_blocks(mode: str | None, device: str, batch: int) -> bool:
     """Whether a step's compiled graph attends through a BlockMask listing only the blocks of
     cached keys it may see (flex attention, ``columns.blocks_in_reach``) rather than SDPA over
