@@ -109,7 +109,8 @@ def save_checkpoint(
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(root)[:-keep_last] if keep_last else []:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != final:  # never the one just written
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -134,12 +135,40 @@ def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelera
     if accelerator.is_main_process:
         try:
             verify_checkpoint(path, earlier)
-        except CheckpointError as err:
-            error = [str(err)]
+        except Exception as err:  # noqa: BLE001 - any failure must reach the other ranks
+            error = [str(err) if isinstance(err, CheckpointError) else f"{path}: {err!r}"]
     broadcast_object_list(error)  # every rank stops with the same message
     if error[0] is not None:
         raise CheckpointError(error[0])
+    if cfg.resume != "auto":  # a run rolled back to an earlier checkpoint
+        _set_aside_later(root, read_trainer_state(path)["step"], accelerator)
     return path
+
+
+ABANDONED = "abandoned"  # <root>/abandoned/: checkpoints of a run's rolled-back future
+
+
+def _set_aside_later(root: Path, step: int, accelerator: Accelerator) -> None:
+    """Move ``root``'s checkpoints after ``step`` into ``root/abandoned/``: kept, but no longer
+    what ``resume=auto`` continues or what the rotation counts (it keeps the newest steps, so
+    it would delete the rolled-back run's new checkpoints first)."""
+    if accelerator.is_main_process:
+        later = [p for p in list_checkpoints(root) if int(p.name[len(CHECKPOINT_PREFIX) :]) > step]
+        for path in later:
+            aside = root / ABANDONED / path.name
+            n = 1
+            while aside.exists():  # rolled back over the same steps before
+                aside, n = root / ABANDONED / f"{path.name}.{n}", n + 1
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(path, aside)
+        if later:
+            logger.warning(
+                "resuming from step %d: moved the later checkpoints (%s) to %s",
+                step,
+                ", ".join(p.name for p in later),
+                root / ABANDONED,
+            )
+    accelerator.wait_for_everyone()
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

@@ -286,3 +286,28 @@ def test_damaged_newest_checkpoints_stop_the_run_naming_the_file_and_an_intact_o
     )
     assert str(previous) not in line  # a damaged checkpoint is never offered
     assert max(losses(run_copy)) == 20  # nothing was trained
+
+
+@pytest.mark.slow
+def test_rolling_back_sets_the_later_checkpoints_aside_and_keeps_the_new_ones(
+    run_copy: Path,
+) -> None:
+    """trainer.resume=<an earlier checkpoint> (what a damaged newest one's message suggests):
+    the checkpoints after it move to checkpoints/abandoned/, kept; the rolled-back run's new
+    checkpoints are then the newest, so the rotation (keep_last=3) does not delete them in
+    favour of the abandoned future, and resume=auto would continue them."""
+    checkpoints = run_copy / "checkpoints"
+    step_10 = checkpoints / "step_00000010"
+    proc = train(
+        run_copy, f"trainer.resume={step_10}", "trainer.steps=12", "trainer.checkpoint_interval=1"
+    )
+    check(proc)
+    assert "moved the later checkpoints (step_00000015, step_00000020)" in log_of(proc)
+    assert [p.name for p in list_checkpoints(checkpoints)] == [
+        "step_00000010",
+        "step_00000011",
+        "step_00000012",
+    ]
+    aside = sorted(p.name for p in (checkpoints / "abandoned").iterdir())
+    assert aside == ["step_00000015", "step_00000020"]
+    verify_checkpoint(checkpoints / "abandoned" / "step_00000020")  # intact, only moved
