@@ -56,6 +56,14 @@ class HATWordSplitter:
         self.max_word_bytes = max_word_bytes
         self._splitter = HATSplitter()
 
+    def __getstate__(self) -> dict:
+        # the Rust splitter does not pickle; DataLoader workers started by spawn or forkserver
+        # (macOS; Python 3.14's default on Linux) receive the dataset pickled: rebuild it there
+        return {"max_word_bytes": self.max_word_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_word_bytes"])
+
     def split(self, text: str) -> list[bytes]:
         if not text:
             return []

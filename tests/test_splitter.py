@@ -99,3 +99,16 @@ def test_prefix_consistency_whitespace_then_combining_marks(text: str) -> None:
     for i in range(1, len(text)):
         cut = len(text[:i].encode("utf-8"))
         assert boundaries(splitter, text[:i]) == [b for b in full if b < cut], repr(text[:i])
+
+
+def test_the_reference_splitter_pickles() -> None:
+    """DataLoader workers started by spawn or forkserver receive the dataset (and its
+    splitter) pickled; the Rust splitter itself does not pickle, so it is rebuilt there."""
+    import pickle
+
+    from hat.splitter import HATWordSplitter
+
+    splitter = HATWordSplitter(max_word_bytes=7)
+    copy = pickle.loads(pickle.dumps(splitter))
+    text = "Hello world, camelCase and a verylongword\u0301 \t\u0301 x"
+    assert copy.max_word_bytes == 7 and copy.split(text) == splitter.split(text)

@@ -3,6 +3,7 @@ kill, two processes = one, BPE twin, wandb offline) plus fast checks of configs 
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -469,3 +470,15 @@ def test_a_twin_row_holds_the_tokens_of_row_bytes_of_text(tiny_bpe, tiny_hat) ->
     assert tiny_hat.units_per_row(1000, texts) == 1000
     with pytest.raises(ValueError, match="some text"):
         tiny_bpe.units_per_row(1000, [])
+
+
+def test_metrics_keep_seven_significant_digits(tmp_path) -> None:
+    """A warm-up's learning rate of 4e-7 is logged as such (rounding to 6 decimals gave 0)."""
+    from accelerate import Accelerator
+
+    from hat.training.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", Accelerator(cpu=True))
+    log.write({"step": 1, "kind": "train", "lr": 4e-7, "loss": 2.718281828})
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["lr"] == 4e-7 and record["loss"] == 2.718282

@@ -45,7 +45,8 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        # 7 significant digits, not 6 decimals: a warm-up's learning rate of 4e-7 is not 0
+        record = {k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in record.items()}
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
