@@ -44,11 +44,16 @@ def bits_per_byte(
 
 @dataclass
 class MultipleChoiceExample:
-    """One question: the prompt and the choices, with the index of the correct one."""
+    """One question: the prompt and the choices, with the index of the correct one (and of
+    any other choice that is as correct: BIG-bench tasks may give several the top score)."""
 
     input: str
     choices: list[str]
     answer: int
+    also_correct: tuple[int, ...] = ()
+
+    def is_correct(self, choice: int) -> bool:
+        return choice == self.answer or choice in self.also_correct
 
 
 @dataclass
@@ -86,8 +91,8 @@ def choices_correct(
         raw = scores[position : position + len(ex.choices)]
         norm = [s / max(len((separator + c).encode()), 1) for s, c in zip(raw, ex.choices)]
         position += len(ex.choices)
-        correct.append(max(range(len(raw)), key=raw.__getitem__) == ex.answer)
-        correct_norm.append(max(range(len(norm)), key=norm.__getitem__) == ex.answer)
+        correct.append(ex.is_correct(max(range(len(raw)), key=raw.__getitem__)))
+        correct_norm.append(ex.is_correct(max(range(len(norm)), key=norm.__getitem__)))
     return correct, correct_norm
 
 
@@ -114,8 +119,11 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
                 "score); only multiple-choice tasks can be scored (not generative ones)"
             )
         choices = list(scores)
-        answer = max(range(len(choices)), key=lambda k: scores[choices[k]])
-        examples.append(MultipleChoiceExample(raw["input"], choices, answer))
+        # every choice with the top score is right (BIG-bench's multiple_choice_grade credits
+        # target_scores[chosen]; fractional scores below the top count as wrong here)
+        top = max(scores.values())
+        best = [k for k, c in enumerate(choices) if scores[c] == top]
+        examples.append(MultipleChoiceExample(raw["input"], choices, best[0], tuple(best[1:])))
     return examples
 
 

@@ -39,6 +39,22 @@ def test_load_bigbench(tmp_path) -> None:
     assert example.choices == ["no", "yes"] and example.answer == 1
 
 
+def test_every_top_scored_bigbench_choice_counts_as_correct(tmp_path) -> None:
+    """BIG-bench may give several choices the top score: picking any of them is right."""
+    from hat.evaluation import choices_correct
+
+    task = {"examples": [{"input": "x?", "target_scores": {"a": 1, "b": 1, "c": 0}}]}
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task))
+    examples = load_bigbench(path)
+    for scores, right in (
+        ([-3.0, -1.0, -2.0], True),
+        ([-1.0, -3.0, -2.0], True),
+        ([-3, -2, -1], False),
+    ):
+        assert choices_correct(examples, scores)[0] == [right]
+
+
 @pytest.mark.skipif(
     not (SHARED / "evaldata/bigbench/hyperbaton.json").is_file(), reason="../shared absent"
 )
