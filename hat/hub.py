@@ -153,11 +153,13 @@ def push_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+    source = getattr(model, "name_or_path", None)
     if run_dir is None:
-        run_dir = _run_dir_of(getattr(model, "name_or_path", None))
+        run_dir = _run_dir_of(source)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        Path(tmp, MODEL_CARD_FILE).write_text(model_card(model, repo_id, run_dir))
+        card = model_card(model, repo_id, run_dir, up_to_step=_step_of(source))
+        Path(tmp, MODEL_CARD_FILE).write_text(card)
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=tmp,
@@ -178,12 +180,29 @@ def _run_dir_of(model_dir: str | None) -> Path | None:
     return None
 
 
+def _step_of(model_dir: str | None) -> int | None:
+    """The step of an intermediate export or checkpoint (``.../step_00000400``), else None."""
+    name = Path(model_dir).name if model_dir else ""
+    prefix = "step_"
+    return (
+        int(name[len(prefix) :])
+        if name.startswith(prefix) and name[len(prefix) :].isdigit()
+        else None
+    )
+
+
 # ---- model card ---------------------------------------------------------------------------
-def model_card(model: Any, repo_id: str, run_dir: str | os.PathLike | None = None) -> str:
+def model_card(
+    model: Any,
+    repo_id: str,
+    run_dir: str | os.PathLike | None = None,
+    up_to_step: int | None = None,
+) -> str:
     """A README.md for the Hub: architecture, parameters, training data and final held-out bits
-    per byte (from ``run_dir``'s ``metrics.jsonl`` and hydra config, when known), usage."""
+    per byte (from ``run_dir``'s ``metrics.jsonl`` and hydra config, when known; of an
+    intermediate export, only what the run had recorded by its step ``up_to_step``), usage."""
     cfg, facts = model.config, model.card_facts()
-    training = training_summary(run_dir) if run_dir else {}
+    training = training_summary(run_dir, up_to_step) if run_dir else {}
     tags = facts["tags"]
     lines = [
         "---",
@@ -264,7 +283,7 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
         lines.append("")
     for key, label in (
         ("steps", "optimizer steps"),
-        ("seq_len", "units (bytes or tokens) per row"),
+        ("row_bytes", "bytes of text per row"),
         ("global_rows", "rows per step"),
         ("bytes_seen", "training bytes seen"),
     ):
@@ -280,9 +299,10 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
     return lines
 
 
-def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+def training_summary(run_dir: str | os.PathLike, up_to_step: int | None = None) -> dict[str, Any]:
     """What a trainer output directory records: data sources and run length (hydra's
-    ``.hydra/config.yaml``) and the last evaluation (``metrics.jsonl``)."""
+    ``.hydra/config.yaml``) and the last evaluation (``metrics.jsonl``); with ``up_to_step``
+    (an intermediate export), the run as it stood at that step."""
     run = Path(run_dir)
     out: dict[str, Any] = {}
     config = run / ".hydra" / "config.yaml"
@@ -295,7 +315,9 @@ def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
             for s in (cfg.get("data") or {}).get("sources") or []
         ]
         trainer = cfg.get("trainer") or {}
-        out.update({k: trainer.get(k) for k in ("steps", "seq_len", "global_rows")})
+        out.update({k: trainer.get(k) for k in ("steps", "row_bytes", "global_rows")})
+    if up_to_step is not None:
+        out["steps"] = up_to_step
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
@@ -303,6 +325,8 @@ def training_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if up_to_step is not None and record.get("step", 0) > up_to_step:
+                continue  # recorded after the exported model
             if record.get("bytes_seen") is not None:
                 out["bytes_seen"] = int(record["bytes_seen"])
             if record.get("kind") == "eval" and _finite(record.get("eval_bpb")):

@@ -182,7 +182,7 @@ def test_model_card_reports_the_training_run(tmp_path, tiny_hat, tiny_bpe) -> No
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra/config.yaml").write_text(
         "data:\n  sources:\n  - path: builtin:sample\n    weight: 1.0\n"
-        "trainer:\n  steps: 400\n  seq_len: 512\n  global_rows: 8\n"
+        "trainer:\n  steps: 400\n  row_bytes: 512\n  global_rows: 8\n"
     )
     records = [
         {"step": 390, "kind": "train", "loss": 1.7, "bytes_seen": 1_600_000},
@@ -199,6 +199,7 @@ def test_model_card_reports_the_training_run(tmp_path, tiny_hat, tiny_bpe) -> No
         "| backbone |",
         "`builtin:sample` (weight 1.0)",
         "optimizer steps: 400",
+        "bytes of text per row: 512",
         "training bytes seen: 1,600,000",
         "final held-out bits per byte: **2.3312** (step 400)",
         "en: 2.4000",
@@ -221,6 +222,25 @@ def test_push_finds_the_run_of_an_exported_model(hub, tiny_hat, tmp_path) -> Non
     hat.load_pretrained(run / "model").push_to_hub("me/run-model")
     card = (hub.store / "me/run-model/main/README.md").read_text()
     assert "final held-out bits per byte: **3.5000** (step 5)" in card
+
+
+def test_an_intermediate_export_is_carded_as_it_stood_at_its_step(hub, tiny_hat, tmp_path) -> None:
+    """exports/step_N of a longer run: the card gives the evaluation and bytes seen at step N,
+    not the run's final ones (which the exported weights never reached)."""
+    run = tmp_path / "run"
+    tiny_hat.save_pretrained(run / "exports" / "step_00000400")
+    records = [
+        {"step": 400, "kind": "train", "bytes_seen": 1000},
+        {"step": 400, "kind": "eval", "eval_bpb": 3.5},
+        {"step": 1000, "kind": "train", "bytes_seen": 2500},
+        {"step": 1000, "kind": "eval", "eval_bpb": 2.5},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    hat.load_pretrained(run / "exports" / "step_00000400").push_to_hub("me/step-400")
+    card = (hub.store / "me/step-400/main/README.md").read_text()
+    assert "final held-out bits per byte: **3.5000** (step 400)" in card
+    assert "training bytes seen: 1,000" in card and "optimizer steps: 400" in card
+    assert "2.5000" not in card
 
 
 def test_transformers_style_dtype_on_load(hub, tiny_hat) -> None:
