@@ -26,12 +26,13 @@ class MetricsLog:
     def __init__(self, path: Path, accelerator: Accelerator) -> None:
         self.path, self.accelerator = path, accelerator
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, aside: Path | None = None) -> None:
         """Drop lines of steps after ``step`` (written by a run killed after its last
-        checkpoint), and a line that is not JSON (cut short by the kill), with a warning."""
+        checkpoint, or by the future a rollback abandons: appended to ``aside`` if given), and
+        a line that is not JSON (cut short by a kill), with a warning."""
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
-        kept = []
+        kept, later = [], []
         for n, line in enumerate(self.path.read_text().splitlines(), 1):
             try:
                 record = json.loads(line) if line.strip() else None
@@ -40,8 +41,12 @@ class MetricsLog:
                     f"{self.path}, line {n}: not complete JSON (cut by a kill?); dropped"
                 )
                 continue
-            if record is not None and record["step"] <= step:
-                kept.append(line)
+            if record is not None:
+                (kept if record["step"] <= step else later).append(line)
+        if aside is not None and later:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            with open(aside, "a") as f:
+                f.write("".join(line + "\n" for line in later))
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -58,6 +58,7 @@ from hat.modeling import PreTrainedLM, bits_per_byte
 from hat.registry import kind_of
 from hat.tokenizer import TOKENIZER_FILE, BPETokenizer
 from hat.training.checkpoint import (
+    ABANDONED,
     CHECKPOINT_PREFIX,
     CheckpointError,
     find_resume_checkpoint,
@@ -478,7 +479,11 @@ class Trainer:
             lr_multiplier(self.step, t.steps, self.cfg.schedule),
         )
         log_changes(changes, self.cfg.schedule)
-        self.metrics.truncate_after(self.step)
+        # a rollback (an explicit checkpoint) keeps the abandoned future's lines beside its
+        # checkpoints; a killed run's lines after its checkpoint are written again
+        rollback = t.resume != "auto"
+        aside = self.ckpt_root / ABANDONED / "metrics.jsonl" if rollback else None
+        self.metrics.truncate_after(self.step, aside)
         logger.info(f"resumed from {path} at step {self.step}")
 
     def fit(self) -> TrainResult:

@@ -309,5 +309,9 @@ def test_rolling_back_sets_the_later_checkpoints_aside_and_keeps_the_new_ones(
         "step_00000012",
     ]
     aside = sorted(p.name for p in (checkpoints / "abandoned").iterdir())
-    assert aside == ["step_00000015", "step_00000020"]
+    assert aside == ["metrics.jsonl", "step_00000015", "step_00000020"]
     verify_checkpoint(checkpoints / "abandoned" / "step_00000020")  # intact, only moved
+    # the abandoned future's metric lines are kept beside its checkpoints, not deleted
+    abandoned = read_metrics(checkpoints / "abandoned", "train")
+    assert abandoned and min(r["step"] for r in abandoned) > 10
+    assert max(r["step"] for r in read_metrics(run_copy, "train")) == 12
