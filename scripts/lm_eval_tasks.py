@@ -33,7 +33,7 @@ test_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{input}}}}"
 doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
+doc_to_target: "{{{{answers}}}}"
 target_delimiter: " "
 metric_list:
   - metric: acc
@@ -71,7 +71,9 @@ def write_heldout(out: Path, data: DataConfig, max_docs: int | None, name: str) 
 def write_bigbench(out: Path, task: Path, limit: int | None) -> int:
     name = task.stem
     rows = [
-        {"input": ex.input, "choices": ex.choices, "answer": ex.answer}
+        # every right choice (BIG-bench may give several the top score): lm-eval counts a
+        # prediction in the list as correct
+        {"input": ex.input, "choices": ex.choices, "answers": [ex.answer, *ex.also_correct]}
         for ex in load_bigbench(task, limit)
     ]
     data_file = write_jsonl(out / f"{name}.jsonl", rows)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import hat
-from hat.evaluation import MultipleChoiceExample, bits_per_byte, multiple_choice
+from hat.evaluation import MultipleChoiceExample, bits_per_byte, load_bigbench, multiple_choice
 from hat.tokenizer import BOS_ID
 
 try:
@@ -190,9 +190,13 @@ def _write_tasks(directory, examples: list[MultipleChoiceExample], documents: li
         "examples": [
             {
                 "input": e.input,
-                "target_scores": {c: int(i == e.answer) for i, c in enumerate(e.choices)},
+                # every fourth example has two right choices (BIG-bench allows several)
+                "target_scores": {
+                    c: int(i == e.answer or (k % 4 == 0 and i == (e.answer + 1) % len(e.choices)))
+                    for i, c in enumerate(e.choices)
+                },
             }
-            for e in examples
+            for k, e in enumerate(examples)
         ]
     }
     (directory / "hat_test_mc.json").write_text(json.dumps(bigbench))
@@ -232,7 +236,8 @@ def test_simple_evaluate_equals_multiple_choice(model, tmp_path, sample_text) ->
         bootstrap_iters=0,
         log_samples=False,
     )["results"]
-    ours = multiple_choice(model, examples)
+    ours = multiple_choice(model, load_bigbench(tmp_path / "hat_test_mc.json"))
+    assert any(ex.also_correct for ex in load_bigbench(tmp_path / "hat_test_mc.json"))
     assert results["hat_test_mc"]["acc,none"] == pytest.approx(ours.accuracy)
     expected_bpb = bits_per_byte(model, documents, rolling=True)
     assert results["hat_test_ppl"]["bits_per_byte,none"] == pytest.approx(expected_bpb, rel=1e-6)
