@@ -146,14 +146,19 @@ def collate_documents(
     target_from: per document, the first byte index whose byte is a target (default 1: every
         byte after EOD). Bytes before it are context only. Nothing predicts past the end.
     """
+    if not docs:
+        raise ValueError("collate_documents needs at least one document")
     lengths = [sum(len(w) for w in doc) for doc in docs]
-    seq = max(pad_to or 0, max(lengths, default=1), 1)
+    seq = max(pad_to or 0, *lengths, 1)
     num_words = max(len(doc) for doc in docs) + 1  # +1: room for a padding word
     input_ids = torch.full((len(docs), seq), PAD, dtype=torch.long)
     labels = torch.full((len(docs), seq), IGNORE, dtype=torch.long)
     word_lengths = torch.zeros(len(docs), num_words, dtype=torch.long)
     for row, doc in enumerate(docs):
         data = b"".join(doc)
+        if not data:  # nothing to read or predict: the row is one padding word
+            word_lengths[row, 0] = seq
+            continue
         input_ids[row, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
         start = 1 if target_from is None else max(target_from[row], 1)
         # position t predicts byte t+1: targets are bytes[start:], predicted from t = start-1 ...

@@ -152,3 +152,13 @@ def test_twin_takes_transformers_style_labels(tiny_bpe) -> None:
     assert float(out.sum_nll) == pytest.approx(-sum(tiny_bpe.score(texts)), rel=1e-5)
     assert int(out.n_targets) == sum(len(r) - 1 for r in rows)
     assert float(out.text_bytes) == sum(len(t.encode()) for t in texts)
+
+
+def test_collating_no_documents_or_an_empty_one() -> None:
+    """No documents is an error that says so; a document of no words is one padding word."""
+    from hat.batching import collate_documents
+
+    with pytest.raises(ValueError, match="at least one document"):
+        collate_documents([])
+    batch = collate_documents([[], [b"\xc0", b"ab"]])
+    assert batch["input_ids"].shape == (2, 3) and batch["word_lengths"][0].tolist() == [3, 0, 0]
