@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hat.manifest import checkpoint_step
+
 HUB_FILES = [
     "config.json",
     "model.safetensors",
@@ -158,7 +160,9 @@ def push_to_hub(
         run_dir = _run_dir_of(source)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        card = model_card(model, repo_id, run_dir, up_to_step=_step_of(source))
+        card = model_card(
+            model, repo_id, run_dir, up_to_step=checkpoint_step(source) if source else None
+        )
         Path(tmp, MODEL_CARD_FILE).write_text(card)
         return api.upload_folder(
             repo_id=repo_id,
@@ -178,17 +182,6 @@ def _run_dir_of(model_dir: str | None) -> Path | None:
         if (run / "metrics.jsonl").is_file():
             return run
     return None
-
-
-def _step_of(model_dir: str | None) -> int | None:
-    """The step of an intermediate export or checkpoint (``.../step_00000400``), else None."""
-    name = Path(model_dir).name if model_dir else ""
-    prefix = "step_"
-    return (
-        int(name[len(prefix) :])
-        if name.startswith(prefix) and name[len(prefix) :].isdigit()
-        else None
-    )
 
 
 # ---- model card ---------------------------------------------------------------------------

@@ -12,6 +12,14 @@ from typing import Any
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK = 1 << 20
+CHECKPOINT_PREFIX = "step_"  # <run>/checkpoints/step_NNNNNNNN, <run>/exports/step_NNNNNNNN
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step of a ``step_NNNNNNNN`` directory (a checkpoint or an export), else None."""
+    name = Path(path).name
+    digits = name[len(CHECKPOINT_PREFIX) :]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
 
 
 class DamagedFileError(ValueError):

@@ -458,8 +458,19 @@ def test_eval_bpb_is_the_evaluation_bits_per_byte(
     assert result.bpb == pytest.approx(evaluation_bpb(model, held_out), rel=1e-5)
     # as a compiled trainer evaluates: word slots padded (one graph), the same numbers
     batches = build_eval_batches(data, model.data_format(), 512, global_rows=4)
-    padded = held_out_loss(model, batches, Accelerator(cpu=True), compiled=True)
+    slots = []  # word slots the model was given, per batch (HAT)
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: (
+            slots.append(kwargs["word_lengths"].shape[1]) if "word_lengths" in kwargs else None
+        ),
+        with_kwargs=True,
+    )
+    try:
+        padded = held_out_loss(model, batches, Accelerator(cpu=True), compiled=True)
+    finally:
+        hook.remove()
     assert padded.bpb == pytest.approx(result.bpb, rel=1e-5) and padded.n_bytes == result.n_bytes
+    assert (kind == "bpe") == (not slots) and all(n % 128 == 0 for n in slots)
 
 
 def test_a_twin_row_holds_the_tokens_of_row_bytes_of_text(tiny_bpe, tiny_hat) -> None:

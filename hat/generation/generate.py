@@ -154,7 +154,7 @@ def run_generation(
     )
     state = torch.tensor(states, device=device)  # [B] UTF-8 reader state
     width = max(map(len, rows))
-    history = _history(spec, rows, width - 1 + steps, device)
+    history = _history(spec, rows, width, steps, device)
     done = torch.tensor([r.done for r in out], device=device)
     n_done = int(done.sum())  # while 0, the per-step where(done, ...) are skipped
     budgets = torch.tensor([r.budget for r in out], device=device)
@@ -278,12 +278,13 @@ def _start_engine(
     return spec.engines[0](model, rows, steps, compile=config.compile_step, **options)
 
 
-def _history(spec: ModelSpec, rows: list[list[int]], columns: int, device: Any) -> torch.Tensor:
-    """What processors see as input_ids [B, columns]: each prompt's content (the document
-    start is not content) left-padded to the widest prompt's, then room for the new ids
-    (transformers' layout)."""
-    history = torch.full((len(rows), columns), spec.pad_id, device=device)
-    width = max(map(len, rows))
+def _history(
+    spec: ModelSpec, rows: list[list[int]], width: int, steps: int, device: Any
+) -> torch.Tensor:
+    """What processors see as input_ids [B, width - 1 + steps]: each prompt's content (the
+    document start is not content) left-padded to the widest prompt's (``width`` ids with its
+    start), then room for ``steps`` new ids (transformers' layout)."""
+    history = torch.full((len(rows), width - 1 + steps), spec.pad_id, device=device)
     for r, row in enumerate(rows):
         history[r, width - len(row) : width - 1] = torch.tensor(row[1:], dtype=torch.long)
     return history

@@ -22,7 +22,9 @@ from accelerate.utils import broadcast_object_list
 
 from hat.errors import HatError
 from hat.manifest import (
+    CHECKPOINT_PREFIX,
     DamagedFileError,
+    checkpoint_step,
     verify_manifest,
     write_json,
     write_manifest,
@@ -31,7 +33,6 @@ from hat.training.config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 
@@ -43,12 +44,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first. In-progress saves live in ``.tmp`` dirs and never match."""
     if not root.is_dir():
         return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[5:].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
 
 
 def verify_checkpoint(directory: Path, earlier: list[Path] | None = None) -> None:
@@ -140,20 +137,18 @@ def find_resume_checkpoint(cfg: TrainerConfig, root: Path, accelerator: Accelera
     broadcast_object_list(error)  # every rank stops with the same message
     if error[0] is not None:
         raise CheckpointError(error[0])
-    if cfg.resume != "auto":  # a run rolled back to an earlier checkpoint
-        _set_aside_later(root, read_trainer_state(path)["step"], accelerator)
     return path
 
 
 ABANDONED = "abandoned"  # <root>/abandoned/: checkpoints of a run's rolled-back future
 
 
-def _set_aside_later(root: Path, step: int, accelerator: Accelerator) -> None:
-    """Move ``root``'s checkpoints after ``step`` into ``root/abandoned/``: kept, but no longer
-    what ``resume=auto`` continues or what the rotation counts (it keeps the newest steps, so
-    it would delete the rolled-back run's new checkpoints first)."""
+def set_aside_later(root: Path, step: int, accelerator: Accelerator) -> None:
+    """After a rollback to ``step``: move ``root``'s later checkpoints into ``root/abandoned/``,
+    kept, but no longer what ``resume=auto`` continues or what the rotation counts (it keeps
+    the newest steps, so it would delete the rolled-back run's new checkpoints first)."""
     if accelerator.is_main_process:
-        later = [p for p in list_checkpoints(root) if int(p.name[len(CHECKPOINT_PREFIX) :]) > step]
+        later = [p for p in list_checkpoints(root) if checkpoint_step(p) > step]
         for path in later:
             aside = root / ABANDONED / path.name
             n = 1

@@ -66,6 +66,7 @@ from hat.training.checkpoint import (
     load_checkpoint,
     read_trainer_state,
     save_checkpoint,
+    set_aside_later,
 )
 from hat.training.config import TrainConfig, TrainerConfig, resolve_config
 from hat.training.metrics import (
@@ -283,9 +284,7 @@ def forward_backward(
     scale = accelerator.num_processes / global_targets
     totals = torch.zeros(4, device=accelerator.device)
     for i, micro in enumerate(micro_batches):
-        micro = {k: to_device(v, accelerator.device) for k, v in micro.items()}
-        if trainer.compile and "word_lengths" in micro:  # one compiled graph, not one per batch
-            micro["word_lengths"] = pad_word_slots(micro["word_lengths"])
+        micro = model_inputs(micro, accelerator.device, trainer.compile)
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # all-reduce gradients once
             out = model(**micro)
@@ -306,6 +305,15 @@ class EvalResult:
     loss: float  # nats per target unit
     bpb: float  # bits per byte of text
     n_bytes: int
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device, compiled: bool) -> dict[str, Any]:
+    """A loader's batch as the model takes it: on ``device``; for a compiled model its word
+    slots padded to a multiple of 128 (one graph, not one per batch's word count)."""
+    batch = {k: to_device(v, device) for k, v in batch.items()}
+    if compiled and "word_lengths" in batch:
+        batch["word_lengths"] = pad_word_slots(batch["word_lengths"])
+    return batch
 
 
 @torch.no_grad()
@@ -334,10 +342,7 @@ def held_out_loss(
             batch = batches.empty_batch() if batch is None else batch
         elif batch is None:
             break
-        batch = {k: to_device(v, accelerator.device) for k, v in batch.items()}
-        if compiled and "word_lengths" in batch:
-            batch["word_lengths"] = pad_word_slots(batch["word_lengths"])
-        totals += _sums(model(**batch))
+        totals += _sums(model(**model_inputs(batch, accelerator.device, compiled)))
     model.train()
     sum_nll, n_targets, text_nll, n_bytes = accelerator.reduce(totals, "sum").tolist()
     return EvalResult(sum_nll / max(n_targets, 1.0), bits_per_byte(text_nll, n_bytes), int(n_bytes))
@@ -479,10 +484,12 @@ class Trainer:
             lr_multiplier(self.step, t.steps, self.cfg.schedule),
         )
         log_changes(changes, self.cfg.schedule)
-        # a rollback (an explicit checkpoint) keeps the abandoned future's lines beside its
-        # checkpoints; a killed run's lines after its checkpoint are written again
-        rollback = t.resume != "auto"
-        aside = self.ckpt_root / ABANDONED / "metrics.jsonl" if rollback else None
+        # a rollback (an explicit checkpoint) sets the abandoned future aside, its checkpoints
+        # and metric lines; a killed run's lines after its checkpoint are written again
+        aside = None
+        if t.resume != "auto":
+            set_aside_later(self.ckpt_root, self.step, self.accelerator)
+            aside = self.ckpt_root / ABANDONED / "metrics.jsonl"
         self.metrics.truncate_after(self.step, aside)
         logger.info(f"resumed from {path} at step {self.step}")
 
