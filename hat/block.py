@@ -344,17 +344,23 @@ class KeyWindows(torch.autograd.Function):
 
 
 def _flex_block_mask(doc_ids: torch.Tensor, window: int | None) -> object:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, q, k):  # noqa: ANN001 - flex attention's signature
         ok = (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
         return ok & (q - k < window) if window is not None else ok
 
     batch, seq = doc_ids.shape
-    # compiled mask construction never materialises the [B, S, S] boolean mask
-    return create_block_mask(
-        mask_mod, batch, None, seq, seq, device=doc_ids.device, _compile=doc_ids.is_cuda
-    )
+    create = _create_block_mask(doc_ids.is_cuda)
+    return create(mask_mod, batch, None, seq, seq, device=doc_ids.device)
+
+
+@functools.cache
+def _create_block_mask(compiled: bool):  # noqa: ANN202
+    """create_block_mask, compiled on GPU: compiled, it never materialises the [B, S, S]
+    boolean mask. (torch.compile of the function, as torch's docs say; its old
+    ``_compile=True`` flag is deprecated and warns on every call.)"""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask) if compiled else create_block_mask
 
 
 @functools.cache

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import warnings
 
 import pytest
 import torch
@@ -429,6 +431,35 @@ def test_norms_under_autocast_take_the_fused_kernel() -> None:
     torch.testing.assert_close(out.float(), norm(x), atol=3e-2, rtol=2e-2)
     out.float().sum().backward()
     assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.gpu  # and on a CPU with HAT_TEST_COMPILE=1
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and not os.environ.get("HAT_TEST_COMPILE"),
+    reason="compiles create_block_mask (inductor: ~30 s on a CPU; HAT_TEST_COMPILE=1)",
+)
+def test_compiled_block_mask_matches_eager_without_deprecated_flag() -> None:
+    """On a GPU the flex path compiles create_block_mask (never the [B, S, S] mask); through
+    torch.compile of the function, not its deprecated ``_compile`` flag, which warns on every
+    mask, i.e. every training step."""
+    from hat.block import _create_block_mask, _flex_block_mask
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    doc_ids = torch.tensor([[0] * 100 + [1] * 156, [0] * 256], device=device)
+
+    def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202
+        ok = (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
+        return ok & (q - k < 64)
+
+    eager = _create_block_mask(False)(mask_mod, 2, None, 256, 256, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*_compile flag")
+        compiled = _create_block_mask(True)(mask_mod, 2, None, 256, 256, device=device)
+        packed = _flex_block_mask(doc_ids, 64)  # compiled on a GPU
+    for mask in (compiled, packed):
+        assert torch.equal(mask.to_dense(), eager.to_dense())
+        assert torch.equal(mask.kv_num_blocks, eager.kv_num_blocks)
+        assert torch.equal(mask.full_kv_num_blocks, eager.full_kv_num_blocks)
 
 
 @pytest.mark.gpu
