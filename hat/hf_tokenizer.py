@@ -151,30 +151,39 @@ class HATTokenizer:
         self,
         text: str | bytes,
         add_special_tokens: bool = True,
-        truncation: bool = False,
+        truncation: bool | str = False,
         max_length: int | None = None,
-    ) -> list[int]:
+        return_tensors: str | None = None,
+    ) -> list[int] | torch.Tensor:
         """One text -> byte ids, EOD first (unless ``add_special_tokens=False``).
 
-        ``truncation`` keeps the first ``max_length`` ids (the EOD included)."""
+        ``truncation`` (True, or a transformers strategy name other than "do_not_truncate")
+        keeps the first ``max_length`` ids (the EOD included). ``return_tensors="pt"``: a
+        [1, T] tensor, as transformers' ``encode`` gives it."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         ids = ([EOD] if add_special_tokens else []) + list(data)
         limit = max_length if max_length is not None else self.model_max_length
-        if truncation and limit is not None:
+        # "do_not_truncate" is a non-empty string: truthy, but it means no truncation
+        if truncation and truncation != "do_not_truncate" and limit is not None:
             ids = ids[:limit]
+        if return_tensors == "pt":
+            return torch.tensor([ids], dtype=torch.long).view(1, -1)
+        if return_tensors is not None:
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' or None")
         return ids
 
     def __call__(
         self,
         text: str | bytes | Sequence[str | bytes],
         padding: bool | str = False,
-        truncation: bool = False,
+        truncation: bool | str = False,
         max_length: int | None = None,
         return_tensors: str | None = None,
         add_special_tokens: bool = True,
         padding_side: str | None = None,
     ) -> BatchEncoding:
-        """Encode one text or a batch. ``padding``: False / True ("longest") / "max_length".
+        """Encode one text or a batch. ``padding``: False / True ("longest") / "max_length"
+        (to ``max_length``, else ``model_max_length``, as in transformers).
 
         ``return_tensors="pt"`` gives [B, T] long tensors (a single text gives B = 1) and needs
         equal lengths, i.e. ``padding`` for ragged batches; otherwise lists are returned.
@@ -188,9 +197,10 @@ class HATTokenizer:
         if padding and padding != "do_not_pad":
             width = max(map(len, rows), default=0)
             if padding == "max_length":
-                if max_length is None:
-                    raise ValueError('padding="max_length" needs max_length')
-                width = max(width, max_length)
+                target = max_length if max_length is not None else self.model_max_length
+                if target is None:
+                    raise ValueError('padding="max_length" needs max_length (or model_max_length)')
+                width = max(width, target)
             rows = [_pad(r, width, PAD, side) for r in rows]
             masks = [_pad(m, width, 0, side) for m in masks]
         if return_tensors == "pt":
@@ -213,10 +223,16 @@ class HATTokenizer:
         return bytes(i for i in ids if i not in SPECIAL_TOKENS)
 
     def decode(
-        self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False, **_: Any
-    ) -> str:
+        self,
+        ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
+        skip_special_tokens: bool = False,
+        **_: Any,
+    ) -> str | list[str]:
         """Byte ids -> text. Invalid UTF-8 becomes U+FFFD (``errors="replace"``); EOD and PAD
-        appear as ``<eod>`` / ``<pad>`` unless ``skip_special_tokens``."""
+        appear as ``<eod>`` / ``<pad>`` unless ``skip_special_tokens``. A batch ([B, T], or a
+        list of sequences) gives a list of texts, as transformers 5's ``decode`` does."""
+        if _is_batch(ids):
+            return self.batch_decode(ids, skip_special_tokens)
         ids = _as_list(ids)
         if skip_special_tokens:
             return self.convert_ids_to_bytes(ids).decode("utf-8", errors="replace")
@@ -232,9 +248,13 @@ class HATTokenizer:
         return "".join(out)
 
     def batch_decode(
-        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+        self,
+        sequences: Sequence[Sequence[int]] | torch.Tensor,
+        skip_special_tokens: bool = False,
+        **_: Any,
     ) -> list[str]:
-        """``decode`` of every row."""
+        """``decode`` of every row (transformers' other decode options, such as
+        ``clean_up_tokenization_spaces``, change nothing for bytes: accepted and ignored)."""
         return [self.decode(s, skip_special_tokens) for s in sequences]
 
 
@@ -244,6 +264,16 @@ def _token_id(token: str) -> int:
     if len(token) != 1 or ord(token) > 255:
         raise ValueError(f"{token!r} is not a HAT token: one character chr(0..255), <eod> or <pad>")
     return ord(token)
+
+
+def _is_batch(ids: Any) -> bool:
+    """Several sequences: a 2-D tensor, or a list whose first item is a sequence."""
+    if isinstance(ids, torch.Tensor):
+        return ids.dim() == 2
+    if not isinstance(ids, list | tuple) or not ids:
+        return False
+    first = ids[0]
+    return isinstance(first, list | tuple) or (isinstance(first, torch.Tensor) and first.dim() > 0)
 
 
 def _as_list(ids: int | Sequence[int] | torch.Tensor) -> list[int]:

@@ -92,3 +92,26 @@ def test_generate_takes_tokenizer_output(tiny_hat) -> None:
     ids = tiny_hat.generate(**batch, max_new_tokens=4)
     assert ids.shape == (2, batch["input_ids"].shape[1] + 4)
     assert isinstance(hat.HATTokenizer().batch_decode(ids, skip_special_tokens=True)[0], str)
+
+
+def test_transformers_call_conventions() -> None:
+    """What transformers users pass: batch_decode's decode options, encode(return_tensors=),
+    a batch to decode (transformers 5), truncation strategy names, padding="max_length" up
+    to model_max_length when no max_length is given."""
+    tok = HATTokenizer(model_max_length=6)
+    ids = torch.tensor([tok.encode("hé"), tok.encode("abc")])  # 4 ids each
+    texts = tok.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert texts == ["hé", "abc"]
+    assert torch.equal(tok.encode("hé", return_tensors="pt"), torch.tensor([[192, 104, 195, 169]]))
+    assert tok.decode(ids, skip_special_tokens=True) == ["hé", "abc"]  # [B, T]: a text a row
+    assert tok.decode(ids.tolist()) == ["<eod>hé", "<eod>abc"]
+    assert tok.decode(ids[0]) == "<eod>hé"
+    # "do_not_truncate" is transformers' name for no truncation (not a truthy "yes")
+    assert tok("abcdef", truncation="do_not_truncate", max_length=3)["input_ids"] == [
+        192,
+        *b"abcdef",
+    ]
+    assert tok("abcdef", truncation="longest_first", max_length=3)["input_ids"] == [192, *b"ab"]
+    assert tok("ab", padding="max_length")["input_ids"] == [255, 255, 255, 192, 97, 98]
+    with pytest.raises(ValueError, match="max_length"):
+        HATTokenizer()("ab", padding="max_length")

@@ -101,6 +101,21 @@ def test_dtype_device_and_attention_options(saved) -> None:
         AutoModelForCausalLM.from_pretrained(directory, quantization_config={"bits": 4})
 
 
+def test_from_pretrained_defaults_to_the_saved_dtype(saved) -> None:
+    """transformers 5 loads weights in the dtype they were saved in (``dtype="auto"`` is its
+    default): a bf16 export comes back bf16, not upcast to float32; accelerate's device_map
+    strategies name one device here."""
+    ours, directory = saved["hat"]
+    assert AutoModelForCausalLM.from_pretrained(directory).dtype == torch.float32
+    ours.to(torch.bfloat16).save_pretrained(directory.parent / "bf16")
+    assert AutoModelForCausalLM.from_pretrained(directory.parent / "bf16").dtype == torch.bfloat16
+    as_asked = AutoModelForCausalLM.from_pretrained(directory.parent / "bf16", dtype="float32")
+    assert as_asked.dtype == torch.float32
+    for strategy in ("auto", "balanced", "balanced_low_0", "sequential"):
+        model = AutoModelForCausalLM.from_pretrained(directory, device_map=strategy)
+        assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_auto_tokenizer_and_loss(saved) -> None:
     ours, directory = saved["hat"]
     tok = AutoTokenizer.from_pretrained(directory)
@@ -111,6 +126,15 @@ def test_auto_tokenizer_and_loss(saved) -> None:
         loss = model(**batch, labels=batch["input_ids"]).loss
     n_bytes = sum(len(t.encode()) for t in TEXTS)
     assert loss.item() == pytest.approx(-sum(ours.score(TEXTS)) / n_bytes, rel=1e-5)
+
+
+def test_auto_tokenizer_for_the_twin_says_where_its_tokenizer_is(saved) -> None:
+    """Left to itself, transformers converts the twin's tokenizer.model into a generic
+    tokenizer that adds no BOS: the twin's generate refuses its ids and its loss silently
+    differs from score(). AutoTokenizer says to use the twin's own tokenizer instead."""
+    _, directory = saved["bpe"]
+    with pytest.raises(ValueError, match="model.tokenizer"):
+        AutoTokenizer.from_pretrained(directory)
 
 
 def test_generation_config_max_length_and_pad_token_id(tiny_hat) -> None:
@@ -148,6 +172,51 @@ def test_generation_config_max_length_and_pad_token_id(tiny_hat) -> None:
     with pytest.raises(ValueError, match="min_new_tokens"):
         tiny_hat.generate(**batch, min_length=5)
     assert tiny_hat.generate(**batch, num_beams=1, max_new_tokens=1).shape == (2, width + 1)
+
+
+def test_a_transformers_generation_config_as_the_models_default(tiny_hat) -> None:
+    """``model.generation_config = transformers.GenerationConfig(...)`` (as one sets it on a
+    transformers model) becomes the default of later calls (it crashed in generate)."""
+    expected = tiny_hat.generate("Hello", max_new_tokens=3, do_sample=True, top_k=5, seed=0)
+    tiny_hat.generation_config = transformers.GenerationConfig(
+        max_new_tokens=3, do_sample=True, top_k=5
+    )
+    assert isinstance(tiny_hat.generation_config, hat.GenerationConfig)
+    assert tiny_hat.generate("Hello", seed=0) == expected
+    with pytest.raises(ValueError, match="output_scores"):
+        tiny_hat.generation_config = transformers.GenerationConfig(output_scores=True)
+    with pytest.raises(TypeError, match="generation_config must be"):
+        tiny_hat.generation_config = {"max_new_tokens": 3}
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_hat.generation_config = hat.GenerationConfig(top_p=2.0)
+
+
+def test_sampling_options_take_transformers_off_values(tiny_hat) -> None:
+    """top_k=0 is transformers' "no top-k" (its generate adds no warper), and greedy decoding
+    ignores temperature (transformers warns, e.g. for lm-eval's greedy temperature=0.0); with
+    do_sample=True a temperature of 0 stays an error, as in transformers."""
+    greedy = tiny_hat.generate("Hello", max_new_tokens=6)
+    assert tiny_hat.generate("Hello", max_new_tokens=6, temperature=0.0) == greedy
+    hf_greedy = transformers.GenerationConfig(max_new_tokens=6, temperature=0.0, top_k=0)
+    assert tiny_hat.generate("Hello", generation_config=hf_greedy) == greedy
+    sampled = tiny_hat.generate("Hello", max_new_tokens=6, do_sample=True, seed=0)
+    assert tiny_hat.generate("Hello", max_new_tokens=6, do_sample=True, top_k=0, seed=0) == sampled
+    hf_sampling = transformers.GenerationConfig(max_new_tokens=6, do_sample=True, top_k=0)
+    assert tiny_hat.generate("Hello", generation_config=hf_sampling, seed=0) == sampled
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        tiny_hat.generate("Hello", do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        tiny_hat.generate("Hello", do_sample=True, top_k=-1)
+
+
+def test_an_empty_stop_string_is_an_error(tiny_hat) -> None:
+    """Every text ends with "": an empty stop string would end each row after its first id."""
+    for stops in ("", ["", "\n"]):
+        with pytest.raises(ValueError, match="stop_strings"):
+            tiny_hat.generate("Hello", max_new_tokens=6, stop_strings=stops)
+    assert tiny_hat.generate("Hello", max_new_tokens=6, stop_strings=[]) == tiny_hat.generate(
+        "Hello", max_new_tokens=6
+    )
 
 
 class EndRowAt(LogitsProcessor):

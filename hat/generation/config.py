@@ -23,7 +23,9 @@ class GenerationConfig:
     Units are the model's: bytes for HAT, tokens for the twin. ``eos_token_id=None`` means the
     model's end of document (EOD for HAT; BOS and EOS for the twin); the document-start id always
     ends a row, whatever else is listed. ``top_k=None`` / ``top_p=1.0`` / ``repetition_penalty=
-    1.0`` are off (unlike ``transformers``, top_k is off by default: 256 bytes is a small vocab).
+    1.0`` are off (unlike ``transformers``, top_k is off by default: 256 bytes is a small vocab);
+    ``top_k=0`` is off too (transformers' meaning; stored as None). Greedy decoding ignores
+    ``temperature`` (it need only be > 0 with ``do_sample=True``), as transformers does.
     """
 
     max_new_tokens: int | None = 128  # None: max_length decides
@@ -48,6 +50,11 @@ class GenerationConfig:
     # of >= 8 rows for the paper-sized presets, else 1)
     backbone_wait: int | str = "auto"
     pad_token_id: int | None = None  # fills finished rows of the output; None: the model's PAD
+
+    def __post_init__(self) -> None:
+        # transformers' "no top-k" (its generate adds no top-k warper for 0); ours is None
+        if _is_int(self.top_k) and self.top_k == 0:
+            self.top_k = None
 
     def update(self, **kwargs: Any) -> GenerationConfig:
         """A copy with ``kwargs`` replaced; unknown names are an error. As in transformers,
@@ -119,11 +126,23 @@ class GenerationConfig:
             f"max_new_words must be >= 0 or None, got {self.max_new_words}",
         )
         need(self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        # only sampling divides by it (transformers' greedy decoding ignores it, too)
+        need(
+            not self.do_sample or self.temperature > 0,
+            f"temperature must be > 0 to sample, got {self.temperature} (do_sample=False: greedy)",
+        )
         need(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.repetition_penalty > 0, "repetition_penalty must be > 0")
         need(self.num_return_sequences >= 1, "num_return_sequences must be >= 1")
+        stops = self.stop_strings
+        stops = [stops] if isinstance(stops, str) else stops or []
+        need(
+            isinstance(stops, list | tuple) and all(isinstance(s, str) for s in stops),
+            f"stop_strings must be a string or a list of strings, got {self.stop_strings!r}",
+        )
+        # every text ends with "": a row would stop after its first id
+        need(all(stops), f"stop_strings must not be empty strings, got {self.stop_strings!r}")
         need(
             self.do_sample or self.num_return_sequences == 1,
             "num_return_sequences > 1 needs do_sample=True (greedy rows would be identical)",

@@ -382,8 +382,22 @@ class GenerationMixin:
         return config
 
     @generation_config.setter
-    def generation_config(self, value: GenerationConfig) -> None:
-        self.__dict__["_generation_config"] = value
+    def generation_config(self, value: Any) -> None:
+        """Ours, or a ``transformers.GenerationConfig`` (its settings over the defaults, as
+        transformers reads a model's); its call flags belong in ``generate``'s arguments."""
+        if not isinstance(value, GenerationConfig):
+            if not hasattr(value, "to_diff_dict"):
+                raise TypeError(
+                    "generation_config must be a hat.GenerationConfig or a "
+                    f"transformers.GenerationConfig, got {type(value).__name__}"
+                )
+            value, flags = GenerationConfig.from_transformers(value)
+            if any(flags.values()):
+                raise ValueError(
+                    f"{sorted(k for k, v in flags.items() if v)} are generate() arguments, "
+                    "not a model's default: pass them to generate()"
+                )
+        self.__dict__["_generation_config"] = value.validate()
 
     def _save_extras(self, directory: Path) -> list[str]:
         self.generation_config.save_pretrained(directory)

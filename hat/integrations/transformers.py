@@ -15,7 +15,8 @@ implementation, not a copy): its forward, ``generate`` (``GenerationConfig``, ``
 ``push_to_hub`` and ``.to()`` follow transformers' conventions, but it is not a
 ``transformers.PreTrainedModel``: tools that need one (``Trainer``, ``pipeline``, PEFT) do not
 take it. ``from_pretrained`` takes ``dtype`` / ``torch_dtype`` (a dtype, its name, or
-``"auto"``: as saved), ``device_map`` (one device), ``attn_implementation`` (``"sdpa"`` or
+``"auto"``: as saved, the default, as in transformers 5), ``device_map`` (one device, or
+``"auto"``: a GPU if there is one), ``attn_implementation`` (``"sdpa"`` or
 ``"flex_attention"``) and the Hub arguments; anything that cannot apply is an error.
 
 Loading with ``trust_remote_code=True`` where hat is not installed is not supported: the
@@ -124,7 +125,8 @@ class _HatAutoModel:
         model = cls.model_class.from_pretrained(
             directory,
             device=device,
-            dtype=resolve_dtype(dtype, directory / WEIGHTS_FILE),
+            # transformers 5's default is dtype="auto": the weights' saved dtype, not float32
+            dtype=resolve_dtype("auto" if dtype is None else dtype, directory / WEIGHTS_FILE),
             config=hat_config,
         )
         model.name_or_path = str(pretrained_model_name_or_path)
@@ -161,10 +163,14 @@ def _load_options(kwargs: dict[str, Any], config: Any) -> tuple[Any, Any, str | 
     return (dtype if dtype is not None else torch_dtype), device, ATTN_IMPLEMENTATIONS.get(attn)
 
 
+# accelerate's placement strategies: for a model that is not split, they all mean "auto"
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def _device(device_map: Any) -> str | torch.device | None:
     """``device_map`` as one device: hat models are not split across devices."""
     if device_map is None or isinstance(device_map, str | torch.device | int):
-        if device_map == "auto":
+        if device_map in _DEVICE_MAP_STRATEGIES:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return f"cuda:{device_map}" if isinstance(device_map, int) else device_map
     if isinstance(device_map, dict) and set(device_map) == {""}:
@@ -204,14 +210,33 @@ def register_models() -> None:
         AutoModelForCausalLM.register(auto.config_class, auto, exist_ok=True)
 
 
+class TwinTokenizerNotAuto:
+    """What ``AutoTokenizer`` finds for the twin: an error naming its real tokenizer. Without
+    it, transformers converts ``tokenizer.model`` into a generic tokenizer that adds no BOS:
+    the twin's ``generate`` refuses those ids, and ``model(**batch, labels=...)`` silently
+    scores the text without its document start (not what ``score`` measures)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(
+            f"{pretrained_model_name_or_path} holds hat's BPE twin, whose tokenizer is not a "
+            "transformers tokenizer: use the loaded model's model.tokenizer (a hat.BPETokenizer; "
+            "rows start with its bos_id), or hat.BPETokenizer(<model dir>/tokenizer.model)"
+        )
+
+
 def register_tokenizer() -> None:
     """``AutoTokenizer`` gives ``HATTokenizer`` for HAT; the twin's sentencepiece model is
-    loaded with the model (``model.tokenizer``, a ``hat.BPETokenizer``)."""
+    loaded with the model (``model.tokenizer``, a ``hat.BPETokenizer``), and ``AutoTokenizer``
+    says so."""
     from transformers import AutoTokenizer
 
     from hat.hf_tokenizer import HATTokenizer
 
     AutoTokenizer.register(HATTransformersConfig, tokenizer_class=HATTokenizer, exist_ok=True)
+    AutoTokenizer.register(
+        BPETransformersConfig, tokenizer_class=TwinTokenizerNotAuto, exist_ok=True
+    )
 
 
 def register() -> None:
