@@ -54,9 +54,30 @@ def positions_since(starts: torch.Tensor) -> torch.Tensor:
     return idx - last_start
 
 
+def _check_word_lengths(word_lengths: torch.Tensor, batch: int, seq: int) -> None:
+    """Clear errors for word lengths that do not describe the bytes (repeat_interleave's own
+    are cryptic: "allocated size does not match required size"). Run on CPU tensors only,
+    where reading them back costs nothing; on a GPU it would be a host sync every batch."""
+    if word_lengths.dim() != 2 or word_lengths.shape[0] != batch:
+        raise ValueError(
+            f"word_lengths must be [B, W] with B = {batch} rows like input_ids, "
+            f"got {list(word_lengths.shape)}"
+        )
+    if bool((word_lengths < 0).any()):
+        raise ValueError("word_lengths must not be negative")
+    sums = word_lengths.sum(dim=1)
+    if bool((sums != seq).any()):
+        raise ValueError(
+            f"each row of word_lengths must sum to the row's {seq} bytes, got {sums.tolist()}"
+        )
+
+
 def layout_words(input_ids: torch.Tensor, word_lengths: torch.Tensor) -> WordLayout:
-    """Derive the ragged word structure of a packed batch (no host synchronisation)."""
+    """Derive the ragged word structure of a packed batch (no host synchronisation; CPU
+    batches, where reading them costs nothing, are checked first: ``_check_word_lengths``)."""
     batch, seq = input_ids.shape
+    if word_lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+        _check_word_lengths(word_lengths, batch, seq)
     num_slots = word_lengths.shape[1]
     device = input_ids.device
     starts = document_starts(input_ids)
@@ -145,9 +166,19 @@ def collate_documents(
     docs: each a list of words (bytes), e.g. from ``document_words``.
     target_from: per document, the first byte index whose byte is a target (default 1: every
         byte after EOD). Bytes before it are context only. Nothing predicts past the end.
+    Empty words (b"") are dropped; byte 255 (PAD) in a document is an error.
     """
     if not docs:
         raise ValueError("collate_documents needs at least one document")
+    # An empty word has no bytes: drop it. Kept, it would be a zero-length slot mid-row, which
+    # layout_words reads as padding (restarting the document's word positions and giving the
+    # next word the first-word guide). Zero-length slots may only follow a row's words.
+    docs = [[w for w in doc if w] for doc in docs]
+    for row, doc in enumerate(docs):
+        if any(PAD in w for w in doc):
+            # PAD never occurs in UTF-8; inside a document it would start the padding tail's
+            # document there (document_starts), silently cutting the text in two
+            raise ValueError(f"document {row} contains byte {PAD} (PAD), which is not UTF-8 text")
     lengths = [sum(len(w) for w in doc) for doc in docs]
     seq = max(pad_to or 0, *lengths, 1)
     num_words = max(len(doc) for doc in docs) + 1  # +1: room for a padding word

@@ -162,3 +162,38 @@ def test_collating_no_documents_or_an_empty_one() -> None:
         collate_documents([])
     batch = collate_documents([[], [b"\xc0", b"ab"]])
     assert batch["input_ids"].shape == (2, 3) and batch["word_lengths"][0].tolist() == [3, 0, 0]
+
+
+def test_empty_words_change_nothing(tiny_hat) -> None:
+    """An empty word (b"") handed to collate_documents has no bytes, so it must change nothing.
+    It used to become a zero-length slot mid-row, which layout_words reads as padding: the next
+    word restarted its document's word positions and got the first-word guide."""
+    from hat.batching import collate_documents
+
+    words = [b"\xc0", b"ab ", b"cd"]
+    with torch.no_grad():
+        want = tiny_hat(**collate_documents([words])).logits
+        batch = collate_documents([[b"", words[0], words[1], b"", words[2], b""]])
+        got = tiny_hat(**batch).logits
+    torch.testing.assert_close(got, want)
+    assert batch["word_lengths"].tolist() == [[1, 3, 2, 0]]
+
+
+def test_collating_the_padding_byte_is_a_clear_error() -> None:
+    """Byte 255 (PAD, never in UTF-8) inside a document would silently start the padding tail's
+    document mid-text (``document_starts``): refused, like invalid UTF-8 elsewhere."""
+    from hat.batching import collate_documents
+
+    with pytest.raises(ValueError, match="byte 255"):
+        collate_documents([[b"\xc0", b"a\xffb"]])
+
+
+@pytest.mark.parametrize(
+    "word_lengths", [[[1, 3, 1, 0]], [[1, 3, 2, 1]], [[1, 3, 2], [1, 3, 2]], [[1, -1, 5, 1]]]
+)
+def test_word_lengths_that_do_not_fit_the_bytes_are_a_clear_error(tiny_hat, word_lengths) -> None:
+    """Word lengths must be one row per row of input_ids, none negative, each row summing to
+    its byte count: otherwise an error that says so, not one from deep inside torch."""
+    input_ids = torch.tensor([[192, 97, 98, 32, 99, 100]])
+    with pytest.raises(ValueError, match="word_lengths"):
+        tiny_hat(input_ids=input_ids, word_lengths=torch.tensor(word_lengths))
