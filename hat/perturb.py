@@ -291,8 +291,11 @@ def keyboard(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _without_marks(c: str) -> str:
-    """``c`` in NFKD with its combining marks dropped (``é`` -> ``e``, ``ﬁ`` -> ``fi``)."""
-    return "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch))
+    """``c`` in NFKD with its combining marks dropped (``é`` -> ``e``, ``ﬁ`` -> ``fi``), then
+    recomposed (NFC): NFKD takes a Hangul syllable apart into jamo, which carry no mark and
+    must come back as the syllable."""
+    kept = "".join(ch for ch in unicodedata.normalize("NFKD", c) if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", kept)
 
 
 def strip_accents(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
@@ -300,8 +303,9 @@ def strip_accents(text: str, rate: float = 0.1, seed: Seed = 0) -> str:
     (NFKD) differs from it becomes that decomposition without its combining marks (``é`` ->
     ``e``, ``Å`` -> ``A``, ``ﬁ`` -> ``fi``, ``が`` -> ``か``, full-width ``Ａ`` -> ``A``). The text
     is first put in NFC, so decomposed accents are stripped too; combining marks that belong
-    to no precomposed character (Devanagari vowel signs, for instance) stay. Ignores ``rate``
-    and ``seed``. ASCII text comes back unchanged."""
+    to no precomposed character (Devanagari vowel signs, for instance) stay, and so do Korean
+    syllables (NFKD's jamo are recomposed). Ignores ``rate`` and ``seed``. ASCII text comes
+    back unchanged."""
     if text.isascii():
         return text
     text = unicodedata.normalize("NFC", text)

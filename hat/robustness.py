@@ -125,6 +125,14 @@ class RobustnessResult:
     def load(cls, path: str | Path) -> RobustnessResult:
         """Read a ``robustness.json`` back (e.g. to plot it again)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        reference = data["settings"].get("reference")
+        for row in data["rows"]:
+            # null stands for NaN (``_finite``) except in two places where None is meant: the
+            # rate of a whole-text perturbation and the reference model's own ratio
+            for key, value in row.items():
+                meant = key == "rate" or (key.startswith("ratio") and row["model"] == reference)
+                if value is None and not meant:
+                    row[key] = math.nan
         return cls([RobustnessRow(**row) for row in data["rows"]], data["settings"])
 
     def write(self, output_dir: str | Path, plot: bool = True) -> list[Path]:
@@ -374,7 +382,12 @@ def evaluate_robustness(
     reference = reference if reference is not None else next(iter(models))
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models: {', '.join(models)}")
-    window = window_bytes or min(m.max_window_bytes() for m in models.values())
+    # `is None`, not `or`: window_bytes=0 must reach model.score's check, not become the default
+    window = (
+        window_bytes
+        if window_bytes is not None
+        else min(m.max_window_bytes() for m in models.values())
+    )
 
     # perturbed inputs, made once for all models
     halves = {name: [split_halves(d) for d in docs] for name, docs in documents.items()}

@@ -40,6 +40,15 @@ def _extender_after_space(text: str) -> bool:
     )
 
 
+def _first_extender_after_space(text: str, start: int, end: int) -> int:
+    """Index of the first Mn/Me/Cf character that follows whitespace in text[start:end]
+    (``end`` if none): text[start:index] is then free of that pattern."""
+    for m in _SPACE_THEN_NON_ASCII.finditer(text, start, end):
+        if unicodedata.category(m.group()[1]) in ("Mn", "Me", "Cf"):
+            return m.start() + 1
+    return end
+
+
 class HATWordSplitter:
     """Aleph Alpha's reference splitter (PyPI ``hat-splitter``), as in the TFree-HAT models.
 
@@ -53,7 +62,7 @@ class HATWordSplitter:
     def __init__(self, max_word_bytes: int = 100) -> None:
         from hat_splitter import HATSplitter
 
-        self.max_word_bytes = max_word_bytes
+        self.max_word_bytes = _check_cap(max_word_bytes)
         self._splitter = HATSplitter()
 
     def __getstate__(self) -> dict:
@@ -73,15 +82,34 @@ class HATWordSplitter:
 
     def _split_online(self, text: str) -> list[bytes]:
         """Decide each word start from the text before it only (prefix-consistent by
-        construction). Needed only where a combining mark / format character follows
+        construction; a long word looks ahead only over text that appends no mark after
+        whitespace, where hat-splitter is prefix-consistent itself). Needed only where a combining mark / format character follows
         whitespace: there hat-splitter can merge words that a shorter prefix kept apart
         (``"a \t"`` -> a | " " | "\t", but ``"a \t\u0301"`` -> a | " \t\u0301")."""
         starts = [0]  # character index where each word starts
-        for i in range(1, len(text)):
+        i = 1  # the next character to decide: does it start a word?
+        while i < len(text):
             context = starts[-2] if len(starts) > 1 else 0  # the last complete word + current
-            words = self._splitter.split(text[context : i + 1])
-            if len(words[-1]) == 1 and sum(map(len, words)) == i + 1 - context:
-                starts.append(i)  # the new character begins a word of its own
+            end = i + 1  # decide character i from text[context : i + 1] alone
+            # A long current word (a run of 1 MB of dashes or digits) would cost one split of
+            # all of it per character: quadratic, hours. hat-splitter only moves earlier
+            # boundaries when a mark is appended after whitespace; where text[i + 1 : ahead]
+            # appends none, one split of text[context:ahead] decides characters i..ahead-1
+            # exactly as one split per character would. Short words keep the per-character step.
+            ahead = min(len(text), i + (i - starts[-1]))
+            ahead = min(ahead, _first_extender_after_space(text, i, ahead))
+            if ahead > i + 64:
+                end = ahead
+            pos = context
+            for word in self._splitter.split(text[context:end]):
+                if pos >= i:  # the first word start at or after i
+                    break
+                pos += len(word)
+            if pos < end:
+                starts.append(pos)  # character pos begins a word (for end = i + 1: pos = i)
+                i = pos + 1
+            else:
+                i = end
         starts.append(len(text))
         words = [text[a:b].encode("utf-8") for a, b in zip(starts, starts[1:])]
         return [piece for word in words for piece in cap_word(word, self.max_word_bytes)]
@@ -95,7 +123,7 @@ class WhitespaceSplitter:
     LOWERCASE_RUNS_JOIN = True  # letters are not spaces
 
     def __init__(self, max_word_bytes: int = 100) -> None:
-        self.max_word_bytes = max_word_bytes
+        self.max_word_bytes = _check_cap(max_word_bytes)
 
     def split(self, text: str) -> list[bytes]:
         words: list[bytes] = []
@@ -104,8 +132,17 @@ class WhitespaceSplitter:
         return words
 
 
+def _check_cap(max_word_bytes: int) -> int:
+    # a cap of 0 would make cap_word loop forever and hat-splitter panic (not an Exception)
+    if not isinstance(max_word_bytes, int) or max_word_bytes < 1:
+        raise ValueError(f"max_word_bytes must be >= 1, got {max_word_bytes!r}")
+    return max_word_bytes
+
+
 def cap_word(word: bytes, max_bytes: int) -> list[bytes]:
     """Cut a word into pieces of at most ``max_bytes``, only at UTF-8 character starts."""
+    if max_bytes < 1:  # no piece could hold a byte: the loop below would never end
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
     pieces = []
     while len(word) > max_bytes:
         cut = max_bytes

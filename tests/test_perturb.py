@@ -235,3 +235,11 @@ def test_any_text_gives_valid_deterministic_text(text: str, name: str, seed: int
     out = perturb(text, name, 0.5, seed)
     assert isinstance(out, str) and out == perturb(text, name, 0.5, seed)
     out.encode("utf-8")
+
+
+def test_strip_accents_leaves_korean_syllables_whole() -> None:
+    """Hangul has no diacritics, but NFKD takes every syllable apart into jamo (한 -> 3
+    characters, 9 bytes): the syllables must come back as they were."""
+    text = "한국어 텍스트, Café"
+    assert perturb(text, "strip_accents") == "한국어 텍스트, Cafe"
+    assert perturb("ｶﾞ が", "strip_accents") == "カ か"  # kana still lose the voicing mark

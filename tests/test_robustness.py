@@ -321,3 +321,63 @@ def test_hat_robustness_cli_end_to_end_equals_the_python_api(
         "permute, replace, delete, uppercase, lowercase, random_case, remove_space, "
         "insert_space, keyboard, strip_accents, homoglyph, misspell"
     ]
+
+
+def test_a_saved_result_with_undefined_degradations_loads_and_plots_again(tmp_path: Path) -> None:
+    """A model that is always wrong on clean questions has degradation 0 / 0 (NaN, written as
+    null); ``RobustnessResult.load`` must give rows that plot and print as before."""
+    always_no = StubScorer(lambda t, c: -1.0 if t == " no" else -9.0)
+    examples = [MultipleChoiceExample(f"Q{i}: which one?", ["yes", "no"], 0) for i in range(4)]
+    result = evaluate_robustness(
+        {"s": always_no, "t": always_no},
+        ["uppercase"],
+        tasks={"qa": examples},
+        n_bootstrap=20,
+        progress=False,
+    )
+    assert all(math.isnan(r.degradation) for r in result.rows)
+    result.write(tmp_path, plot=False)
+    back = RobustnessResult.load(tmp_path / "robustness.json")
+    assert back.markdown() == result.markdown()
+    assert back.to_dict() == result.to_dict()
+    pytest.importorskip("matplotlib")
+    assert back.write(tmp_path / "again")[-1].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_window_bytes_zero_is_not_silently_replaced_by_the_default(tiny_hat) -> None:
+    docs = ["It is a truth universally acknowledged, that a single man in want. " * 2]
+    with pytest.raises(ValueError, match="window_bytes=0 must be in"):
+        evaluate_robustness(
+            {"m": tiny_hat}, ["uppercase"], documents={"d": docs}, window_bytes=0, progress=False
+        )
+
+
+def test_cli_datasets_with_the_same_name_are_an_error_not_overwritten(tmp_path: Path) -> None:
+    """Two text files called book.txt (or task files with one stem) were one dataset: the
+    first file's documents were silently dropped."""
+    from hat.cli.robustness import load_inputs
+
+    text = "It is a truth universally acknowledged, that a single man. " * 5
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "book.txt").write_text(text)
+        (tmp_path / sub / "qa.jsonl").write_text(
+            json.dumps({"context": "Q?", "choices": ["x", "y"], "label": 0}) + "\n"
+        )
+    for change in (
+        dict(texts=[str(tmp_path / "a/book.txt"), str(tmp_path / "b/book.txt")]),
+        dict(tasks=[str(tmp_path / "a/qa.jsonl"), str(tmp_path / "b/qa.jsonl")]),
+    ):
+        job = RobustnessJob(models=[str(tmp_path)], **change)
+        with pytest.raises(ValueError, match="twice"):
+            load_inputs(job)
+
+
+def test_cli_checks_the_bootstrap_settings_before_loading_models(tmp_path: Path) -> None:
+    (tmp_path / "nomodel").mkdir()  # loading it would fail: the settings must be checked first
+    text = tmp_path / "ok.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man. " * 5)
+    for change in (dict(confidence=1.5), dict(n_bootstrap=0)):
+        job = RobustnessJob(models=[str(tmp_path / "nomodel")], texts=[str(text)], **change)
+        with pytest.raises(ValueError, match="n_bootstrap must be >= 1 and confidence in"):
+            run(job)

@@ -112,3 +112,64 @@ def test_the_reference_splitter_pickles() -> None:
     copy = pickle.loads(pickle.dumps(splitter))
     text = "Hello world, camelCase and a verylongword\u0301 \t\u0301 x"
     assert copy.max_word_bytes == 7 and copy.split(text) == splitter.split(text)
+
+
+@pytest.mark.parametrize("name", ["hat", "whitespace"])
+@pytest.mark.parametrize("max_word_bytes", [0, -1])
+def test_a_word_cap_below_one_byte_is_a_clear_error(name: str, max_word_bytes: int) -> None:
+    """cap_word(word, 0) looped forever and hat-splitter panicked (a BaseException that
+    ``except Exception`` does not catch); a cap below 1 is a ValueError up front."""
+    with pytest.raises(ValueError, match="max_word_bytes must be >= 1"):
+        make_splitter(name, max_word_bytes=max_word_bytes)
+    with pytest.raises(ValueError, match="max_bytes must be >= 1"):
+        cap_word(b"ab", max_word_bytes)
+
+
+def _online_one_split_per_character(splitter, text: str) -> list[bytes]:
+    """The online rule written plainly: character i starts a word iff hat-splitter, given the
+    text from the last complete word's start to i, ends with i as a word of its own."""
+    starts = [0]
+    for i in range(1, len(text)):
+        context = starts[-2] if len(starts) > 1 else 0
+        if len(splitter._splitter.split(text[context : i + 1])[-1]) == 1:
+            starts.append(i)
+    words = [text[a:b].encode() for a, b in zip(starts, starts[1:] + [len(text)])]
+    return [piece for word in words for piece in cap_word(word, splitter.max_word_bytes)]
+
+
+RUNS = st.lists(
+    st.tuples(st.sampled_from(list("-1aA日.é \t\u0301\u200b")), st.integers(1, 150)), max_size=7
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=RUNS)
+def test_online_split_of_long_runs_equals_one_split_per_character(runs) -> None:
+    splitter = make_splitter("hat", max_word_bytes=16)
+    text = "".join(c * n for c, n in runs) + " \u200b"  # whitespace + format char: online path
+    assert splitter.split(text) == _online_one_split_per_character(splitter, text)
+
+
+def test_a_long_word_with_a_mark_after_whitespace_splits_in_linear_time() -> None:
+    """One split per character of a long word was quadratic: 20,000 dashes and one " \\u200b"
+    took 64 s, a 1 MB run hours. Count the characters handed to hat-splitter instead (at
+    most 64 single steps per word, each over the previous word and the current one)."""
+    from hat.splitter import HATWordSplitter
+
+    class Counting:
+        def __init__(self, inner) -> None:
+            self.inner, self.chars = inner, 0
+
+        def split(self, text: str) -> list[str]:
+            self.chars += len(text)
+            return self.inner.split(text)
+
+    for run in ("-", "1", "a"):
+        splitter = HATWordSplitter(max_word_bytes=100)
+        text = run * 5000 + " \u200b" + run * 5000
+        expected = _online_one_split_per_character(splitter, text) if run == "-" else None
+        splitter._splitter = counting = Counting(splitter._splitter)
+        words = splitter.split(text)
+        assert b"".join(words) == text.encode() and all(len(w) <= 100 for w in words)
+        assert counting.chars < 100 * len(text), (run, counting.chars)  # was ~3,700x
+        assert expected is None or words == expected

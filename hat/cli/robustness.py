@@ -84,6 +84,8 @@ class RobustnessJob:
             raise ValueError("doc_bytes must be >= 64, batch_size >= 1 and seed >= 0")
         if self.reference is not None and self.reference not in self.models:
             raise ValueError(f"reference={self.reference} must be one of models")
+        if self.n_bootstrap < 1 or not 0 < self.confidence < 1:  # else found after loading
+            raise ValueError("n_bootstrap must be >= 1 and confidence in (0, 1)")
         return self
 
 
@@ -99,7 +101,7 @@ def load_inputs(job: RobustnessJob) -> tuple[dict, dict]:
         if job.max_examples is not None and len(examples) > job.max_examples:
             keep = sorted(random.Random(job.seed).sample(range(len(examples)), job.max_examples))
             examples = [examples[i] for i in keep]
-        tasks[Path(path).stem] = examples
+        tasks[_new_name(Path(path).stem, tasks, path)] = examples
     documents: dict[str, list[str]] = {}
     if job.data is not None:
         held_out = iter_documents(job.data, "eval")
@@ -108,8 +110,19 @@ def load_inputs(job: RobustnessJob) -> tuple[dict, dict]:
         docs = prepare_documents([read_text_file(path, "texts")], job.max_bytes, job.doc_bytes)
         if not docs:
             raise ValueError(f"text file {path} holds no document of 64 bytes or more")
-        documents[Path(path).name] = docs
+        documents[_new_name(Path(path).name, {**tasks, **documents}, path)] = docs
     return tasks, documents
+
+
+def _new_name(name: str, taken: dict, path: str) -> str:
+    """A dataset's name, if no earlier one has it: two files called book.txt would otherwise
+    be one dataset, the first one's results silently overwritten."""
+    if name in taken:
+        raise ValueError(
+            f"two inputs are both named {name!r} ({path} is the second): the results are keyed "
+            "by file name, so rename or copy one; no file may be given twice"
+        )
+    return name
 
 
 def run(job: RobustnessJob) -> RobustnessResult:
