@@ -14,6 +14,8 @@ def check_known_keys(node: Any, where: str = "") -> None:
     """Raise ValueError for the first key of ``node`` (a hydra/OmegaConf config, walked
     recursively) that its dataclass schema does not define, naming the closest known key."""
     if isinstance(node, ListConfig):
+        if node._is_none():  # a null list (e.g. replay.sources: null) holds no keys
+            return
         for i, item in enumerate(node):
             check_known_keys(item, f"{where}{i}.")
         return

@@ -34,14 +34,31 @@ class BPETokenizer:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as err:
             raise ValueError(f"{model_file}: not a sentencepiece model ({err})") from None
-        if self.sp.bos_id() != BOS_ID or self.sp.pad_id() != PAD_ID:
+        ids = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id())
+        if ids != (UNK_ID, BOS_ID, EOS_ID, PAD_ID):  # decode drops ids 1-3 as special
             raise ValueError(
-                f"{model_file}: expected bos_id={BOS_ID}, pad_id={PAD_ID}; train it with hat-tokenizer"
+                f"{model_file}: expected unk_id={UNK_ID}, bos_id={BOS_ID}, eos_id={EOS_ID}, "
+                f"pad_id={PAD_ID}, got {ids}; train it with hat-tokenizer"
             )
-        self._marker_bytes = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in "\u2581".encode()]
+        byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        if not all(self.sp.is_byte(i) for i in byte_ids):
+            raise ValueError(
+                f"{model_file}: no byte fallback (characters outside its vocabulary would become "
+                "<unk> and their bytes be lost); train it with hat-tokenizer"
+            )
+        self._marker_bytes = [byte_ids[b] for b in "\u2581".encode()]
         self.token_bytes = torch.tensor(
             [self._piece_bytes(i) for i in range(len(self))], dtype=torch.long
         )
+        # normalisation or a dummy prefix would change the text, and bits per byte would not
+        # count the bytes of the text: only the settings of ``train`` give back every byte
+        probe = " A  b\t\n\u212b e\u0301 \ufb01 "
+        ids = self.encode(probe)
+        if self.decode(ids) != probe or int(self.token_bytes[ids].sum()) != len(probe.encode()):
+            raise ValueError(
+                f"{model_file}: does not give back the bytes it encodes (normalisation or a "
+                "dummy prefix); train it with hat-tokenizer"
+            )
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
@@ -108,7 +125,10 @@ class BPETokenizer:
             for text in texts:
                 for line in text.splitlines():
                     if line.strip():
-                        yield line[:max_sentence_bytes]
+                        # sentencepiece skips a line over max_sentence_length *bytes*: cut it
+                        # to that (a partial last character dropped), not to as many characters
+                        cut = line.encode("utf-8", "replace")[:max_sentence_bytes]
+                        yield cut.decode("utf-8", "ignore")
 
         try:
             spm.SentencePieceTrainer.train(
@@ -133,15 +153,28 @@ class BPETokenizer:
                 num_threads=2,
                 minloglevel=2,
             )
-        except RuntimeError as err:  # sentencepiece's own words: "Vocabulary size too high"
+        except RuntimeError as err:  # sentencepiece's own words, made one line to act on
             most = re.search(r"Vocabulary size too high.*<= (\d+)", str(err))
-            if most is None:
-                raise
-            raise ValueError(
-                f"a vocabulary of {vocab_size:,} tokens is more than this text supports "
-                f"(at most {int(most.group(1)):,}): train on more text, or choose a smaller "
-                "vocab_size"
-            ) from None
+            least = re.search(
+                r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(err)
+            )
+            if most is not None:
+                raise ValueError(
+                    f"a vocabulary of {vocab_size:,} tokens is more than this text supports "
+                    f"(at most {int(most.group(1)):,}): train on more text, or choose a smaller "
+                    "vocab_size"
+                ) from None
+            if least is not None:  # the 256 bytes, the specials and every character it covers
+                raise ValueError(
+                    f"a vocabulary of {vocab_size:,} tokens is too small for this text: it needs "
+                    f"at least {int(least.group(1)):,} (256 bytes, special tokens and its "
+                    "characters); choose a larger vocab_size"
+                ) from None
+            if "sentences_.empty()" in str(err):
+                raise ValueError(
+                    "no text to train on: the training documents hold no non-blank line"
+                ) from None
+            raise
         output_file = Path(output_file)
         output_file.parent.mkdir(parents=True, exist_ok=True)
         output_file.write_bytes(model.getvalue())

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 import hat
 from hat.batching import IGNORE
 from hat.data import DataConfig, SourceConfig, build_train_loader
 from hat.training import ScheduleConfig, lr_multiplier
+from hat.training.config import ConfigError
 from hat.training.continued import (
     ContinueConfig,
     FreezeConfig,
@@ -21,6 +23,7 @@ from hat.training.continued import (
     ReplayConfig,
     continue_training,
     replay_mixture,
+    resolve_continue_config,
     trained_units_by_source,
 )
 from hat.training.record import data_from_record, read_training_record
@@ -216,6 +219,10 @@ CLI_ERRORS = {  # case: (settings, what the one-line message must say)
         ["init_from={hat}", "replay.sources=[{{path: {empty}}}]"],
         "replay.sources[0] ({empty}) is empty",
     ),
+    "a misspelt setting": (
+        ["init_from={hat}", "+replay.fractoin=0.5"],
+        "unknown setting replay.fractoin; did you mean replay.fraction?",
+    ),
     "freeze target": (
         ["init_from={hat}", "freeze.modules=[backbon]", "freeze.steps=2"],
         "'backbon' names no module of this hat model; its modules are ['encoder', 'pooler', "
@@ -243,6 +250,20 @@ def test_cli_errors_are_one_line(case: str, pretrained: dict, tmp_path: Path) ->
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("hat-continue: error: ") and message.format(**paths) in last, last
     assert not (out / "metrics.jsonl").exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_multirun_jobs_continue_in_their_own_directories(pretrained: dict, tmp_path: Path) -> None:
+    """``-m``: job N runs in <output_dir>/N; sharing one directory, job 1 resumed job 0's run."""
+    out = tmp_path / "sweep"
+    args = [f"init_from={pretrained['hat'] / 'model'}", "trainer.steps=1,2"]
+    cli = continue_cli(*args, "schedule.warmup_steps=0", f"trainer.output_dir={out}")
+    proc = run_cli([*cli[:3], "--multirun", *cli[3:]])
+    check(proc)
+    assert "resumed from" not in proc.stdout + proc.stderr
+    for job, steps in enumerate((1, 2)):
+        assert sorted(losses(out / str(job))) == list(range(1, steps + 1))
+        assert (out / str(job) / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -279,7 +300,27 @@ def test_errors_say_what_to_change(pretrained: dict, tmp_path: Path) -> None:
         pretrained, tmp_path, optimizer_state="init_from"
     )
     assert "freeze.steps >= 1" in error_of(pretrained, tmp_path, freeze=FreezeConfig(["encoder"]))
+    # a run directory as optimizer_state: the message names optimizer_state and a checkpoint
+    run_as_state = error_of(pretrained, tmp_path, optimizer_state=str(pretrained["hat"]))
+    checkpoint = pretrained["hat"] / "checkpoints" / "step_00000004"
+    assert run_as_state.startswith(f"optimizer_state={str(pretrained['hat'])!r} is not a model")
+    assert f"did you mean optimizer_state={checkpoint}?" in run_as_state
     assert not (tmp_path / "never").exists()  # nothing started
+
+
+def test_unknown_settings_are_errors() -> None:
+    """hydra's ``+key=value`` adds keys the schema lacks; they must not be dropped unread."""
+    for key, hint in [
+        ("replay.fractoin", "replay.fraction"),
+        ("trainer.stpes", "trainer.steps"),
+        ("freeze.step", "freeze.steps"),
+    ]:
+        conf = OmegaConf.structured(ContinueConfig(init_from="somewhere"))
+        group, name = key.split(".")
+        with open_dict(conf[group]):  # what +key=value does
+            conf[group][name] = 3
+        with pytest.raises(ConfigError, match=f"unknown setting {key}; did you mean {hint}"):
+            resolve_continue_config(conf)
 
 
 # ---- pieces --------------------------------------------------------------------------------------
@@ -302,6 +343,23 @@ def test_replay_weights_give_the_asked_share_of_units() -> None:
         ("sample", 0.0),
     ]
     assert set(mixture.data.eval_sets()) == {"sample_es", "sample"}
+
+
+def test_a_recorded_absolute_path_is_the_same_source_as_a_relative_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_text: str
+) -> None:
+    """training.json records local paths absolute; the new language named relative (here
+    evaluated only while pretraining) is still one source, evaluated once."""
+    (tmp_path / "en.txt").write_text(sample_text[:60_000])
+    (tmp_path / "de.txt").write_text(sample_text[60_000:120_000])
+    monkeypatch.chdir(tmp_path)
+    fmt = hat.HATForCausalLM.from_name("tiny").data_format()
+    recorded = [
+        SourceConfig(str(tmp_path / "en.txt")),
+        SourceConfig(str(tmp_path / "de.txt"), weight=0),
+    ]
+    mixture = replay_mixture(DataConfig([SourceConfig("de.txt")]), recorded, 0.1, fmt)
+    assert [s.label for s in mixture.data.sources] == ["de", "en"]
 
 
 @pytest.mark.parametrize("kind", ["hat", "bpe"])

@@ -8,6 +8,7 @@
     hat-continue init_from=runs/en/checkpoints/step_00002000 optimizer_state=init_from
     hat-continue init_from=runs/en/model freeze.modules=[backbone] freeze.steps=200
     hat-continue --help                                         # config groups and every setting
+    hat-continue -m init_from=runs/en/model replay.fraction=0,0.05  # a sweep: job N in <output_dir>/N
 
 The config groups are ``hat-train``'s (data, optim, schedule, trainer, logger); the model's
 architecture and kind (HAT or BPE twin, with its tokenizer) come from ``init_from``.
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hat.cli.common import (
@@ -37,6 +40,9 @@ ConfigStore.instance().store(name="continue_schema", node=ContinueConfig)
 @hydra.main(config_path=config_dir(), config_name="continue", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     with cli_errors("hat-continue"):
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # each job its own directory, never a sibling's
+            cfg.trainer.output_dir = hydra_cfg.runtime.output_dir
         trainer = ContinueTrainer(cfg)  # from here this run holds the directory (or it stopped)
         if is_rank_zero():
             save_hydra_record(cfg, Path(cfg.trainer.output_dir))

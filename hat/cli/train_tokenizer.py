@@ -44,6 +44,11 @@ ConfigStore.instance().store(name="tokenizer_schema", node=TokenizerJob)
 def _main(cfg: DictConfig) -> None:
     with cli_errors("hat-tokenizer"):
         check_known_keys(cfg)
+        if OmegaConf.is_interpolation(cfg, "vocab_size") and "vocab_size" not in cfg.model:
+            raise ValueError(  # the default vocab_size is ${model.vocab_size}
+                f"model={cfg.model.get('name')} has no vocabulary (a HAT preset?); choose a BPE "
+                "preset (model=bpe_small) or set vocab_size="
+            )
         job: TokenizerJob = OmegaConf.to_object(cfg)
         if job.vocab_size < 260 or job.max_bytes < 1:
             raise ValueError("vocab_size must be >= 260 (byte fallback) and max_bytes >= 1")

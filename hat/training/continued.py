@@ -40,9 +40,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from hat.auto import load_pretrained
 from hat.batching import IGNORE
+from hat.config_keys import check_known_keys
 from hat.data import DataConfig, SourceConfig, iter_documents, pack_rows
 from hat.data.packing import Document, Row
-from hat.data.sources import mix, open_source, source_stream
+from hat.data.sources import local_files, mix, open_source, source_stream
 from hat.modeling import CONFIG_FILE, WEIGHTS_FILE, PreTrainedLM
 from hat.registry import config_from_dict, kind_of, load_config
 from hat.tokenizer import TOKENIZER_FILE, BPETokenizer
@@ -127,6 +128,12 @@ def resolve_continue_config(cfg: ContinueConfig | DictConfig) -> ContinueConfig:
     settings validated (the training settings are validated with the model, see
     ``ContinueTrainer``)."""
     conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    # hydra's +key=value adds keys the schema lacks, and to_object drops them: a misspelt
+    # setting (+replay.fractoin=0.5) would run with the default unnoticed
+    try:
+        check_known_keys(conf)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = OmegaConf.to_object(conf)
     if not out.init_from:
         raise ConfigError(
@@ -174,13 +181,14 @@ class Pretrained:
     step: int | None  # optimizer steps it was trained for, where recorded
 
 
-def load_init(path: str | Path) -> Pretrained:
+def load_init(path: str | Path, setting: str = "init_from") -> Pretrained:
     """The model in ``path``: an exported model (``config.json``) or a training checkpoint
-    (``trainer_state.json``), of either kind. Errors say what to pass instead."""
+    (``trainer_state.json``), of either kind. Errors name ``setting`` (``init_from``, or
+    ``optimizer_state``, which needs a checkpoint) and say what to pass instead."""
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ValueError(
-            f"init_from={str(path)!r} does not exist (or is not a directory); pass an exported "
+            f"{setting}={str(path)!r} does not exist (or is not a directory); pass an exported "
             "model (a run's model/) or a training checkpoint (a run's checkpoints/step_N/)"
         )
     if (directory / TRAINER_STATE_FILE).is_file():
@@ -188,12 +196,13 @@ def load_init(path: str | Path) -> Pretrained:
     if (directory / CONFIG_FILE).is_file():
         return _from_export(directory)
     hint = ""
-    if (directory / "model" / CONFIG_FILE).is_file():
-        hint = f"; did you mean init_from={directory / 'model'}?"
-    elif list_checkpoints(directory / "checkpoints"):
-        hint = f"; did you mean init_from={list_checkpoints(directory / 'checkpoints')[-1]}?"
+    checkpoints = list_checkpoints(directory / "checkpoints")
+    if setting == "init_from" and (directory / "model" / CONFIG_FILE).is_file():
+        hint = f"; did you mean {setting}={directory / 'model'}?"
+    elif checkpoints:  # optimizer_state: only a checkpoint holds AdamW's moments
+        hint = f"; did you mean {setting}={checkpoints[-1]}?"
     raise ValueError(
-        f"init_from={str(path)!r} is not a model: it holds neither {CONFIG_FILE} (an exported "
+        f"{setting}={str(path)!r} is not a model: it holds neither {CONFIG_FILE} (an exported "
         f"model) nor {TRAINER_STATE_FILE} (a training checkpoint){hint}"
     )
 
@@ -275,7 +284,11 @@ class Mixture:
 
 
 def _identity(src: SourceConfig) -> tuple:
-    return (src.path, src.name, src.split, src.text_field, src.sample_by)
+    path = src.path
+    if not path.startswith("builtin:") and local_files(src, "") is not None:
+        # training.json records local paths absolute; the new data may name them relative
+        path = str(Path(path).expanduser().absolute())
+    return (path, src.name, src.split, src.text_field, src.sample_by)
 
 
 def replay_mixture(
@@ -570,7 +583,7 @@ class ContinueTrainer(Trainer):
                 )
             return pre.directory
         path = Path(ccfg.optimizer_state)
-        other = load_init(path)
+        other = load_init(path, "optimizer_state")
         if not other.checkpoint:
             raise ValueError(
                 f"optimizer_state={path} is an exported model, which has no optimizer state; "
