@@ -27,6 +27,7 @@ from hat.training.continued import (
     trained_units_by_source,
 )
 from hat.training.record import data_from_record, read_training_record
+from hat.training.resume import RunLock
 from tests.helpers import losses
 from tests.test_train import check, read_metrics, run_cli
 
@@ -306,6 +307,35 @@ def test_errors_say_what_to_change(pretrained: dict, tmp_path: Path) -> None:
     assert run_as_state.startswith(f"optimizer_state={str(pretrained['hat'])!r} is not a model")
     assert f"did you mean optimizer_state={checkpoint}?" in run_as_state
     assert not (tmp_path / "never").exists()  # nothing started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", ["load_optimizer_moments", "report_data"])
+def test_a_run_that_fails_after_taking_its_directory_releases_it(
+    failing: str, pretrained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after the trainer took the run's lock (loading AdamW's moments, the step-0
+    report) releases it: retrying in the same process (a notebook) is not told the directory
+    "is in use"."""
+    import hat.training.continued as continued
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    target = continued if failing == "load_optimizer_moments" else continued.ContinueTrainer
+    monkeypatch.setattr(target, failing, fail)
+    cfg = ContinueConfig(
+        init_from=str(pretrained["hat"] / "checkpoints" / "step_00000004"),
+        optimizer_state="init_from",
+        replay=ReplayConfig(fraction=0.0),
+    )
+    cfg.trainer.output_dir = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="injected"):
+        continue_training(cfg)
+    assert not (tmp_path / "run" / ".lock").exists()
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()  # raised "is in use" while the failed run's lock was left open
+    lock.release()
 
 
 def test_unknown_settings_are_errors() -> None:

@@ -563,12 +563,16 @@ class ContinueTrainer(Trainer):
             ccfg.data, replay, ccfg.replay.fraction, model.data_format(), "replay.sources"
         )
         train_cfg.data = self.mixture.data
-        super().__init__(train_cfg, model=model)
-        self.freezer.wrapped = self.accelerator.distributed_type != DistributedType.NO
-        if self.step == 0 and self.accelerator.is_main_process and kind.uses_tokenizer:
-            model.tokenizer.save(self.out_dir)  # the run's directory holds its tokenizer
-        if self.step == 0 and optimizer_from is not None:
-            load_optimizer_moments(self.optimizer, optimizer_from, model)
+        super().__init__(train_cfg, model=model)  # from here this run holds its directory
+        try:
+            self.freezer.wrapped = self.accelerator.distributed_type != DistributedType.NO
+            if self.step == 0 and self.accelerator.is_main_process and kind.uses_tokenizer:
+                model.tokenizer.save(self.out_dir)  # the run's directory holds its tokenizer
+            if self.step == 0 and optimizer_from is not None:
+                load_optimizer_moments(self.optimizer, optimizer_from, model)
+        except BaseException:  # no lock left behind (a notebook's retry would find it held)
+            self.lock.release()
+            raise
 
     @staticmethod
     def _optimizer_source(ccfg: ContinueConfig, pre: Pretrained) -> Path | None:
@@ -601,13 +605,14 @@ class ContinueTrainer(Trainer):
             )
         return path
 
-    def fit(self) -> TrainResult:
-        """Report the data and evaluate at step 0 (unless resumed), then train."""
+    def _fit(self) -> TrainResult:
+        """Report the data and evaluate at step 0 (unless resumed), then train (``fit``
+        releases the run's lock however this ends)."""
         if self.step == 0:
             self.metrics.truncate_after(-1)  # lines of an earlier attempt that saved nothing
             self.report_data()
             self.evaluate()
-        return super().fit()
+        return super()._fit()
 
     def report_data(self) -> None:
         """Log and record where the run starts: the mixture, the replay share counted from the
