@@ -167,8 +167,8 @@ def ragged_attention_pool(
     Returns [W, H, Dh] in q's dtype: softmax(q·k / sqrt(Dh)) over the word's bytes applied to v,
     zeros for an empty word. Differentiable in q, k and v.
 
-    impl: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton" or
-    "reference". Neither path syncs with the host.
+    impl: "auto" (Triton for CUDA tensors of one kernel dtype, the PyTorch reference
+    otherwise), "triton" or "reference". Neither path syncs with the host.
     """
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or k.shape[1:] != q.shape[1:]:
         raise ValueError(
@@ -176,10 +176,11 @@ def ragged_attention_pool(
         )
     if offsets.shape != (q.shape[0] + 1,):
         raise ValueError(f"offsets must be [W+1] = [{q.shape[0] + 1}], got {list(offsets.shape)}")
-    if resolve_impl(impl, q) == "reference":
+    mixed = not (q.dtype == k.dtype == v.dtype)  # "auto" cannot take the kernel, so it won't
+    if resolve_impl(impl, q) == "reference" or (impl == "auto" and mixed):
         return ragged_attention_pool_reference(q, k, v, offsets)
     _check_triton_usable(q)
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in TRITON_DTYPES:
+    if mixed or q.dtype not in TRITON_DTYPES:
         raise ValueError(
             f"impl='triton' needs q, k, v of one dtype among {TRITON_DTYPES}; "
             f"got {q.dtype}, {k.dtype}, {v.dtype}"

@@ -456,6 +456,19 @@ def test_gpu_pool_realistic_batches(dtype, head_dim, heads):
 
 @gpu
 @needs_cuda
+def test_gpu_auto_takes_the_reference_for_mixed_dtypes():
+    """With impl "auto", Triton is picked from q; k and v in another dtype must fall back to the
+    reference (what it would compute), not raise the explicit-Triton error."""
+    q, k, v, offsets = ragged_batch([3, 1, 7], 2, 64, tail=1, dtype=torch.float32, device="cuda")
+    out = hat_kernels.ragged_attention_pool(q, k.bfloat16(), v.bfloat16(), offsets)
+    reference = hat_kernels.ragged_attention_pool_reference(q, k.bfloat16(), v.bfloat16(), offsets)
+    torch.testing.assert_close(out, reference)
+    with pytest.raises(ValueError, match="one dtype"):
+        hat_kernels.ragged_attention_pool(q, k.bfloat16(), v, offsets, impl="triton")
+
+
+@gpu
+@needs_cuda
 def test_gpu_auto_dispatch_and_compile():
     batch = ragged_batch(realistic_lengths(300), 4, 64, tail=2, dtype=torch.bfloat16, device="cuda")
     assert hat_kernels.resolve_impl("auto", batch[0]) == "triton"
