@@ -935,8 +935,10 @@ def test_logits_processors() -> None:
     torch.testing.assert_close(TemperatureLogitsWarper(2.0)(ids, scores), scores / 2)
     penal = RepetitionPenaltyLogitsProcessor(2.0)(ids, scores)
     assert penal.tolist() == [[1.0, 1.5, 2.0, 0.0, -2.0]]
+    # top_p=0 keeps the most likely id only (transformers' meaning); outside [0, 1] an error
+    assert torch.isfinite(TopPLogitsWarper(0.0)(ids, scores))[0].tolist() == [0, 1, 0, 0, 0]
     with pytest.raises(ValueError):
-        TopPLogitsWarper(0.0)
+        TopPLogitsWarper(-0.1)
 
 
 def test_top_k_and_temperature_restrict_sampling() -> None:

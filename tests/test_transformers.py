@@ -207,6 +207,10 @@ def test_sampling_options_take_transformers_off_values(tiny_hat) -> None:
         tiny_hat.generate("Hello", do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         tiny_hat.generate("Hello", do_sample=True, top_k=-1)
+    # top_p=0 keeps only the most likely id: sampling from it is greedy decoding
+    assert tiny_hat.generate("Hello", max_new_tokens=6, do_sample=True, top_p=0.0) == greedy
+    with pytest.raises(ValueError, match="top_p must be in"):
+        tiny_hat.generate("Hello", do_sample=True, top_p=1.5)
 
 
 def test_an_empty_stop_string_is_an_error(tiny_hat) -> None:

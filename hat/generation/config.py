@@ -132,7 +132,8 @@ class GenerationConfig:
             f"temperature must be > 0 to sample, got {self.temperature} (do_sample=False: greedy)",
         )
         need(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        # 0 keeps the most likely id only (transformers accepts it too)
+        need(0 <= self.top_p <= 1, f"top_p must be in [0, 1], got {self.top_p}")
         need(self.repetition_penalty > 0, "repetition_penalty must be > 0")
         need(self.num_return_sequences >= 1, "num_return_sequences must be >= 1")
         stops = self.stop_strings

@@ -37,11 +37,11 @@ class TopKLogitsWarper:
 
 class TopPLogitsWarper:
     """Nucleus: keep the smallest set of highest-probability ids whose mass reaches ``top_p``
-    (at least one id); others -> -inf."""
+    (at least one id: ``top_p=0`` keeps the most likely, as in transformers); others -> -inf."""
 
     def __init__(self, top_p: float, filter_value: float = -float("inf")) -> None:
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not 0 <= top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1], got {top_p}")
         self.top_p, self.filter_value = top_p, filter_value
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
