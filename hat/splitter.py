@@ -1,7 +1,8 @@
 """Text -> words. The only place that decides where words begin.
 
 Both splitters return words as UTF-8 ``bytes`` whose concatenation is the input exactly, never
-cut a UTF-8 character, never return an empty word, and are prefix-consistent: splitting a prefix
+cut a UTF-8 character (unless ``max_word_bytes`` < 4 is smaller than the character, as in
+hat-splitter's ``split_with_limit``), never return an empty word, and are prefix-consistent: splitting a prefix
 of a text agrees with splitting the whole text on every word but the prefix's last. The model's
 causality rests on that last property (see tests/test_splitter.py).
 """

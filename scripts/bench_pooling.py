@@ -93,6 +93,8 @@ def word_lengths(text: str, num_bytes: int) -> list[int]:
     from hat_splitter import HATSplitter
 
     words = HATSplitter().split_with_limit(text[: 4 * num_bytes + 1000], 100)
+    if not words:  # repeating no words would never reach num_bytes
+        raise SystemExit("bench_pooling: --text holds no text")
     lengths, total = [], 0
     while total < num_bytes:
         for w in words:
