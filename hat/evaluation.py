@@ -99,6 +99,7 @@ def choices_correct(
 def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
     """Read a BIG-bench JSON task (examples with ``input`` and ``target_scores``); a file that
     is not one is a ValueError naming the file and the example."""
+    _check_limit(limit)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -113,10 +114,13 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
     for i, raw in enumerate(raw_examples[:limit]):
         has_input = isinstance(raw, dict) and isinstance(raw.get("input"), str)
         scores = raw.get("target_scores") if has_input else None
-        if not (isinstance(scores, dict) and scores):
+        numbers = isinstance(scores, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values()
+        )
+        if not (numbers and scores):
             raise ValueError(
                 f"{path}, example {i}: needs 'input' (text) and a non-empty 'target_scores' (choice -> "
-                "score); only multiple-choice tasks can be scored (not generative ones)"
+                "score, a number); only multiple-choice tasks can be scored (not generative ones)"
             )
         choices = list(scores)
         # every choice with the top score is right (BIG-bench's multiple_choice_grade credits
@@ -130,6 +134,7 @@ def load_bigbench(path: str | Path, limit: int | None = None) -> list[MultipleCh
 def load_jsonl_task(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
     """Read a multiple-choice task in JSON lines: ``{"context": str, "choices": [str, ...],
     "label": index of the right choice (or the right choice itself)}`` per line."""
+    _check_limit(limit)
     examples = []
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -168,6 +173,13 @@ def load_jsonl_task(path: str | Path, limit: int | None = None) -> list[Multiple
     return examples
 
 
+def _check_limit(limit: int | None) -> None:
+    """``limit`` examples per task: None (all) or >= 1. A negative one would slice examples
+    off the end, 0 would leave a task with no examples (and accuracy 0.0)."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be >= 1 examples per task (or None: all), got {limit!r}")
+
+
 def load_task(path: str | Path, limit: int | None = None) -> list[MultipleChoiceExample]:
     """A multiple-choice task from ``.jsonl`` (``load_jsonl_task``) or BIG-bench ``.json``."""
     if not Path(path).is_file():
@@ -201,7 +213,12 @@ def compare_models(
     """
     if not models:
         raise ValueError("compare_models needs at least one model")
-    window = window_bytes or min(m.max_window_bytes() for m in models.values())
+    # `is None`, not `or`: window_bytes=0 must reach score()'s range check, not become the default
+    window = (
+        window_bytes
+        if window_bytes is not None
+        else min(m.max_window_bytes() for m in models.values())
+    )
     results: dict[str, Any] = {"window_bytes": window, "models": {}}
     doc_sets = {id(docs): docs for docs in (documents or {}).values() if any(docs)}
     bar = tqdm(

@@ -81,14 +81,21 @@ def write_bigbench(out: Path, task: Path, limit: int | None) -> int:
     return len(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("out", help="directory for the task files (lm-eval's --include_path)")
     p.add_argument("--data", default="sample", help="a data config of configs/data (held-out)")
     p.add_argument("--max-docs", type=int, default=200, help="held-out documents (0: none)")
     p.add_argument("--bigbench", nargs="*", default=[], help="BIG-bench JSON task files")
     p.add_argument("--limit", type=int, help="examples per BIG-bench task (default: all)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    stems = [Path(t).stem for t in args.bigbench]
+    if len(set(stems)) < len(stems) or (args.max_docs and "hat_heldout" in stems):
+        # one task (a YAML and a JSONL) per name: a second file of the same name would replace it
+        p.error(
+            f"--bigbench: task files need different names (each names its task), got {stems}; "
+            "copy them to <task>.json first (BIG-bench's <task>/task.json)"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.max_docs:

@@ -36,6 +36,40 @@ def test_compare_models_reads_every_model_through_the_same_window(tiny_hat, tiny
         assert row["tasks"]["mc"]["accuracy"] == multiple_choice(model, task["mc"]).accuracy
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"), [("max_docs", -1), ("bigbench_limit", -1), ("bigbench_limit", 0)]
+)
+def test_hat_eval_names_a_count_below_range(tmp_path: Path, setting: str, value: int) -> None:
+    """max_docs=-1 failed inside islice with no setting named; bigbench_limit=-1 dropped each
+    task's last example, 0 scored none (accuracy 0.0): errors that name the setting, before
+    any model loads."""
+    from hat.cli.evaluate import EvalJob, run
+
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(TASK))
+    job = EvalJob(models=[str(tmp_path / "not-loaded")], bigbench=[str(task)], device="cpu")
+    setattr(job, setting, value)
+    with pytest.raises(ValueError, match=f"{setting} must be"):
+        run(job)
+
+
+def test_text_files_lose_their_byte_order_mark(tmp_path: Path) -> None:
+    """A UTF-8 file saved with a byte order mark (Windows Notepad, PowerShell): the mark is no
+    text, neither the start of hat-generate's first prompt nor 3 bytes of a hat-eval text."""
+    import argparse
+
+    from hat.cli.common import read_text_file
+    from hat.cli.generate import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffOnce upon\r\nZwölf\r\n".encode())
+    assert read_text_file(str(path), "texts") == "Once upon\r\nZwölf\r\n"
+    args = argparse.Namespace(prompt=None, prompt_file=str(path))
+    assert read_prompts(args) == ["Once upon", "Zwölf"]
+    path.write_bytes(b"a\xef\xbb\xbfb")  # not at the start: text (U+FEFF), kept
+    assert read_text_file(str(path), "texts") == "a\ufeffb"
+
+
 @pytest.mark.slow
 def test_hat_eval_cli(tiny_hat, tiny_bpe, tmp_path: Path) -> None:
     hat_dir, bpe_dir = (
@@ -80,3 +114,66 @@ def test_load_pretrained_picks_the_class(tiny_hat, tiny_bpe, tmp_path: Path) -> 
     )
     with pytest.raises(FileNotFoundError, match="config.json"):
         hat.load_pretrained(tmp_path)
+
+
+def test_hat_eval_keeps_files_of_the_same_name_apart(tiny_hat, tmp_path: Path) -> None:
+    """Two text files or tasks with one name (en/test.txt and de/test.txt; BIG-bench's
+    <task>/task.json) are two rows, not the last one under a shared name."""
+    from hat.cli.evaluate import EvalJob, run
+
+    model_dir = tiny_hat.save_pretrained(tmp_path / "m")
+    texts, tasks = [], []
+    for lang, sentence in (("en", "The cat sat on the mat. "), ("de", "Zwölf Boxkämpfer. ")):
+        (tmp_path / lang).mkdir()
+        (tmp_path / lang / "test.txt").write_text(sentence * 4, encoding="utf-8")
+        texts.append(str(tmp_path / lang / "test.txt"))
+        (tmp_path / lang / "task.json").write_text(json.dumps(TASK if lang == "en" else {
+            "examples": TASK["examples"][:1]
+        }))  # fmt: skip
+        tasks.append(str(tmp_path / lang / "task.json"))
+    job = EvalJob(models=[str(model_dir)], max_docs=0, texts=texts, bigbench=tasks, device="cpu")
+    row = run(job)["models"][str(model_dir)]
+    assert set(row["bits_per_byte"]) == set(texts)
+    for path in texts:
+        text = Path(path).read_text(encoding="utf-8")
+        expected = bits_per_byte(tiny_hat, [text], rolling=True)
+        assert row["bits_per_byte"][path] == pytest.approx(expected, rel=1e-5)
+    assert {k: v["num_examples"] for k, v in row["tasks"].items()} == dict(zip(tasks, [2, 1]))
+    # names that differ stay short
+    job = EvalJob(models=[str(model_dir)], max_docs=0, texts=texts[:1], bigbench=tasks[:1])
+    row = run(job)["models"][str(model_dir)]
+    assert set(row["bits_per_byte"]) == {"test.txt"} and set(row["tasks"]) == {"task"}
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(tiny_hat, tmp_path: Path) -> None:
+    """hat-generate --device / hat-eval device=: an unavailable or misspelt device fails with
+    the setting's name before the model loads, not with torch's traceback."""
+    import torch
+
+    from hat.cli.common import resolve_device
+
+    assert resolve_device("cpu", "--device") == "cpu"
+    assert resolve_device("auto", "device") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="--device: 'gpu' is not a device"):
+        resolve_device("gpu", "--device")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=r"device: 'cuda:\d+' but"):
+        resolve_device(f"cuda:{count}", "device")
+    model = str(tiny_hat.save_pretrained(tmp_path / "m"))
+    bad = "gpu" if count else "cuda"
+    proc = run_cli(cli(model, "--prompt", "Hi", "--device", bad, module="hat.cli.generate"))
+    assert_cli_error(proc, "hat-generate", f"--device: '{bad}'")
+    proc = run_cli(
+        cli(f"models=[{model}]", f"device={bad}", module="hat.cli.evaluate"), cwd=tmp_path
+    )
+    assert_cli_error(proc, "hat-eval", f"device: '{bad}'")
+
+
+def test_hat_generate_backbone_wait_error_names_the_option(capsys) -> None:
+    from hat.cli.generate import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["m", "--backbone-wait", "many"])
+    err = capsys.readouterr().err
+    assert "argument --backbone-wait: 'auto' or a whole number, got 'many'" in err
+    assert "<lambda>" not in err

@@ -62,3 +62,39 @@ def test_real_bigbench_task_runs(tiny_hat) -> None:
     examples = load_bigbench(SHARED / "evaldata/bigbench/hyperbaton.json", limit=8)
     result = multiple_choice(tiny_hat, examples)
     assert 0.0 <= result.accuracy <= 1.0 and result.num_examples == 8
+
+
+def test_load_bigbench_refuses_scores_that_are_not_numbers(tmp_path) -> None:
+    """A task whose target_scores are text ("1") is a ValueError naming the file and example
+    (hat-eval prints it as one line), not a TypeError from comparing "1" with 0."""
+    path = tmp_path / "task.json"
+    path.write_text(
+        json.dumps({"examples": [{"input": "x?", "target_scores": {"a": "1", "b": 0}}]})
+    )
+    with pytest.raises(ValueError, match=r"task.json, example 0: .*a number"):
+        load_bigbench(path)
+
+
+def test_compare_models_refuses_window_bytes_zero(tiny_hat) -> None:
+    """``window_bytes=0`` (hat-eval window_bytes=0) is out of range, as ``score`` says; it must
+    not quietly become the default window."""
+    from hat.evaluation import compare_models
+
+    with pytest.raises(ValueError, match="window_bytes=0 must be in"):
+        compare_models({"hat": tiny_hat}, {"docs": ["Some text."]}, window_bytes=0)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_task_limit_below_one_is_an_error(tmp_path, limit) -> None:
+    """hat-eval bigbench_limit=-1 dropped the last example (a slice); 0 scored no example
+    and reported accuracy 0.0; the JSON-lines reader said the file had no examples."""
+    from hat.evaluation import load_task
+
+    task = {"examples": [{"input": f"q{i}?", "target_scores": {"a": 1, "b": 0}} for i in range(3)]}
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    line = json.dumps({"context": "q?", "choices": ["a", "b"], "label": 0})
+    (tmp_path / "task.jsonl").write_text(line + "\n")
+    for name in ("task.json", "task.jsonl"):
+        with pytest.raises(ValueError, match="limit must be >= 1"):
+            load_task(tmp_path / name, limit=limit)
+    assert len(load_task(tmp_path / "task.json", limit=2)) == 2

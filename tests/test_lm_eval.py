@@ -175,6 +175,39 @@ def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path, mon
         HATEvalLM(tiny_hat, backbone_wait=0)  # at construction, not after an evaluation
 
 
+@needs_lm_eval
+def test_adapter_generation_ignores_empty_stop_strings(model) -> None:
+    """lm-eval ignores ``""`` in ``until`` (``postprocess_generated_text``; its seq2seq models
+    add the empty EOS text): it must not end the evaluation with generate()'s empty-stop
+    error."""
+    unit, piece = _repeat_unit(model)
+    lm = HATEvalLM(always(model, unit))
+    options = {"until": ["", piece * 2], "max_gen_toks": 6, "do_sample": False}
+    assert lm.generate_until(_requests("generate_until", [("x", options)])) == [""]
+    (text,) = lm.generate_until(
+        _requests("generate_until", [("x", {"until": "", "max_gen_toks": 3})])
+    )
+    assert text == piece * 3
+
+
+@needs_lm_eval
+def test_adapter_generation_ignores_the_saved_answer_count_and_word_limit(tiny_hat) -> None:
+    """A saved generation config's ``num_return_sequences`` (several answers per prompt) and
+    ``max_new_words`` must not reach lm-eval's requests: one answer each, of up to
+    ``max_gen_toks`` bytes."""
+    model = always(tiny_hat, ord("\n"))  # every newline is a new word
+    model.generation_config = model.generation_config.update(
+        do_sample=True, num_return_sequences=2, max_new_words=1
+    )
+    lm = HATEvalLM(model, batch_size=4)
+    options = {"until": ["never"], "max_gen_toks": 5, "do_sample": False}
+    got = lm.generate_until(_requests("generate_until", [(c, options) for c in ("x", "ab", "c d")]))
+    assert got == ["\n" * 5] * 3
+    sampled = {"until": ["never"], "max_gen_toks": 4, "do_sample": True, "temperature": 1e-3}
+    got = lm.generate_until(_requests("generate_until", [(c, sampled) for c in ("x", "ab", "c d")]))
+    assert got == ["\n" * 4] * 3
+
+
 def _task_writer():
     """scripts/lm_eval_tasks.py: the YAML the docs' harness runs use."""
     path = Path(__file__).resolve().parents[1] / "scripts" / "lm_eval_tasks.py"
@@ -284,3 +317,21 @@ def test_registry_and_model_args(tiny_bpe, tmp_path) -> None:
     assert lm.model.dtype == torch.bfloat16 and lm.batch_size == 16 and lm.max_gen_toks == 7
     assert lm.get_model_info()["model_type"] == "bpe"
     assert lm.model.tokenizer.encode("x")[0] != BOS_ID
+
+
+def test_task_writer_refuses_two_tasks_of_one_name(tmp_path, capsys) -> None:
+    """scripts/lm_eval_tasks.py: each file names its task (a YAML and a JSONL); two files of
+    one name (BIG-bench's <task>/task.json) would leave only the last task, silently."""
+    tasks = _task_writer()
+    paths = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "task.json"
+        path.write_text(json.dumps({"examples": [{"input": name, "target_scores": {"x": 1}}]}))
+        paths.append(str(path))
+    with pytest.raises(SystemExit):
+        tasks.main([str(tmp_path / "out"), "--max-docs", "0", "--bigbench", *paths])
+    assert "task files need different names" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "task.yaml").exists()
+    tasks.main([str(tmp_path / "out"), "--max-docs", "0", "--bigbench", paths[0]])
+    assert (tmp_path / "out" / "task.yaml").is_file()

@@ -381,3 +381,17 @@ def test_cli_checks_the_bootstrap_settings_before_loading_models(tmp_path: Path)
         job = RobustnessJob(models=[str(tmp_path / "nomodel")], texts=[str(text)], **change)
         with pytest.raises(ValueError, match="n_bootstrap must be >= 1 and confidence in"):
             run(job)
+
+
+def test_a_device_this_machine_lacks_stops_before_loading(tiny_hat, tmp_path: Path) -> None:
+    """device=cuda on a machine without CUDA (or a misspelt device) names the setting, not
+    torch's traceback after the inputs are read."""
+    import torch
+
+    text = tmp_path / "book.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man. " * 5)
+    model = str(tiny_hat.save_pretrained(tmp_path / "m"))
+    bad = "gpu" if torch.cuda.is_available() else "cuda"
+    job = RobustnessJob(models=[model], texts=[str(text)], device=bad)
+    with pytest.raises(ValueError, match=f"device: '{bad}'"):
+        run(job)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -53,13 +54,37 @@ def read_text_file(path: str, setting: str) -> str:
     except OSError as err:
         raise OSError(f"{setting}: {name}: {err.strerror or err}") from None
     try:
-        return data.decode("utf-8")
+        # utf-8-sig: a leading byte order mark (Windows editors write one) is no text
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(
             f"{setting}: {name} is not UTF-8 text (byte {err.start}: "
             f"{data[err.start : err.start + 4]!r}); convert it to UTF-8 first (e.g. iconv -f "
             "latin1 -t utf-8)"
         ) from None
+
+
+def resolve_device(device: str, setting: str) -> str:
+    """``device`` (``auto``: cuda if available, else cpu), checked before a model loads: a
+    device this machine lacks (``cuda`` without a GPU or without CUDA in torch, a misspelt
+    name) is a ValueError naming ``setting`` instead of torch's traceback."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"{setting}: {device!r} is not a device (cpu, cuda, cuda:1, ...)"
+        ) from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{setting}: {device!r} but CUDA is not available here; use cpu")
+        if kind.index is not None and kind.index >= count:
+            raise ValueError(f"{setting}: {device!r} but this machine has {count} CUDA device(s)")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{setting}: {device!r} but MPS is not available here; use cpu")
+    return device
 
 
 def is_rank_zero() -> bool:

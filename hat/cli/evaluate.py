@@ -16,18 +16,24 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors, config_dir, read_text_file, register_configs
+from hat.cli.common import (
+    cli_errors,
+    config_dir,
+    read_text_file,
+    register_configs,
+    resolve_device,
+)
 from hat.config_keys import check_known_keys
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import compare_models, load_bigbench
@@ -67,21 +73,40 @@ def held_out_documents(data: DataConfig, max_docs: int | None) -> dict[str, list
     return {name: read[id(cfg)] for name, cfg in sets.items()}
 
 
+def unique_names(
+    paths: list[str], short: Callable[[str], str], taken: Collection[str] = ()
+) -> list[str]:
+    """Each file's row name: ``short(path)`` (its name), or the path as given where two files
+    share that name (``en/test.txt`` and ``de/test.txt``; BIG-bench's ``<task>/task.json``)."""
+    shorts = [short(p) for p in paths]
+    return [s if shorts.count(s) == 1 and s not in taken else p for p, s in zip(paths, shorts)]
+
+
 def run(job: EvalJob) -> dict:
     """Load the models and data, evaluate, return ``compare_models``' results."""
     if not job.models:
         raise ValueError("models is empty: give at least one save_pretrained directory")
-    device = (
-        job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    # checked before the models load: islice() would fail on a negative max_docs without
+    # naming it; a negative bigbench_limit would slice examples off the end, 0 leave none
+    if job.max_docs is not None and job.max_docs < 0:
+        raise ValueError(
+            f"max_docs must be >= 0 (0: no held-out documents) or null, got {job.max_docs}"
+        )
+    if job.bigbench_limit is not None and job.bigbench_limit < 1:
+        raise ValueError(f"bigbench_limit must be >= 1 or null (all), got {job.bigbench_limit}")
+    device = resolve_device(job.device, "device")
     models = {m: load_pretrained(m, device=device) for m in job.models}
     documents = held_out_documents(job.data, job.max_docs)
-    for path in job.texts:
+    text_names = unique_names(job.texts, lambda p: Path(p).name, taken=set(documents))
+    for path, name in zip(job.texts, text_names):
         text = read_text_file(path, "texts")
         if not text:
             raise ValueError(f"texts: {path} is empty; give files that hold some text")
-        documents[Path(path).name] = [text]
-    tasks = {Path(p).stem: load_bigbench(p, job.bigbench_limit) for p in job.bigbench}
+        documents[name] = [text]
+    task_names = unique_names(job.bigbench, lambda p: Path(p).stem)
+    tasks = {
+        name: load_bigbench(p, job.bigbench_limit) for p, name in zip(job.bigbench, task_names)
+    }
     logger.info(
         f"{len(models)} model(s); {sum(map(len, documents.values()))} documents in "
         f"{len(documents)} set(s); {len(tasks)} task(s); device {device}"

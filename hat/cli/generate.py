@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors, read_text_file
+from hat.cli.common import cli_errors, read_text_file, resolve_device
 from hat.generation import TextStreamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backbone-wait",
-        type=lambda v: v if v == "auto" else int(v),
+        type=backbone_wait,
         help="HAT, batched rows: a row that finished a word waits until this many rows wait "
         "(one backbone pass for all; pays for large models); 'auto' (the default) or K",
     )
@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--no-echo", action="store_true", help="print only the continuation")
     return p
+
+
+def backbone_wait(value: str) -> str | int:
+    """``--backbone-wait``: ``auto`` or a whole number (the model checks its range)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a whole number, got {value!r}") from None
 
 
 OPTIONS = (
@@ -115,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def generate(args: argparse.Namespace) -> None:
     prompts = read_prompts(args)  # before the model: a bad file fails at once
-    model = load_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    device = resolve_device(args.device, "--device")
+    model = load_pretrained(args.model, device=device, dtype=DTYPES[args.dtype])
     options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k) is not None}
     if "eos_token_id" in options:
         options["eos_token_id"] = list(options["eos_token_id"])

@@ -19,12 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hat.auto import load_pretrained
-from hat.cli.common import cli_errors, config_dir, read_text_file, register_configs
+from hat.cli.common import (
+    cli_errors,
+    config_dir,
+    read_text_file,
+    register_configs,
+    resolve_device,
+)
 from hat.config_keys import check_known_keys
 from hat.data import DataConfig, iter_documents
 from hat.evaluation import MultipleChoiceExample, load_task
@@ -128,9 +133,7 @@ def _new_name(name: str, taken: dict, path: str) -> str:
 def run(job: RobustnessJob) -> RobustnessResult:
     """Load models and inputs, evaluate, write the files; return the result."""
     job.validate()
-    device = (
-        job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_device(job.device, "device")
     tasks, documents = load_inputs(job)
     models = {m: load_pretrained(m, device=device) for m in job.models}
     logger.info(

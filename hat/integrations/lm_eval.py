@@ -145,7 +145,9 @@ class HATEvalLM(LM):
         with tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until") as bar:
             for members in groups.values():
                 options = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
-                until = options.pop("until")
+                # "" stops nothing (lm-eval's postprocessing skips it; its seq2seq models add
+                # an empty EOS text): generate() refuses empty stop strings
+                until = [stop for stop in options.pop("until") if stop]
                 new = options.pop("max_gen_toks")
                 options = _generation_options(options)
                 members = sorted(members, key=lambda i: -len(requests[i].args[0]))
@@ -226,7 +228,10 @@ def _batch_size(value: int | str | None, max_batch_size: int | None) -> int:
 def _generation_options(options: dict[str, Any]) -> dict[str, Any]:
     """lm-eval's normalised generation kwargs -> ``generate()`` options (greedy: no warpers;
     lm-eval spells greedy as temperature 0)."""
-    options = dict(options)
+    # one answer per request, as long as max_gen_toks allows: a saved generation config's
+    # num_return_sequences would pair answers with the wrong requests, its max_new_words
+    # would cut them short (a task's gen_kwargs may still set either)
+    options = {"num_return_sequences": 1, "max_new_words": None, **options}
     if not options.get("do_sample"):
         for name in ("temperature", "top_p", "top_k"):
             options.pop(name, None)
