@@ -1133,3 +1133,13 @@ def test_cli_streams(tmp_path, capsys, tiny_bpe) -> None:
     main([str(tmp_path / "hat"), "--prompt-file", str(prompts), "--max-new-tokens", "5"])
     out = capsys.readouterr().out
     assert "First prompt" in out and "Second" in out
+
+
+def test_end_and_suppressed_ids_outside_the_vocabulary_are_errors(tiny_hat, tiny_bpe) -> None:
+    """An eos_token_id or suppressed id the model can never produce (300 for HAT's bytes) would
+    end or ban nothing, silently: an error naming the setting."""
+    with pytest.raises(ValueError, match=r"eos_token_id: \[300\] outside the model's ids 0..255"):
+        tiny_hat.generate("Hi", max_new_tokens=2, eos_token_id=300)
+    with pytest.raises(ValueError, match="suppress_tokens"):
+        tiny_bpe.generate("Hi", max_new_tokens=2, suppress_tokens=[len(tiny_bpe.tokenizer)])
+    assert len(tiny_hat.generate("Hi", max_new_tokens=2, eos_token_id=[10, 255])) <= 2

@@ -237,6 +237,13 @@ def _end_and_banned_ids(spec: ModelSpec, config: GenerationConfig) -> tuple[set[
     )
     banned = spec.banned | set(config.suppress_tokens or [])
     vocab = set(range(len(spec.token_bytes)))
+    for name, ids in (("eos_token_id", end_ids), ("suppress_tokens", banned)):
+        outside = sorted(i for i in ids if i not in vocab)
+        if outside:  # an id the model never produces would silently end or ban nothing
+            raise ValueError(
+                f"{name}: {outside} outside the model's ids 0..{len(vocab) - 1}"
+                + (" (HAT's are bytes)" if len(vocab) == 256 else "")
+            )
     if vocab <= banned or (config.min_new_tokens and vocab <= banned | end_ids):
         raise ValueError(
             "suppress_tokens (with min_new_tokens) leave no id that can be generated; "
