@@ -68,6 +68,33 @@ def test_text_files_lose_their_byte_order_mark(tmp_path: Path) -> None:
     assert read_prompts(args) == ["Once upon", "Zwölf"]
     path.write_bytes(b"a\xef\xbb\xbfb")  # not at the start: text (U+FEFF), kept
     assert read_text_file(str(path), "texts") == "a\ufeffb"
+    path.write_bytes(b"\xef\xbb\xbfa\xffb")  # a bad byte: its offset in the file
+    with pytest.raises(ValueError, match=r"byte 4: b'\\xffb'"):
+        read_text_file(str(path), "texts")
+
+
+def test_hat_eval_output_in_a_new_folder_or_a_folder(tiny_hat, tmp_path: Path) -> None:
+    """output= in a folder that does not exist yet is written (it was a traceback after the
+    whole evaluation, the results lost); output= naming a folder fails before any model
+    loads, as a one-line error."""
+    from tests.helpers import run_clis
+
+    model = tiny_hat.save_pretrained(tmp_path / "m")
+    book = tmp_path / "book.txt"
+    book.write_text("It is a truth universally acknowledged. " * 3, encoding="utf-8")
+    out = tmp_path / "results" / "run1" / "eval.json"
+    common = (f"models=[{model}]", "max_docs=0", f"texts=[{book}]")
+    procs = run_clis(
+        {
+            "new": cli(*common, f"output={out}", module="hat.cli.evaluate"),
+            "folder": cli(*common, f"output={tmp_path}", module="hat.cli.evaluate"),
+        },
+        cwd=tmp_path,
+    )
+    check(procs["new"])
+    assert set(json.loads(out.read_text())["models"][str(model)]["bits_per_byte"]) == {"book.txt"}
+    assert_cli_error(procs["folder"], "hat-eval", f"output: {tmp_path} is a directory")
+    assert "bits/byte" not in procs["folder"].stdout  # refused before evaluating
 
 
 @pytest.mark.slow

@@ -176,6 +176,16 @@ def test_adapter_generation_with_backbone_wait(tiny_hat, tiny_bpe, tmp_path, mon
 
 
 @needs_lm_eval
+def test_adapter_checks_window_bytes_at_construction(model) -> None:
+    """A window_bytes out of range fails when the model is made, not at the first
+    ``loglikelihood_rolling`` request, after the other tasks of a long run."""
+    for bad in (4, model.max_window_bytes() + 1):
+        with pytest.raises(ValueError, match=f"window_bytes={bad} must be in"):
+            HATEvalLM(model, window_bytes=bad)
+    assert HATEvalLM(model, window_bytes=64).window_bytes == 64
+
+
+@needs_lm_eval
 def test_adapter_generation_ignores_empty_stop_strings(model) -> None:
     """lm-eval ignores ``""`` in ``until`` (``postprocess_generated_text``; its seq2seq models
     add the empty EOS text): it must not end the evaluation with generate()'s empty-stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from collections.abc import Iterator
@@ -53,14 +54,15 @@ def read_text_file(path: str, setting: str) -> str:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as err:
         raise OSError(f"{setting}: {name}: {err.strerror or err}") from None
+    # a leading byte order mark (Windows editors write one) is no text
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        # utf-8-sig: a leading byte order mark (Windows editors write one) is no text
-        return data.decode("utf-8-sig")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as err:
+        at = skip + err.start  # in the file
         raise ValueError(
-            f"{setting}: {name} is not UTF-8 text (byte {err.start}: "
-            f"{data[err.start : err.start + 4]!r}); convert it to UTF-8 first (e.g. iconv -f "
-            "latin1 -t utf-8)"
+            f"{setting}: {name} is not UTF-8 text (byte {at}: {data[at : at + 4]!r}); convert "
+            "it to UTF-8 first (e.g. iconv -f latin1 -t utf-8)"
         ) from None
 
 

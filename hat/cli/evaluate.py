@@ -143,10 +143,15 @@ def _main(cfg: DictConfig) -> None:
     with cli_errors("hat-eval"):
         check_known_keys(cfg)
         job: EvalJob = OmegaConf.to_object(cfg)
+        if job.output:  # a place for the results before the evaluation, not a traceback after
+            if Path(job.output).is_dir():
+                raise ValueError(f"output: {job.output} is a directory; name a JSON file")
+            Path(job.output).parent.mkdir(parents=True, exist_ok=True)
         results = run(job)
     print_table(results)
     if job.output:
-        Path(job.output).write_text(json.dumps(results, indent=2) + "\n")
+        with cli_errors("hat-eval"):
+            Path(job.output).write_text(json.dumps(results, indent=2) + "\n")
         logger.info(f"wrote {job.output}")
 
 
