@@ -22,6 +22,19 @@ from hat.integrations import register_integrations  # noqa: E402
 
 register_integrations()
 
+# submodules of tools that `import hat` need not load (perturbations, robustness, evaluation,
+# FLOP counts): loaded on first use, so that `hat.perturb.perturb(...)` works after `import hat`
+_LAZY_SUBMODULES = ("evaluation", "flops", "perturb", "robustness")
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"hat.{name}")
+    raise AttributeError(f"module 'hat' has no attribute {name!r}")
+
+
 __all__ = [
     "BPEConfig",
     "BPEForCausalLM",

@@ -395,3 +395,22 @@ def test_a_device_this_machine_lacks_stops_before_loading(tiny_hat, tmp_path: Pa
     job = RobustnessJob(models=[model], texts=[str(text)], device=bad)
     with pytest.raises(ValueError, match=f"device: '{bad}'"):
         run(job)
+
+
+def test_tool_submodules_load_on_first_use_after_import_hat() -> None:
+    """README's `hat.perturb.perturb(...)` / `hat.robustness...` / `hat.evaluation...` after a
+    plain `import hat` (they raised AttributeError: not imported by hat/__init__)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hat\n"
+        "assert 'hat.robustness' not in sys.modules  # not loaded until used\n"
+        "assert hat.perturb.perturb('Hi there', 'uppercase') == 'HI THERE'\n"
+        "assert callable(hat.robustness.evaluate_robustness)\n"
+        "assert callable(hat.evaluation.compare_models) and callable(hat.flops.mfu)\n"
+        "try:\n    hat.no_such_thing\nexcept AttributeError:\n    pass\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
