@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import hat
 from hat.data import DataConfig, iter_documents
@@ -204,3 +205,23 @@ def test_hat_generate_backbone_wait_error_names_the_option(capsys) -> None:
     err = capsys.readouterr().err
     assert "argument --backbone-wait: 'auto' or a whole number, got 'many'" in err
     assert "<lambda>" not in err
+
+
+class _FailingDocuments(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> None:
+        raise ValueError("cannot open the hub dataset x: offline; give local files")
+
+
+def test_an_error_from_a_loader_worker_is_one_line(capsys) -> None:
+    """Data errors raised in DataLoader workers (a hub dataset offline) arrive wrapped in the
+    worker's traceback; the CLI prints the error's own message on one line."""
+    from hat.cli.common import cli_errors
+
+    loader = torch.utils.data.DataLoader(_FailingDocuments(), num_workers=1)
+    with pytest.raises(SystemExit), cli_errors("hat-train"):
+        next(iter(loader))
+    err = capsys.readouterr().err
+    assert err == "hat-train: error: cannot open the hub dataset x: offline; give local files\n"

@@ -41,9 +41,19 @@ def cli_errors(prog: str) -> Iterator[None]:
         if verbose():
             raise
         if is_rank_zero():
-            message = " ".join(str(err).split()) or type(err).__name__
-            print(f"{prog}: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {_user_message(err)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _user_message(err: BaseException) -> str:
+    """``err``'s message on one line. An error raised in a DataLoader worker arrives as
+    "Caught ValueError in DataLoader worker process 0. Original Traceback ...": keep only
+    the error's own message, the last thing in it."""
+    text = str(err)
+    marker = f"\n{type(err).__name__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def read_text_file(path: str, setting: str) -> str:
