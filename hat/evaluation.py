@@ -194,6 +194,16 @@ def load_task(path: str | Path, limit: int | None = None) -> list[MultipleChoice
         ) from None
 
 
+def shared_window(models: dict[str, Any], window_bytes: int | None) -> int:
+    """The rolling window every model is scored through: ``window_bytes``, checked against each
+    model, or (None) the longest all of them take. ``is None``, not ``or``: 0 is an error."""
+    if window_bytes is None:
+        return min(m.max_window_bytes() for m in models.values())
+    for model in models.values():
+        model.check_window_bytes(window_bytes)
+    return window_bytes
+
+
 def compare_models(
     models: dict[str, PreTrainedLM],
     documents: dict[str, Sequence[str]] | None = None,
@@ -213,12 +223,7 @@ def compare_models(
     """
     if not models:
         raise ValueError("compare_models needs at least one model")
-    # `is None`, not `or`: window_bytes=0 must reach score()'s range check, not become the default
-    window = (
-        window_bytes
-        if window_bytes is not None
-        else min(m.max_window_bytes() for m in models.values())
-    )
+    window = shared_window(models, window_bytes)
     results: dict[str, Any] = {"window_bytes": window, "models": {}}
     doc_sets = {id(docs): docs for docs in (documents or {}).values() if any(docs)}
     bar = tqdm(

@@ -202,11 +202,7 @@ class PreTrainedLM(nn.Module):
         contexts = [as_text(c) for c in contexts] if contexts is not None else [""] * len(texts)
         if len(contexts) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(contexts)} contexts")
-        window = self.max_window_bytes() if window_bytes is None else window_bytes
-        if not isinstance(window, int) or not 8 <= window <= self.max_window_bytes():
-            raise ValueError(  # checked without rolling too: a wrong value is never ignored
-                f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
-            )
+        window = self.check_window_bytes(window_bytes)  # without rolling too: never ignored
         if not rolling:
             return self._score_pieces(texts, contexts, batch_size, return_greedy)
         owners, piece_texts, piece_contexts = [], [], []
@@ -223,6 +219,16 @@ class PreTrainedLM(nn.Module):
             scores[i] += value
             greedy[i] = greedy[i] and piece_greedy
         return list(zip(scores, greedy)) if return_greedy else scores
+
+    def check_window_bytes(self, window_bytes: int | None) -> int:
+        """``window_bytes`` for rolling scoring (None: the longest this model takes); a
+        ValueError names the range otherwise."""
+        window = self.max_window_bytes() if window_bytes is None else window_bytes
+        if not isinstance(window, int) or not 8 <= window <= self.max_window_bytes():
+            raise ValueError(
+                f"window_bytes={window_bytes} must be in [8, {self.max_window_bytes()}] for this model"
+            )
+        return window
 
     def max_window_bytes(self) -> int:
         """The longest context + text (in UTF-8 bytes) that ``score`` always accepts."""

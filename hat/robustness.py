@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hat.evaluation import MultipleChoiceExample, choices_correct
+from hat.evaluation import MultipleChoiceExample, choices_correct, shared_window
 from hat.modeling import PreTrainedLM
 from hat.perturb import PAPER, WHOLE_TEXT, check, perturb_texts
 
@@ -382,12 +382,7 @@ def evaluate_robustness(
     reference = reference if reference is not None else next(iter(models))
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models: {', '.join(models)}")
-    # `is None`, not `or`: window_bytes=0 must reach model.score's check, not become the default
-    window = (
-        window_bytes
-        if window_bytes is not None
-        else min(m.max_window_bytes() for m in models.values())
-    )
+    window = shared_window(models, window_bytes)
 
     # perturbed inputs, made once for all models
     halves = {name: [split_halves(d) for d in docs] for name, docs in documents.items()}

@@ -86,9 +86,8 @@ class HATEvalLM(LM):
         self.batch_size = _batch_size(batch_size, max_batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.window_bytes = None if window_bytes in (None, "") else int(window_bytes)
-        if self.window_bytes is not None:
-            # score()'s own range check, now rather than at a long run's first rolling request
-            self.model.score([], window_bytes=self.window_bytes)
+        if self.window_bytes is not None:  # now, not at a long run's first rolling request
+            self.model.check_window_bytes(self.window_bytes)
         cfg = self.model.config
         self.byte_level = kind_of(cfg).unit == "bytes"
         self.max_units = cfg.max_seq_bytes if self.byte_level else cfg.max_seq_tokens
